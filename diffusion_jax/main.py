@@ -1,0 +1,57 @@
+r"""Entry point: `python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=DIR`.
+
+Modes:
+  train   (default) train the diffusion model (resuming from DIR/checkpoints), then write the
+          figures to DIR/figures.
+  sample  load a checkpoint from DIR and write samples and figures for `config.sample.identities`
+          to DIR/samples.
+
+Config fields are overridden as `--config.train.batch_size=64`; unknown keys and values of the
+wrong type are refused by the locked config, and `diffusion_jax.config_checks` refuses
+inconsistent values, all before anything runs.
+"""
+
+import jax
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffusion_jax import config_checks
+from diffusion_jax.sample_mode import sample_from_checkpoint
+from diffusion_jax.train.loop import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a preset: configs/faces.py:demo.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM, several GPU hosts).",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # TF is only used for TFDS decoding and TensorBoard: keep it off the accelerators.
+    tf.config.set_visible_devices([], "GPU")
+    if FLAGS.distributed:
+        jax.distributed.initialize()  # before any JAX computation, config checks included
+    config = FLAGS.config
+    config_checks.validate(config)
+    logging.info(
+        "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+    )
+
+    if FLAGS.mode == "train":
+        train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == "sample":
+        sample_from_checkpoint(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,25 @@
+"""Shared test setup: a persistent XLA compilation cache, so reruns of the suite skip compiles."""
+
+import os
+
+import jax
+
+_CACHE_DIR = os.environ.get(
+    "DIFFUSION_JAX_TEST_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)
+jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prepared_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir holding the `test` preset's procedural faces, prepared once per session."""
+    from diffusion_jax.data import pipeline
+    from tests.helpers import test_config
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    pipeline.ensure_prepared(test_config(data_dir).data)
+    return data_dir

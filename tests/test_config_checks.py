@@ -1,0 +1,59 @@
+"""Bad configs are refused before anything runs, with a message that names the field."""
+
+import subprocess
+import sys
+
+import pytest
+
+from diffusion_jax import config_checks
+from tests.helpers import REPO_ROOT, load_config
+
+
+@pytest.mark.parametrize("preset", ["demo", "base", "large", "test"])
+def test_presets_are_valid(preset):
+    config_checks.validate(load_config(preset))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sample.sampler", "euler", "config.sample.sampler"),
+        ("diffusion.beta_schedule", "quadratic", "config.diffusion.beta_schedule"),
+        ("diffusion.prediction_type", "score", "config.diffusion.prediction_type"),
+        ("diffusion.loss_weighting", "p2", "config.diffusion.loss_weighting"),
+        ("train.batch_size", 0, "config.train.batch_size=0 must be positive"),
+        ("train.ema_decay", 1.0, "config.train.ema_decay=1.0 must lie in [0, 1)"),
+        ("sample.num_steps", 101, "config.sample.num_steps=101 must lie in [1, diffusion.num_timesteps=100]"),
+        ("sample.identities", (0, 99), "config.sample.identities"),
+        ("model.dtype", "float16", "config.model.dtype='float16'"),
+        ("model.attention_resolutions", (3,), "config.model"),
+        ("model.channel_mults", (1, 2, 2, 2, 2, 2), "config.model: image_size=16"),
+        ("data.source", "lfw", "config.data.source='lfw'"),
+    ],
+)
+def test_inconsistent_values_are_refused_naming_the_field(field, value, message):
+    config = load_config("test")
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(config_checks.ConfigError) as error:
+        config_checks.validate(config)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.batch_sze=8", "batch_sze"),
+        ("--config.train.batch_size=eight", "batch_size"),
+        ("--config.sample.sampler=euler", "config.sample.sampler"),
+    ],
+)
+def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, override, message):
+    command = [
+        sys.executable, "-m", "diffusion_jax.main", "--config=configs/faces.py:test",
+        f"--workdir={tmp_path}", override,
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not list(tmp_path.iterdir()), "nothing may be written before the config is accepted"

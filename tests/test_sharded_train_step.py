@@ -1,0 +1,67 @@
+"""The train step on 4 simulated CPU devices matches the single-device step.
+
+Runs in a subprocess because the device count must be fixed before JAX starts.
+"""
+
+import os
+import subprocess
+import sys
+
+from tests.helpers import REPO_ROOT
+
+SCRIPT = r"""
+import jax, numpy as np
+from jax.sharding import Mesh
+from diffusion_jax import parallel
+from diffusion_jax.diffusion.schedules import schedule_from_config
+from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.step import jit_train_step, make_train_step
+from tests.helpers import test_config
+
+assert jax.device_count() == 4, jax.devices()
+config = test_config()
+config.model.dropout = 0.1  # dropout masks must not depend on the sharding either
+optimizer, learning_rate = state_lib.make_optimizer(config.train)
+schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+graphdef = state_lib.model_graphdef(config)
+step_fn = make_train_step(graphdef, optimizer, learning_rate, schedule, config)
+abstract = state_lib.abstract_train_state(config, optimizer)
+data_rng = np.random.default_rng(0)
+r = config.data.resolution
+batches = [
+    {"image": data_rng.uniform(-1, 1, (8, r, r, 3)).astype(np.float32),
+     "cond": data_rng.normal(size=(8, config.condition.dim)).astype(np.float32)}
+    for _ in range(3)
+]
+
+def train(mesh):
+    shardings = parallel.state_shardings(mesh, abstract)
+    state = jax.jit(state_lib.make_init_fn(config, optimizer), out_shardings=shardings)(jax.random.key(0))
+    step = jit_train_step(step_fn, mesh, shardings)
+    for batch in batches:
+        state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
+    return jax.device_get(state.params), float(metrics["loss"])
+
+meshes = {
+    "1 device": Mesh(np.array(jax.devices()[:1]).reshape(1, 1), parallel.DATA_AXES),
+    "data=4": jax.make_mesh((4, 1), parallel.DATA_AXES),
+    "data=2 x fsdp=2": jax.make_mesh((2, 2), parallel.DATA_AXES),
+}
+reference, reference_loss = train(meshes.pop("1 device"))
+for name, mesh in meshes.items():
+    params, loss = train(mesh)
+    np.testing.assert_allclose(loss, reference_loss, rtol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=name)
+print("MATCH")
+"""
+
+
+def test_train_step_on_four_devices_matches_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "MATCH" in result.stdout

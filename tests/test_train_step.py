@@ -1,0 +1,71 @@
+"""The train step learns: a tiny model overfits a tiny batch, and the EMA follows its equation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diffusion_jax import parallel
+from diffusion_jax.data.procedural_faces import render_faces
+from diffusion_jax.diffusion.gaussian import q_sample
+from diffusion_jax.diffusion.losses import diffusion_loss
+from diffusion_jax.diffusion.schedules import schedule_from_config
+from diffusion_jax.models.conditioning import random_identity_embeddings
+from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.step import ema_update, jit_train_step, make_train_step
+from tests.helpers import test_config
+
+STEPS = 60
+LOSS_DROP_FACTOR = 3.0
+
+
+def test_tiny_model_overfits_a_tiny_batch():
+    config = test_config()
+    config.train.learning_rate = 3e-3
+    config.train.warmup_steps = 5
+    config.condition.p_uncond = 0.0
+    resolution = config.data.resolution
+    images = render_faces(seed=0, identity_ids=np.arange(4), image_ids=np.zeros(4, int), resolution=32)
+    images = jax.image.resize(jnp.asarray(images, jnp.float32) / 127.5 - 1, (4, resolution, resolution, 3), "linear")
+    batch = {"image": images, "cond": random_identity_embeddings(4, config.condition.dim, seed=0)}
+
+    optimizer, learning_rate = state_lib.make_optimizer(config.train)
+    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    graphdef = state_lib.model_graphdef(config)
+    mesh = parallel.make_mesh(config.mesh)
+    shardings = parallel.state_shardings(mesh, state_lib.abstract_train_state(config, optimizer))
+    state = state_lib.init_train_state(config, optimizer, mesh, jax.random.key(0))
+    step = jit_train_step(make_train_step(graphdef, optimizer, learning_rate, schedule, config), mesh, shardings)
+
+    # A fixed evaluation set of (t, noise) over the batch, so the comparison is noise-free.
+    t = jnp.tile(jnp.linspace(0, schedule.num_timesteps - 1, 8).astype(jnp.int32), 4)
+    x0 = jnp.repeat(batch["image"], 8, axis=0)
+    cond = jnp.repeat(batch["cond"], 8, axis=0)
+    noise = jax.random.normal(jax.random.key(7), x0.shape)
+
+    @jax.jit
+    def evaluation_loss(params):
+        model = nnx.merge(graphdef, params)
+        model.eval()
+        output = model(q_sample(schedule, x0, t, noise), t, cond)
+        return diffusion_loss(
+            schedule, output, x0, noise, t,
+            prediction_type=config.diffusion.prediction_type,
+            weighting=config.diffusion.loss_weighting,
+            min_snr_gamma=config.diffusion.min_snr_gamma,
+        ).mean()
+
+    before = float(evaluation_loss(state.params))
+    global_batch = parallel.global_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
+    for _ in range(STEPS):
+        state, _ = step(state, global_batch, jax.random.key(1))
+    after = float(evaluation_loss(state.params))
+    assert int(state.step) == STEPS
+    assert after * LOSS_DROP_FACTOR < before, (before, after)
+
+
+def test_ema_update_follows_its_equation():
+    ema = {"w": jnp.array([1.0, 2.0])}
+    params = {"w": jnp.array([3.0, -2.0])}
+    updated = ema_update(ema, params, decay=0.9)
+    np.testing.assert_allclose(updated["w"], 0.9 * np.array([1.0, 2.0]) + 0.1 * np.array([3.0, -2.0]), rtol=1e-6)

@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.20,<2.22",
     "tensorboard>=2.20,<2.22",
     "array-record>=0.8,<0.9",
+    # TFDS 4.9.10 imports it when building any dataset but does not declare it
+    # (tensorflow/datasets#11212).
+    "importlib_resources>=6",
     "einops>=0.8,<0.9",
     "numpy>=1.26,<3",
     "pillow>=10,<13",

@@ -1,13 +1,19 @@
-"""PyTorch twin of `diffusion_jax.models.unet.UNet`, the peer that benchmarks measure JAX against.
+"""PyTorch twin of diffusion_jax's denoiser and of its training and sampling work, the peer that
+benchmarks measure JAX against.
 
-Same architecture, same parameter count, same module and attribute names (NCHW instead of NHWC),
-so `load_jax_params` copies a JAX model's weights across and both compute the same function.
-Benchmarks only: it needs the optional `torch` extra.
+`TorchUNet` has the JAX `UNet`'s architecture, parameter count and module and attribute names
+(NCHW instead of NHWC), so `load_jax_params` copies a JAX model's weights across and both compute
+the same function. `make_train_step` and `make_ddim_sampler` do per call the work of
+`diffusion_jax.train.step.make_train_step` and of `diffusion_jax.sampling.make_sample_fn` with
+the DDIM sampler. Benchmarks only: it needs the optional `torch` extra.
 """
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import ml_collections
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -164,6 +170,8 @@ class TorchUNet(nn.Module):
         num_groups: int = 32,
     ):
         super().__init__()
+        self.image_size = image_size
+        self.in_channels = in_channels
         self.base_channels = base_channels
         self.stem_block = 2 if stem == "space_to_depth" else 1
         self.num_cond_tokens = num_cond_tokens if cross_attention else 0
@@ -245,7 +253,10 @@ class TorchUNet(nn.Module):
         cond: torch.Tensor,
         cond_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [B, C, H, W], t [B] integer, cond [B, cond_dim], cond_mask bool [B] or None."""
+        """x [B, C, H, W], t [B] integer, cond [B, cond_dim], cond_mask bool [B] or None.
+
+        Returns [B, out_channels, H, W] in x's dtype.
+        """
         if cond_mask is not None:
             cond = torch.where(cond_mask[:, None], cond, self.null_cond)
         emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels)) + self.cond_mlp(cond)
@@ -275,7 +286,8 @@ class TorchUNet(nn.Module):
                 h = self.upsamples[level](h)
 
         out = self.head(F.silu(self.head_norm(h)))
-        return F.pixel_shuffle(out, self.stem_block) if self.stem_block > 1 else out
+        out = F.pixel_shuffle(out, self.stem_block) if self.stem_block > 1 else out
+        return out.to(x.dtype)  # under autocast too, as the JAX UNet returns x's dtype
 
 
 def torch_name(jax_path: Sequence[str | int]) -> str:
@@ -316,3 +328,204 @@ def load_jax_params(
                     f"{tuple(torch_params[name].shape)}"
                 )
             torch_params[name].copy_(tensor)
+
+
+# ----------------------------------------------------------------------------------------------
+# The work of diffusion_jax's train step and sampler, for a config of configs/faces.py.
+
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PREDICTION_TYPES = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
+def unet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`TorchUNet`'s arguments for `config`: those `diffusion_jax.train.state.build_model` gives
+    the JAX UNet."""
+    model = config.model
+    return dict(
+        image_size=config.data.resolution,
+        base_channels=model.base_channels,
+        channel_mults=tuple(model.channel_mults),
+        num_res_blocks=model.num_res_blocks,
+        attention_resolutions=tuple(model.attention_resolutions),
+        head_channels=model.head_channels,
+        dropout=model.dropout,
+        cond_dim=config.condition.dim,
+        cross_attention=model.cross_attention,
+        num_cond_tokens=model.num_cond_tokens,
+        stem=model.stem,
+        num_groups=model.num_groups,
+    )
+
+
+def compute_precision(
+    config: ml_collections.ConfigDict, device: torch.device
+) -> contextlib.AbstractContextManager:
+    """Computes in `config.model.dtype` with float32 weights, as the JAX UNet's `dtype` and
+    `param_dtype` do: autocast for bfloat16, no change for float32."""
+    dtype = config.model.dtype
+    _check_choice("config.model.dtype", dtype, tuple(COMPUTE_DTYPES))
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=COMPUTE_DTYPES[dtype])
+
+
+def eps_and_x0(
+    output: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, x_0) implied by a prediction at x_t = a x_0 + b eps, a = sqrt(abar_t),
+    b = sqrt(1 - abar_t), as `diffusion_jax.diffusion.parameterization.model_output_to_eps_x0`:
+    eps: x_0 = (x_t - b eps) / a;  x0: eps = (x_t - a x_0) / b;  v: eps = b x_t + a v,
+    x_0 = a x_t - b v."""
+    if prediction_type == "eps":
+        return output, (x_t - b * output) / a
+    if prediction_type == "x0":
+        return (x_t - a * output) / b, output
+    return b * x_t + a * output, a * x_t - b * output
+
+
+def diffusion_loss(
+    output: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    diffusion_config: ml_collections.ConfigDict,
+) -> torch.Tensor:
+    """Batch mean of w(t) mean_{C,H,W} (output - target)^2, as `diffusion_jax.diffusion.losses`.
+
+    a = sqrt(abar_t), b = sqrt(1 - abar_t), both [B, 1, 1, 1]. The target is eps, x_0 or
+    v = a eps - b x_0. w = 1 ("uniform"), or ("min_snr", SNR = a^2 / b^2) min(SNR, gamma) / SNR,
+    min(SNR, gamma) or min(SNR, gamma) / (SNR + 1) for eps, x0 and v.
+    """
+    prediction_type = diffusion_config.prediction_type
+    target = {"eps": noise, "x0": x0, "v": a * noise - b * x0}[prediction_type]
+    per_example = (output.float() - target).square().mean(dim=(1, 2, 3))
+    if diffusion_config.loss_weighting == "uniform":
+        return per_example.mean()
+    snr = (a / b).square().flatten()
+    clipped = snr.clamp(max=diffusion_config.min_snr_gamma)
+    weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction_type]
+    return (weight * per_example).mean()
+
+
+def make_train_step(
+    model: TorchUNet, alphas_cumprod: torch.Tensor, config: ml_collections.ConfigDict
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`train_step(x0, cond) -> loss`: one update doing the work of diffusion_jax's train step.
+
+    x0: clean images [B, C, H, W]; cond: identity embeddings [B, D]. The step draws
+    t ~ U{0..T-1} and eps ~ N(0, I), forms x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, drops
+    conditions (mask False with probability p_uncond; components zeroed at rate partial_dropout),
+    minimises `diffusion_loss`, clips the gradient to global norm grad_clip_norm, takes an AdamW
+    step and moves the EMA weights: ema <- d ema + (1 - d) params. The learning rate stays at its
+    peak: the JAX step's warm-up schedule changes its value, not the work.
+    """
+    diffusion_config, train_config = config.diffusion, config.train
+    _check_choice(
+        "config.diffusion.prediction_type", diffusion_config.prediction_type, PREDICTION_TYPES
+    )
+    _check_choice(
+        "config.diffusion.loss_weighting", diffusion_config.loss_weighting, LOSS_WEIGHTINGS
+    )
+    device = alphas_cumprod.device
+    signal_scales, noise_scales = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+    params = list(model.parameters())
+    ema_params = [param.detach().clone() for param in params]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=train_config.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=train_config.weight_decay,
+    )
+
+    def train_step(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        model.train()
+        batch_size = x0.shape[0]
+        t = torch.randint(len(alphas_cumprod), (batch_size,), device=device)
+        noise = torch.randn_like(x0)
+        a, b = signal_scales[t].view(-1, 1, 1, 1), noise_scales[t].view(-1, 1, 1, 1)
+        cond_mask = torch.rand(batch_size, device=device) >= config.condition.p_uncond
+        cond = F.dropout(cond, config.condition.partial_dropout)
+        with compute_precision(config, device):
+            output = model(a * x0 + b * noise, t, cond, cond_mask)
+        loss = diffusion_loss(output, x0, noise, a, b, diffusion_config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, train_config.grad_clip_norm)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - train_config.ema_decay)
+        return loss.detach()
+
+    return train_step
+
+
+def make_ddim_sampler(
+    model: TorchUNet,
+    alphas_cumprod: torch.Tensor,
+    timesteps: Sequence[int],
+    config: ml_collections.ConfigDict,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`sample(cond) -> x_0` [B, C, H, W]: deterministic DDIM from x_T ~ N(0, I), one image per
+    row of cond [B, D], under `torch.inference_mode()`.
+
+    From each t of the decreasing `timesteps` to the next one s (abar_s = 1 after the last):
+
+        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat     (Song et al. 2021, eta = 0)
+
+    where (eps_hat, x0_hat) follow from the guided output out_u + w (out_c - out_u) of one forward
+    pass on [x_t; x_t] (conditions, then the null condition), x0_hat clipped to [-1, 1] and eps_hat
+    recomputed from it when config.sample.clip_x0. As in `diffusion_jax.diffusion.guidance`, a
+    guidance scale w of exactly 0 or 1 costs one unguided pass on B examples.
+    """
+    sample_config = config.sample
+    if sample_config.sampler != "ddim" or sample_config.eta != 0:
+        raise ValueError(
+            f"the torch twin samples with DDIM at eta=0 only; got config.sample.sampler="
+            f"{sample_config.sampler!r}, config.sample.eta={sample_config.eta}"
+        )
+    prediction_type = config.diffusion.prediction_type
+    _check_choice("config.diffusion.prediction_type", prediction_type, PREDICTION_TYPES)
+    device = alphas_cumprod.device
+    alphas_cumprod_steps = alphas_cumprod[torch.as_tensor(np.asarray(timesteps), device=device)]
+    signal_scales, noise_scales = alphas_cumprod_steps.sqrt(), (1 - alphas_cumprod_steps).sqrt()
+    next_signal_scales = torch.cat([signal_scales[1:], torch.ones(1, device=device)])
+    next_noise_scales = torch.cat([noise_scales[1:], torch.zeros(1, device=device)])
+    guidance_scale = sample_config.guidance_scale
+    image_shape = (model.in_channels, model.image_size, model.image_size)
+
+    def guided_output(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        batch_size = x_t.shape[0]
+        if guidance_scale in (0, 1):
+            cond_mask = torch.full((batch_size,), guidance_scale == 1, device=device)
+            return model(x_t, t, cond, cond_mask)
+        cond_mask = torch.arange(2 * batch_size, device=device) < batch_size
+        doubled = [torch.cat([value, value]) for value in (x_t, t, cond)]
+        out_c, out_u = model(*doubled, cond_mask).chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+
+    @torch.inference_mode()
+    def sample(cond: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        batch_size = cond.shape[0]
+        x = torch.randn((batch_size,) + image_shape, device=device)
+        for step, t in enumerate(timesteps):
+            t_batch = torch.full((batch_size,), int(t), device=device)
+            with compute_precision(config, device):
+                output = guided_output(x, t_batch, cond)
+            a, b = signal_scales[step], noise_scales[step]
+            eps, x0 = eps_and_x0(output, x, a, b, prediction_type)
+            if sample_config.clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = (x - a * x0) / b
+            x = next_signal_scales[step] * x0 + next_noise_scales[step] * eps
+        return x
+
+    return sample
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {choices}")

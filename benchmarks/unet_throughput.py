@@ -1,18 +1,32 @@
-"""Throughput of the UNet in JAX and of its PyTorch twin, measured in the same run; prints JSON.
+"""Throughput of the project's real train step and sampler in JAX, and of a PyTorch twin doing the
+same work, measured in the same run; prints JSON.
 
-For each model size: sampling-forward and train-step (forward, backward, AdamW update on an MSE
-loss) images/s, GFLOP per image from XLA's cost analysis, achieved GFLOP/s against a float32
-matmul peak measured in this run, compile time, peak memory, and the jax/torch ratios.
+Each size is a preset of configs/faces.py, with its model, diffusion, train and sample settings.
+Three phases are measured per size and framework:
 
+    forward     one eval-mode network evaluation.
+    train_step  `diffusion_jax.train.step.make_train_step` jitted by `jit_train_step`: draw t and
+                noise, noise x_0, drop conditions, weighted eps/x0/v loss, clip the gradient,
+                AdamW, EMA. Twin: `torch_unet.make_train_step`.
+    sample      `diffusion_jax.sampling.make_sample_fn`: the configured sampler (DDIM) with
+                classifier-free guidance as one batched forward per step. Twin:
+                `torch_unet.make_ddim_sampler` on the same timesteps, under inference mode.
+
+Reported per phase: images/s, GFLOP per image from XLA's cost analysis, the achieved GFLOP/s and
+its fraction of a matmul peak in the compute dtype measured in this run, compile time, XLA's temp
+memory, peak resident memory, and jax/torch ratios; per size, the network evaluations per image.
 Each measurement runs in a fresh process, so its peak resident memory is its own and JAX's and
-PyTorch's thread pools never compete for the cores.
+PyTorch's thread pools never compete for the cores. A measurement stops timing after --budget-s
+seconds of calls (after one timed call at least), so that slow phases stay bounded.
 
     python benchmarks/unet_throughput.py --quick
-    python benchmarks/unet_throughput.py --sizes=demo,base --batch=16 --iterations=10
+    python benchmarks/unet_throughput.py --sizes=demo --output=/tmp/unet_demo.json
+    python benchmarks/unet_throughput.py --sizes=base --dtype=float32 --batch=4
 """
 
 import argparse
 import concurrent.futures
+import importlib.metadata
 import importlib.util
 import json
 import multiprocessing
@@ -24,54 +38,51 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-SIZES: dict[str, dict[str, Any]] = {
-    # ~1.6M parameters: the laptop demo.
-    "demo": dict(
-        image_size=32,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        head_channels=32,
-        dropout=0.1,
-        cross_attention=True,
-        num_cond_tokens=4,
-        num_groups=32,
-    ),
-    # ~99M parameters: ADM's 64x64 shape.
-    "base": dict(
-        image_size=64,
-        base_channels=128,
-        channel_mults=(1, 2, 3, 4),
-        num_res_blocks=2,
-        attention_resolutions=(16, 8),
-        head_channels=64,
-        dropout=0.1,
-        cross_attention=True,
-        num_cond_tokens=4,
-        num_groups=32,
-    ),
-}
-DEFAULT_BATCH = {"demo": 32, "base": 8}
-NUM_TIMESTEPS = 1000
-LEARNING_RATE = 1e-4
-COND_DIM = 512
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PHASES = ("forward", "train_step", "sample")
+DTYPES = ("float32", "bfloat16")
+# On a CPU the default batch is the preset's, capped at the pixels of 32 images of 32x32.
+CPU_BATCH_PIXELS = 32 * 32 * 32
 
 
-def make_batch(config: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random NHWC images, timesteps, unit conditions (a quarter masked) and target noise."""
-    rng = np.random.default_rng(seed)
-    size = config["image_size"]
-    cond = rng.normal(size=(batch_size, COND_DIM)).astype(np.float32)
+def load_preset(preset: str) -> ml_collections.ConfigDict:
+    """`configs/faces.py:<preset>`, loaded the way `config_flags` loads a config file."""
+    path = REPO_ROOT / "configs" / "faces.py"
+    spec = importlib.util.spec_from_file_location("faces_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def default_batch_size(config: ml_collections.ConfigDict, platform: str) -> int:
+    """`config.train.batch_size`; on a CPU at most CPU_BATCH_PIXELS / resolution^2 (base: 8)."""
+    if platform != "cpu":
+        return config.train.batch_size
+    return max(1, min(config.train.batch_size, CPU_BATCH_PIXELS // config.data.resolution**2))
+
+
+def make_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    """A training batch: NHWC images uniform in [-1, 1] and unit identity embeddings."""
+    rng = np.random.default_rng(config.seed)
+    size = config.data.resolution
+    cond = rng.normal(size=(batch_size, config.condition.dim)).astype(np.float32)
     return {
-        "x": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-        "t": rng.integers(0, NUM_TIMESTEPS, size=batch_size).astype(np.int32),
+        "image": rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32),
         "cond": cond / np.linalg.norm(cond, axis=-1, keepdims=True),
-        "cond_mask": rng.random(batch_size) >= 0.25,
-        "target": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
     }
+
+
+def forward_inputs(
+    config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]
+) -> tuple[np.ndarray, ...]:
+    """(x_t, t, cond, cond_mask) of one network evaluation: t spread over [0, T), every other
+    condition replaced by the null condition."""
+    batch_size = len(batch["cond"])
+    t = np.linspace(0, config.diffusion.num_timesteps - 1, batch_size).astype(np.int32)
+    return batch["image"], t, batch["cond"], np.arange(batch_size) % 2 == 0
 
 
 def peak_rss_mb() -> float:
@@ -80,17 +91,25 @@ def peak_rss_mb() -> float:
 
 
 def images_per_second(
-    run_once: Callable[[], None], batch_size: int, iterations: int, warmup: int
-) -> float:
-    """batch_size / the median time of one call; the median shrugs off other load on the machine."""
-    for _ in range(warmup):
-        run_once()
+    run_once: Callable[[], None], batch_size: int, iterations: int, warmup: int, budget_s: float
+) -> tuple[float, int]:
+    """(batch_size / the median time of one timed call, the number of timed calls).
+
+    `warmup` untimed calls, then up to `iterations` timed ones; once the calls have taken
+    `budget_s` in all, the next call is timed and the last. The median shrugs off other load on
+    the machine.
+    """
+    deadline = time.perf_counter() + budget_s
     seconds = []
-    for _ in range(iterations):
+    for call in range(warmup + iterations):
+        timed = call >= warmup or time.perf_counter() > deadline
         start = time.perf_counter()
         run_once()
-        seconds.append(time.perf_counter() - start)
-    return batch_size / float(np.median(seconds))
+        if timed:
+            seconds.append(time.perf_counter() - start)
+        if seconds and time.perf_counter() > deadline:
+            break
+    return batch_size / float(np.median(seconds)), len(seconds)
 
 
 def rounded(report: Any, digits: int = 4) -> Any:
@@ -105,15 +124,15 @@ def rounded(report: Any, digits: int = 4) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# JAX.
+# JAX: the project's own code.
 
 
-def matmul_peak_gflops(n: int, repeats: int = 5) -> dict[str, Any]:
-    """Best float32 [n, n] @ [n, n] rate: 2 n^3 FLOPs per product."""
+def matmul_peak_gflops(n: int, dtype: str, repeats: int = 5) -> dict[str, Any]:
+    """Best [n, n] @ [n, n] rate in `dtype`: 2 n^3 FLOPs per product."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     matmul = jax.jit(jnp.dot).lower(a, a).compile()
     matmul(a, a).block_until_ready()
     best = float("inf")
@@ -125,97 +144,99 @@ def matmul_peak_gflops(n: int, repeats: int = 5) -> dict[str, Any]:
     return {
         "gflops": 2 * n**3 / best / 1e9,
         "n": n,
-        "device": f"{device.platform}:{device.device_kind}",
+        "platform": device.platform,
+        "device": device.device_kind,
         "jax_version": jax.__version__,
     }
 
 
-def build_jax_train_step(model, learning_rate: float):
-    """The benchmarked train step, built in this one place: MSE on the prediction, AdamW.
-
-    Returns (step, state): step(*state, batch, dropout_key) -> (*new_state, loss), jitted with
-    the state donated.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
+def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What the twin and the report take from diffusion_jax: the schedule's abar_t [T], the
+    sampler's timesteps [S] and the model's parameter count (from shapes, nothing allocated)."""
     from flax import nnx
 
-    model.train()
-    graphdef, params = nnx.split(model, nnx.Param)
-    optimizer = optax.adamw(learning_rate)
+    from diffusion_jax.diffusion.samplers import sampling_timesteps
+    from diffusion_jax.diffusion.schedules import schedule_from_config
+    from diffusion_jax.sampling import sampler_options
+    from diffusion_jax.train import state as state_lib
 
-    def step(params, opt_state, batch, dropout_key):
-        def loss_fn(params):
-            network = nnx.merge(graphdef, params)
-            prediction = network(
-                batch["x"],
-                batch["t"],
-                batch["cond"],
-                batch["cond_mask"],
-                rngs=nnx.Rngs(dropout=dropout_key),
-            )
-            return jnp.mean((prediction - batch["target"]) ** 2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1)), (params, optimizer.init(params))
+    num_timesteps = config.diffusion.num_timesteps
+    schedule = schedule_from_config(config.diffusion.beta_schedule, num_timesteps)
+    num_steps = sampler_options(config.sample, num_timesteps)["num_steps"]
+    abstract_model = nnx.eval_shape(lambda: state_lib.build_model(config, nnx.Rngs(0)))
+    return {
+        "alphas_cumprod": np.asarray(schedule.alphas_cumprod),
+        "timesteps": sampling_timesteps(num_timesteps, num_steps),
+        "num_params": state_lib.count_params(nnx.state(abstract_model, nnx.Param)),
+    }
 
 
 def measure_jax(
-    config: dict[str, Any], batch_size: int, iterations: int, warmup: int
+    phase: str,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+    iterations: int,
+    warmup: int,
+    budget_s: float,
 ) -> dict[str, Any]:
+    """Compiles and times one phase (see the module docstring) of the project's JAX code."""
     import jax
     from flax import nnx
 
-    from diffusion_jax.models.unet import UNet
+    from diffusion_jax import parallel
+    from diffusion_jax.diffusion.schedules import schedule_from_config
+    from diffusion_jax.sampling import make_sample_fn, sampler_options
+    from diffusion_jax.train import state as state_lib
+    from diffusion_jax.train.step import jit_train_step, make_train_step
 
-    model = UNet(**config, cond_dim=COND_DIM, rngs=nnx.Rngs(0))
-    batch = jax.device_put(make_batch(config, batch_size))
-    num_params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-    model.eval()
-    eval_graphdef, params = nnx.split(model, nnx.Param)
-
-    def forward(params, batch):
-        network = nnx.merge(eval_graphdef, params)
-        return network(batch["x"], batch["t"], batch["cond"], batch["cond_mask"])
+    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    mesh = parallel.make_mesh(config.mesh)
+    batch = make_batch(config, batch_size)
+    rng = jax.random.key(config.seed)
+    if phase == "train_step":
+        optimizer, learning_rate = state_lib.make_optimizer(config.train)
+        abstract_state = state_lib.abstract_train_state(config, optimizer)
+        shardings = parallel.state_shardings(mesh, abstract_state)
+        train_step = make_train_step(
+            state_lib.model_graphdef(config), optimizer, learning_rate, schedule, config
+        )
+        jitted = jit_train_step(train_step, mesh, shardings)
+        state = state_lib.init_train_state(config, optimizer, mesh, rng)
+        args = [state, parallel.global_batch(batch, mesh), rng]
+    else:
+        model = state_lib.build_model(config, nnx.Rngs(config.seed))
+        model.eval()
+        graphdef, params = nnx.split(model, nnx.Param)
+        if phase == "sample":
+            jitted = make_sample_fn(graphdef, schedule, config)
+            args = [params, jax.device_put(batch["cond"]), rng]
+        else:
+            jitted = jax.jit(lambda params, inputs: nnx.merge(graphdef, params)(*inputs))
+            args = [params, jax.device_put(forward_inputs(config, batch))]
 
     start = time.perf_counter()
-    forward_compiled = jax.jit(forward).lower(params, batch).compile()
-    forward_compile_s = time.perf_counter() - start
-    forward_ips = images_per_second(
-        lambda: forward_compiled(params, batch).block_until_ready(), batch_size, iterations, warmup
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+
+    def run_once():
+        outputs = jax.block_until_ready(compiled(*args))
+        if phase == "train_step":
+            args[0] = outputs[0]  # the step donated the state it was given
+
+    images_per_s, timed_calls = images_per_second(
+        run_once, batch_size, iterations, warmup, budget_s
     )
-
-    step, state = build_jax_train_step(model, LEARNING_RATE)
-    key = jax.random.key(0)
-    start = time.perf_counter()
-    step_compiled = step.lower(*state, batch, key).compile()
-    train_compile_s = time.perf_counter() - start
-
-    def train_once():
-        nonlocal state
-        *state, loss = step_compiled(*state, batch, key)
-        loss.block_until_ready()
-
-    train_ips = images_per_second(train_once, batch_size, iterations, warmup)
+    flops = compiled.cost_analysis()["flops"]
+    if phase == "sample":
+        # XLA counts the body of the sampler's scan once; the set-up outside it is negligible.
+        flops *= sampler_options(config.sample, schedule.num_timesteps)["num_steps"]
     memory_stats = jax.devices()[0].memory_stats() or {}
     return {
-        "num_params": int(num_params),
-        "gflop_per_image": {
-            "forward": forward_compiled.cost_analysis()["flops"] / batch_size / 1e9,
-            "train_step": step_compiled.cost_analysis()["flops"] / batch_size / 1e9,
-        },
-        "forward_images_per_s": forward_ips,
-        "train_images_per_s": train_ips,
-        "compile_s": {"forward": forward_compile_s, "train_step": train_compile_s},
-        "xla_temp_mb": {
-            "forward": forward_compiled.memory_analysis().temp_size_in_bytes / 2**20,
-            "train_step": step_compiled.memory_analysis().temp_size_in_bytes / 2**20,
-        },
+        "images_per_s": images_per_s,
+        "timed_calls": timed_calls,
+        "gflop_per_image": flops / batch_size / 1e9,
+        "compile_s": compile_s,
+        "xla_temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2**20,
         "device_peak_mb": memory_stats.get("peak_bytes_in_use", 0) / 2**20 or None,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -226,50 +247,67 @@ def measure_jax(
 
 
 def measure_torch(
-    config: dict[str, Any], batch_size: int, iterations: int, warmup: int, threads: int
+    phase: str,
+    config: ml_collections.ConfigDict,
+    constants: dict[str, Any],
+    batch_size: int,
+    iterations: int,
+    warmup: int,
+    budget_s: float,
+    threads: int,
 ) -> dict[str, Any]:
+    """Times one phase of the twin in `torch_unet`, on the inputs the JAX phase gets."""
     import torch
-    from torch_unet import TorchUNet
+    import torch_unet
 
     torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = TorchUNet(**config, cond_dim=COND_DIM).to(device)
-    batch = {
-        name: torch.from_numpy(value).to(device)
-        for name, value in make_batch(config, batch_size).items()
-    }
-    for name in ("x", "target"):
-        batch[name] = batch[name].permute(0, 3, 1, 2).contiguous()
-    inputs = (batch["x"], batch["t"], batch["cond"], batch["cond_mask"])
+    model = torch_unet.TorchUNet(**torch_unet.unet_kwargs(config)).to(device)
+    alphas_cumprod = torch.tensor(constants["alphas_cumprod"], device=device)
+    batch = make_batch(config, batch_size)
 
-    model.eval()
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        """On `device`; images NHWC -> NCHW."""
+        value = torch.from_numpy(array)
+        return (value.permute(0, 3, 1, 2) if value.ndim == 4 else value).contiguous().to(device)
 
-    def forward_once():
-        with torch.inference_mode():
-            model(*inputs)
+    if phase == "train_step":
+        train_step = torch_unet.make_train_step(model, alphas_cumprod, config)
+        x0, cond = tensor(batch["image"]), tensor(batch["cond"])
+
+        def work():
+            train_step(x0, cond)
+
+    elif phase == "sample":
+        sample = torch_unet.make_ddim_sampler(
+            model, alphas_cumprod, constants["timesteps"], config
+        )
+        cond = tensor(batch["cond"])
+
+        def work():
+            sample(cond)
+
+    else:
+        model.eval()
+        inputs = [tensor(value) for value in forward_inputs(config, batch)]
+
+        def work():
+            with torch.inference_mode(), torch_unet.compute_precision(config, device):
+                model(*inputs)
+
+    def run_once():
+        work()
         synchronize()
 
-    forward_ips = images_per_second(forward_once, batch_size, iterations, warmup)
-
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-
-    def train_once():
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(*inputs), batch["target"])
-        loss.backward()
-        optimizer.step()
-        synchronize()
-
-    train_ips = images_per_second(train_once, batch_size, iterations, warmup)
+    images_per_s, timed_calls = images_per_second(
+        run_once, batch_size, iterations, warmup, budget_s
+    )
     return {
+        "images_per_s": images_per_s,
+        "timed_calls": timed_calls,
         "num_params": sum(p.numel() for p in model.parameters()),
-        "forward_images_per_s": forward_ips,
-        "train_images_per_s": train_ips,
-        "device": str(device),
-        "threads": threads,
-        "torch_version": torch.__version__,
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -278,99 +316,167 @@ def measure_torch(
 # Driver.
 
 
-def in_fresh_process(fn: Callable[..., dict[str, Any]], *args) -> dict[str, Any]:
+def in_fresh_process(fn: Callable[..., Any], *args) -> Any:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
 
 
+def by_metric(per_phase: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{phase: {metric: value}} -> {metric: {phase: value}}."""
+    metrics = next(iter(per_phase.values()))
+    return {metric: {phase: per_phase[phase][metric] for phase in per_phase} for metric in metrics}
+
+
 def add_achieved_rates(
-    result: dict[str, Any], gflop_per_image: dict[str, float], peak: float
+    result: dict[str, Any], gflop_per_image: dict[str, float], peak_gflops: float
 ) -> None:
-    for phase, key in (("forward", "forward_images_per_s"), ("train_step", "train_images_per_s")):
-        achieved = gflop_per_image[phase] * result[key]
-        result.setdefault("achieved_gflops", {})[phase] = achieved
-        result.setdefault("fraction_of_matmul_peak", {})[phase] = achieved / peak
+    achieved = {phase: gflop_per_image[phase] * result["images_per_s"][phase] for phase in PHASES}
+    result["achieved_gflops"] = achieved
+    result["fraction_of_matmul_peak"] = {
+        phase: rate / peak_gflops for phase, rate in achieved.items()
+    }
+
+
+def benchmark_preset(
+    config: ml_collections.ConfigDict,
+    args: argparse.Namespace,
+    peak: dict[str, Any],
+    with_torch: bool,
+) -> dict[str, Any]:
+    """The report of one size: JAX's three phases, then the twin's, in fresh processes."""
+    batch_size = args.batch or default_batch_size(config, peak["platform"])
+    constants = in_fresh_process(project_constants, config)
+    timing = (batch_size, args.iterations, args.warmup, args.budget_s)
+    jax_result = by_metric(
+        {phase: in_fresh_process(measure_jax, phase, config, *timing) for phase in PHASES}
+    )
+    gflop_per_image = jax_result.pop("gflop_per_image")
+    add_achieved_rates(jax_result, gflop_per_image, peak["gflops"])
+    guided = config.sample.guidance_scale not in (0, 1)
+    entry = {
+        "config": {
+            "image_size": config.data.resolution,
+            "cond_dim": config.condition.dim,
+            "model": config.model.to_dict(),
+            "diffusion": config.diffusion.to_dict(),
+            "sample": {
+                key: config.sample[key]
+                for key in ("sampler", "num_steps", "eta", "guidance_scale", "clip_x0")
+            },
+        },
+        "dtype": config.model.dtype,
+        "batch": batch_size,
+        "num_params": constants["num_params"],
+        "network_evaluations_per_image": {
+            "forward": 1,
+            "train_step": 1,
+            "sample": len(constants["timesteps"]) * (2 if guided else 1),
+        },
+        "gflop_per_image": gflop_per_image,
+        "jax": jax_result,
+    }
+    if with_torch:
+        torch_result = by_metric(
+            {
+                phase: in_fresh_process(
+                    measure_torch, phase, config, constants, *timing, args.threads
+                )
+                for phase in PHASES
+            }
+        )
+        torch_params = set(torch_result.pop("num_params").values())
+        assert torch_params == {entry["num_params"]}, (
+            f"the torch twin has {torch_params} parameters, the JAX UNet {entry['num_params']}"
+        )
+        add_achieved_rates(torch_result, gflop_per_image, peak["gflops"])
+        entry["torch"] = {
+            "threads": args.threads,
+            "torch_version": importlib.metadata.version("torch"),
+            **torch_result,
+        }
+        entry["jax_over_torch"] = {
+            phase: jax_result["images_per_s"][phase] / torch_result["images_per_s"][phase]
+            for phase in PHASES
+        }
+    return entry
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", default="demo,base", help=f"comma-separated, from {sorted(SIZES)}"
+        "--sizes", default="demo,base", help="comma-separated presets of configs/faces.py"
     )
-    parser.add_argument("--batch", type=int, help=f"batch size (default per size: {DEFAULT_BATCH})")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="batch size (default: the preset's config.train.batch_size; on a CPU at most "
+        f"{CPU_BATCH_PIXELS} pixels, e.g. base: 8)",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="model compute dtype (default: the preset's model.dtype)"
+    )
     parser.add_argument("--iterations", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument(
+        "--budget-s", type=float, default=60.0, help="seconds of calls after which timing stops"
+    )
     parser.add_argument("--matmul-size", type=int, default=4096, help="n of the peak matmul")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
+    parser.add_argument("--output", help="also write the JSON report to this file")
     parser.add_argument(
-        "--quick", action="store_true", help="demo size, batch 4, 2 iterations, 1 warmup"
+        "--quick",
+        action="store_true",
+        help="a check that everything runs: the test preset, batch 4, 2 iterations, 1 warmup",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.batch, args.iterations, args.warmup = "demo", 4, 2, 1
+        args.sizes, args.batch, args.iterations, args.warmup = "test", 4, 2, 1
         args.matmul_size = 1024
     args.sizes = args.sizes.split(",")
-    unknown = [size for size in args.sizes if size not in SIZES]
-    if unknown:
-        parser.error(
-            f"--sizes={','.join(args.sizes)}: unknown {unknown}; choose from {sorted(SIZES)}"
-        )
     for name in ("batch", "iterations", "matmul_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}={value} must be positive")
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup} must be non-negative")
+    if not args.budget_s > 0:
+        parser.error(f"--budget-s={args.budget_s} must be positive")
+    try:
+        args.configs = {size: load_preset(size) for size in args.sizes}
+    except ValueError as error:
+        parser.error(f"--sizes={','.join(args.sizes)}: {error}")
+    for config in args.configs.values():
+        config.model.dtype = args.dtype or config.model.dtype
     return args
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    peak = in_fresh_process(matmul_peak_gflops, args.matmul_size)
+    dtypes = sorted({config.model.dtype for config in args.configs.values()})
+    peaks = {
+        dtype: in_fresh_process(matmul_peak_gflops, args.matmul_size, dtype) for dtype in dtypes
+    }
     report: dict[str, Any] = {
-        "matmul_peak": peak,
+        "argv": argv,
+        "matmul_peak": peaks,
         "cpu_count": os.cpu_count(),
         "iterations": args.iterations,
-        "sizes": {},
+        "budget_s": args.budget_s,
+        "sizes": {
+            size: benchmark_preset(config, args, peaks[config.model.dtype], with_torch)
+            for size, config in args.configs.items()
+        },
     }
-    for size in args.sizes:
-        config = SIZES[size]
-        batch_size = args.batch or DEFAULT_BATCH[size]
-        jax_result = in_fresh_process(measure_jax, config, batch_size, args.iterations, args.warmup)
-        gflop_per_image = jax_result.pop("gflop_per_image")
-        add_achieved_rates(jax_result, gflop_per_image, peak["gflops"])
-        entry = {
-            "config": config,
-            "batch": batch_size,
-            "num_params": jax_result.pop("num_params"),
-            "gflop_per_image": gflop_per_image,
-            "jax": jax_result,
-        }
-        if with_torch:
-            torch_result = in_fresh_process(
-                measure_torch, config, batch_size, args.iterations, args.warmup, args.threads
-            )
-            torch_params = torch_result.pop("num_params")
-            assert torch_params == entry["num_params"], (
-                f"the torch twin has {torch_params} parameters, the JAX UNet {entry['num_params']}"
-            )
-            add_achieved_rates(torch_result, gflop_per_image, peak["gflops"])
-            entry["torch"] = torch_result
-            entry["jax_over_torch"] = {
-                phase: jax_result[key] / torch_result[key]
-                for phase, key in (
-                    ("forward", "forward_images_per_s"),
-                    ("train_step", "train_images_per_s"),
-                )
-            }
-        report["sizes"][size] = entry
-    print(json.dumps(rounded(report), indent=2))
+    text = json.dumps(rounded(report), indent=2)
+    print(text)
+    if args.output:
+        pathlib.Path(args.output).write_text(text + "\n")
 
 
 if __name__ == "__main__":
     # Runs from a checkout without installing the package; spawned workers inherit sys.path.
-    sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(1, str(REPO_ROOT))
     main(sys.argv[1:])

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from diffusion_jax.data import procedural_faces
 from diffusion_jax.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
@@ -37,7 +38,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value not in allowed:
             raise ConfigError(f"config.{field}={value!r} is not one of {list(allowed)}.")
 
-    _require(config, "data.resolution", lambda r: 16 <= r <= 112, "must lie in [16, 112]")
+    _require(
+        config,
+        "data.resolution",
+        lambda r: procedural_faces.MIN_RESOLUTION <= r <= procedural_faces.MAX_RESOLUTION,
+        f"must lie in [{procedural_faces.MIN_RESOLUTION}, {procedural_faces.MAX_RESOLUTION}]",
+    )
     for field in (
         "data.num_train_identities",
         "data.images_per_train_identity",
@@ -60,7 +66,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "train.grad_clip_norm", lambda v: v > 0, "must be positive")
     _require(config, "train.ema_decay", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(config, "condition.p_uncond", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
-    _require(config, "condition.partial_dropout", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
+    _require(config, "condition.partial_dropout", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(config, "sample.guidance_scale", lambda v: v >= 0, "must be >= 0")
     _require(
         config,

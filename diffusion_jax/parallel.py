@@ -6,19 +6,25 @@ parameter is split over `fsdp` along its largest dimension divisible by the axis
 replicated otherwise. With `fsdp=1` every parameter is replicated (plain data parallelism).
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXES = ("data", "fsdp")
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-    """Builds a (data, fsdp) mesh over all devices; an axis of size -1 takes what is left."""
-    num_devices = jax.device_count()
+def make_mesh(
+    mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """Builds a (data, fsdp) mesh over `devices` (default: all); an axis of -1 takes the rest.
+
+    The axes are `Auto`: shardings are given at jit boundaries and XLA propagates them inside.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    num_devices = len(devices)
     data, fsdp = mesh_config.data, mesh_config.fsdp
     if data == -1 and fsdp == -1:
         raise ValueError("config.mesh: at most one of `data` and `fsdp` may be -1.")
@@ -31,7 +37,9 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
             f"config.mesh: data={mesh_config.data} x fsdp={mesh_config.fsdp} does not fit "
             f"{num_devices} devices."
         )
-    return jax.make_mesh((data, fsdp), DATA_AXES)
+    return jax.make_mesh(
+        (data, fsdp), DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 def prepared_data_dir(tmp_path_factory) -> str:
     """A TFDS data dir holding the `test` preset's procedural faces, prepared once per session."""
     from diffusion_jax.data import pipeline
-    from tests.helpers import test_config
+    from tests.helpers import tiny_config
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    pipeline.ensure_prepared(test_config(data_dir).data)
+    pipeline.ensure_prepared(tiny_config(data_dir).data)
     return data_dir

@@ -16,7 +16,7 @@ def load_config(preset: str) -> ml_collections.ConfigDict:
     return module.get_config(preset)
 
 
-def test_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
+def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
     config = load_config("test")
     if data_dir is not None:
         config.data.data_dir = data_dir

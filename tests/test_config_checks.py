@@ -27,7 +27,7 @@ def test_presets_are_valid(preset):
         ("sample.identities", (0, 99), "config.sample.identities"),
         ("model.dtype", "float16", "config.model.dtype='float16'"),
         ("model.attention_resolutions", (3,), "config.model"),
-        ("model.channel_mults", (1, 2, 2, 2, 2, 2), "config.model: image_size=16"),
+        ("model.channel_mults", (1, 2, 2, 2, 2, 2), "config.model: image_size=32"),
         ("data.source", "lfw", "config.data.source='lfw'"),
     ],
 )

@@ -11,15 +11,15 @@ from tests.helpers import REPO_ROOT
 
 SCRIPT = r"""
 import jax, numpy as np
-from jax.sharding import Mesh
+from ml_collections import ConfigDict
 from diffusion_jax import parallel
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.step import jit_train_step, make_train_step
-from tests.helpers import test_config
+from tests.helpers import tiny_config
 
 assert jax.device_count() == 4, jax.devices()
-config = test_config()
+config = tiny_config()
 config.model.dropout = 0.1  # dropout masks must not depend on the sharding either
 optimizer, learning_rate = state_lib.make_optimizer(config.train)
 schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
@@ -43,9 +43,9 @@ def train(mesh):
     return jax.device_get(state.params), float(metrics["loss"])
 
 meshes = {
-    "1 device": Mesh(np.array(jax.devices()[:1]).reshape(1, 1), parallel.DATA_AXES),
-    "data=4": jax.make_mesh((4, 1), parallel.DATA_AXES),
-    "data=2 x fsdp=2": jax.make_mesh((2, 2), parallel.DATA_AXES),
+    "1 device": parallel.make_mesh(ConfigDict({"data": 1, "fsdp": 1}), jax.devices()[:1]),
+    "data=4": parallel.make_mesh(ConfigDict({"data": 4, "fsdp": 1})),
+    "data=2 x fsdp=2": parallel.make_mesh(ConfigDict({"data": 2, "fsdp": 2})),
 }
 reference, reference_loss = train(meshes.pop("1 device"))
 for name, mesh in meshes.items():

@@ -14,7 +14,7 @@ from diffusion_jax.train import loop
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
 from diffusion_jax import parallel, sample_mode
-from tests.helpers import REPO_ROOT, test_config
+from tests.helpers import REPO_ROOT, tiny_config
 
 
 def restore_params(workdir: str, config, step: int | None = None):
@@ -44,7 +44,7 @@ def cli_run(tmp_path_factory, prepared_data_dir):
 
 def test_main_job_leaves_config_checkpoints_events_and_figures(cli_run):
     with open(os.path.join(cli_run, "config.json")) as f:
-        assert json.load(f)["train"]["num_steps"] == test_config().train.num_steps
+        assert json.load(f)["train"]["num_steps"] == tiny_config().train.num_steps
     checkpointer = Checkpointer(os.path.join(cli_run, "checkpoints"), read_only=True)
     assert checkpointer.all_steps() == [3, 6]  # every 3 steps, keep 3
     assert glob.glob(os.path.join(cli_run, "events.out.tfevents.*"))
@@ -54,7 +54,7 @@ def test_main_job_leaves_config_checkpoints_events_and_figures(cli_run):
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(cli_run, tmp_path, prepared_data_dir, monkeypatch):
-    config = test_config(data_dir=prepared_data_dir)
+    config = tiny_config(data_dir=prepared_data_dir)
     workdir = str(tmp_path)
 
     real_jit_train_step = loop.jit_train_step
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(cli_run, tmp_path, prepa
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, prepared_data_dir, monkeypatch
 ):
-    config = test_config(data_dir=prepared_data_dir)
+    config = tiny_config(data_dir=prepared_data_dir)
     real_make_iterator = loop.pipeline.make_train_iterator
 
     class PoisonAfter:
@@ -117,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepared_data_dir):
-    config = test_config(data_dir=prepared_data_dir)
+    config = tiny_config(data_dir=prepared_data_dir)
     out_dir = sample_mode.sample_from_checkpoint(config, cli_run)
     assert out_dir.endswith("step_6")
     for label in config.sample.identities:
@@ -125,7 +125,7 @@ def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepa
         assert len(files) == config.sample.samples_per_identity
     assert os.path.exists(os.path.join(out_dir, "identities.png"))
 
-    other = test_config(data_dir=prepared_data_dir)
+    other = tiny_config(data_dir=prepared_data_dir)
     other.model.base_channels = 24
     with pytest.raises(ValueError, match="model.base_channels: checkpoint has 16, config has 24"):
         sample_mode.sample_from_checkpoint(other, cli_run)

@@ -86,7 +86,7 @@ def make_train_step(
         )
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": learning_rate(state.step),
         }
         return new_state, metrics

@@ -1,0 +1,149 @@
+"""Throughput of the procedural face renderer and of the grain training pipeline on ONE CPU core;
+prints JSON.
+
+The process pins itself to one core before JAX starts (`os.sched_setaffinity`, like
+`taskset -c CORE`) and runs XLA single-threaded
+(XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
+
+    render    `procedural_faces.render` on batches of RENDER_BATCH_SIZE at each resolution:
+              images/s over wall time and over the process's CPU time (the same unless another
+              process shares the core), best of --repeats calls, and the compile time.
+    prepare   building the `procedural_faces` TFDS dataset (render, PNG-encode, write
+              ArrayRecord) at --pipeline-resolution, in images/s, unless --data-dir holds it.
+    pipeline  `pipeline.make_train_iterator` (worker_count 0): read, PNG-decode, flip, scale and
+              batch, in images/s.
+
+    python benchmarks/render_throughput.py
+    python benchmarks/render_throughput.py --resolutions=64 --repeats=10 --core=1
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--resolutions", default="32,64,112", help="comma-separated render resolutions"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed render calls per resolution")
+    parser.add_argument(
+        "--core", type=int, default=None, help="CPU core to pin to (default: the first allowed)"
+    )
+    parser.add_argument("--pipeline-resolution", type=int, default=64)
+    parser.add_argument(
+        "--pipeline-identities", type=int, default=100, help="training identities (x20 images)"
+    )
+    parser.add_argument(
+        "--pipeline-batches", type=int, default=50, help="batches of 64 read from the pipeline"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="TFDS data dir to reuse (default: a temporary one)"
+    )
+    return parser.parse_args()
+
+
+def _pin_to_one_core(core: int | None) -> int:
+    core = min(os.sched_getaffinity(0)) if core is None else core
+    os.sched_setaffinity(0, {core})
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+    return core
+
+
+def _timed(function) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _render_throughput(resolution: int, repeats: int) -> dict:
+    import numpy as np
+
+    from diffusion_jax.data import procedural_faces
+
+    batch = procedural_faces.RENDER_BATCH_SIZE
+    identity_ids = np.arange(batch)
+    identity = procedural_faces.sample_identities(0, identity_ids)
+    nuisance = procedural_faces.sample_nuisance(0, identity_ids, identity_ids)
+    compile_s, _ = _timed(
+        lambda: procedural_faces.render(identity, nuisance, resolution).block_until_ready()
+    )
+    timings = [
+        _timed(lambda: procedural_faces.render(identity, nuisance, resolution).block_until_ready())
+        for _ in range(repeats)
+    ]
+    return {
+        "resolution": resolution,
+        "batch": batch,
+        "images_per_s": round(batch / min(wall for wall, _ in timings), 1),
+        "images_per_cpu_s": round(batch / min(cpu for _, cpu in timings), 1),
+        "first_call_s": round(compile_s, 2),
+    }
+
+
+def _pipeline_throughput(args: argparse.Namespace, data_dir: str) -> dict:
+    import ml_collections
+
+    from diffusion_jax.data import pipeline
+
+    data_config = ml_collections.ConfigDict(
+        {
+            "source": "procedural",
+            "data_dir": data_dir,
+            "resolution": args.pipeline_resolution,
+            "seed": 0,
+            "num_train_identities": args.pipeline_identities,
+            "images_per_train_identity": 20,
+            "num_heldout_identities": 20,
+            "images_per_heldout_identity": 4,
+            "pairs_per_fold": 2,
+            "horizontal_flip": True,
+            "worker_count": 0,
+        }
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its progress on stdout.
+        prepare_s, _ = _timed(lambda: pipeline.ensure_prepared(data_config))
+    iterator = pipeline.make_train_iterator(data_config, global_batch_size=64, seed=0)
+    next(iterator)
+    read_s, read_cpu_s = _timed(lambda: [next(iterator) for _ in range(args.pipeline_batches)])
+    images = 64 * args.pipeline_batches
+    return {
+        "resolution": args.pipeline_resolution,
+        "train_images": 20 * args.pipeline_identities,
+        "prepare_s": round(prepare_s, 2),
+        "decoded_images_per_s": round(images / read_s, 1),
+        "decoded_images_per_cpu_s": round(images / read_cpu_s, 1),
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    core = _pin_to_one_core(args.core)
+    import jax
+
+    report = {
+        "core": core,
+        "xla_flags": os.environ["XLA_FLAGS"].strip(),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "render": [_render_throughput(int(r), args.repeats) for r in args.resolutions.split(",")],
+    }
+    with tempfile.TemporaryDirectory() as temporary:
+        report["pipeline"] = _pipeline_throughput(args, args.data_dir or temporary)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

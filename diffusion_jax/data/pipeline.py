@@ -1,0 +1,199 @@
+"""The grain input pipeline over the procedural faces, and readers of whole splits for evaluation.
+
+Every function takes the `config.data` ConfigDict of configs/faces.py and reads these fields:
+source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
+num_train_identities, images_per_train_identity, num_heldout_identities,
+images_per_heldout_identity, pairs_per_fold, horizontal_flip and worker_count (0 reads in the
+calling process).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from diffusion_jax.data import faces_builder
+
+SPLITS = ("train", "heldout", "pairs")
+
+
+def builder_config(data_config: ml_collections.ConfigDict) -> faces_builder.ProceduralFacesConfig:
+    """The TFDS builder config that `data_config` describes."""
+    if data_config.source != "procedural":
+        raise ValueError(
+            f"data.source must be 'procedural' for the procedural faces, got {data_config.source!r}"
+        )
+    return faces_builder.ProceduralFacesConfig(
+        resolution=data_config.resolution,
+        seed=data_config.seed,
+        num_train_identities=data_config.num_train_identities,
+        images_per_train_identity=data_config.images_per_train_identity,
+        num_heldout_identities=data_config.num_heldout_identities,
+        images_per_heldout_identity=data_config.images_per_heldout_identity,
+        pairs_per_fold=data_config.pairs_per_fold,
+    )
+
+
+def _data_dir(data_config: ml_collections.ConfigDict) -> str:
+    return os.path.expanduser(data_config.data_dir)
+
+
+def _barrier() -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("procedural_faces_prepared")
+
+
+def ensure_prepared(data_config: ml_collections.ConfigDict) -> faces_builder.ProceduralFaces:
+    """Prepares `procedural_faces` and `procedural_face_pairs` in data_config.data_dir unless they
+    already are, and returns the `procedural_faces` builder.
+
+    With several processes, every process must call it (it synchronises them): process 0
+    prepares first; the others then find the data prepared in a shared data_dir, or render an
+    identical copy into their local one.
+    """
+    config = builder_config(data_config)
+    is_first_process = jax.process_index() == 0
+    if not is_first_process:
+        _barrier()
+    faces = faces_builder.ProceduralFaces(config=config, data_dir=_data_dir(data_config))
+    faces.download_and_prepare()
+    faces_builder.ProceduralFacePairs(
+        config=config, data_dir=_data_dir(data_config)
+    ).download_and_prepare()
+    if is_first_process:
+        _barrier()
+    return faces
+
+
+def _prepared(
+    builder_class: type[faces_builder.ProceduralFaces | faces_builder.ProceduralFacePairs],
+    data_config: ml_collections.ConfigDict,
+) -> faces_builder.ProceduralFaces | faces_builder.ProceduralFacePairs:
+    """The prepared dataset of `builder_class`; a single process prepares it if needed."""
+    config, data_dir = builder_config(data_config), _data_dir(data_config)
+    if not builder_class(config=config, data_dir=data_dir).is_prepared():
+        if jax.process_count() > 1:
+            raise RuntimeError(
+                f"the procedural faces are not prepared in {data_dir}: call "
+                "ensure_prepared(data_config) in every process first"
+            )
+        ensure_prepared(data_config)
+    return builder_class(config=config, data_dir=data_dir)
+
+
+def load_split_arrays(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+    """Every record of a split as NumPy arrays, in stored order (identity by identity; pairs fold
+    by fold). A single process prepares the data if needed; several must `ensure_prepared` first.
+
+    "train" and "heldout" give image uint8 [N, H, W, 3], label, identity and image_index int32
+    [N]; "pairs" gives image_a, image_b, is_same (bool), fold, identity_a, identity_b,
+    image_index_a and image_index_b.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    is_pairs = split == "pairs"
+    builder = _prepared(
+        faces_builder.ProceduralFacePairs if is_pairs else faces_builder.ProceduralFaces,
+        data_config,
+    )
+    source = builder.as_data_source(split)
+    records = source.__getitems__(range(len(source)))
+    features = builder.info.features
+    return {
+        key: np.asarray([record[key] for record in records], features[key].np_dtype)
+        for key in features
+    }
+
+
+def _model_image(image: np.ndarray) -> np.ndarray:
+    """uint8 image -> float32 in [-1, 1]: x / 127.5 - 1."""
+    return image.astype(np.float32) / 127.5 - 1.0
+
+
+def first_images_of_labels(
+    data_config: ml_collections.ConfigDict, labels: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first training image of each of `labels`, as the model sees it: float32 [R, H, W, 3]
+    in [-1, 1], and the labels, int32 [R]. Reads R records (training records are stored
+    identity by identity), preparing the data like `load_split_arrays`."""
+    labels = np.asarray(labels, np.int32)
+    if labels.ndim != 1 or np.any((labels < 0) | (labels >= data_config.num_train_identities)):
+        raise ValueError(
+            f"labels must be a 1-D sequence in [0, {data_config.num_train_identities}) (the "
+            f"training identities), got {labels.tolist()}"
+        )
+    source = _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
+    records = source.__getitems__((labels * data_config.images_per_train_identity).tolist())
+    return np.stack([_model_image(record["image"]) for record in records]), labels
+
+
+class _RandomHorizontalFlip(grain.transforms.RandomMap):
+    """Mirrors the image with probability 1/2."""
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        if rng.random() < 0.5:
+            element = {**element, "image": element["image"][:, ::-1]}
+        return element
+
+
+class _ToModelInputs(grain.transforms.Map):
+    """Keeps the image, scaled to [-1, 1], and the label, as int32."""
+
+    def map(self, element: dict) -> dict:
+        return {"image": _model_image(element["image"]), "label": np.int32(element["label"])}
+
+
+def make_train_iterator(
+    data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int
+) -> grain.DataLoaderIterator:
+    """An endless iterator of training batches {"image": float32 [B, H, W, 3] in [-1, 1],
+    "label": int32 [B]}, with B = global_batch_size / jax.process_count() for this process.
+
+    Each process reads its own shard of the records (ShardByJaxProcess, remainders dropped),
+    reshuffled every epoch from `seed`, optionally mirrored at random. The batches are a function
+    of (seed, process count, worker_count): grain batches within each worker, so 0 and 1 workers
+    agree but more workers group the records differently. Workers are processes and need absl
+    flags parsed (as under `absl.app.run`). The iterator's position is `get_state()` /
+    `set_state()`, or `grain.checkpoint.CheckpointSave(iterator)` in an Orbax CheckpointManager.
+    A single process prepares the data if needed; several must `ensure_prepared` first.
+    """
+    process_count = jax.process_count()
+    if (
+        isinstance(global_batch_size, bool)
+        or not isinstance(global_batch_size, int)
+        or global_batch_size < 1
+    ):
+        raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}")
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size ({global_batch_size}) must be divisible by the number of "
+            f"processes ({process_count})"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    source = _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+        shuffle=True,
+        num_epochs=None,
+        seed=seed,
+    )
+    operations = [_RandomHorizontalFlip()] if data_config.horizontal_flip else []
+    operations += [
+        _ToModelInputs(),
+        grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True),
+    ]
+    loader = grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=data_config.worker_count,
+    )
+    return iter(loader)

@@ -1,0 +1,219 @@
+"""Tests of the grain training pipeline and the split readers, on a tiny prepared dataset."""
+
+import itertools
+import socket
+import subprocess
+import sys
+
+import grain
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from diffusion_jax.data import pipeline
+
+BATCH = 8
+TRAIN_RECORDS = 8 * 4
+
+
+def _data_config(data_dir, **changes) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(
+        {
+            "source": "procedural",
+            "data_dir": str(data_dir),
+            "resolution": 32,
+            "seed": 5,
+            "num_train_identities": 8,
+            "images_per_train_identity": 4,
+            "num_heldout_identities": 20,
+            "images_per_heldout_identity": 4,
+            "pairs_per_fold": 2,
+            "horizontal_flip": False,
+            "worker_count": 0,
+        }
+    )
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory):
+    """The dataset of test_faces_builder, in the same session directory (prepared once)."""
+    config = _data_config(tmp_path_factory.getbasetemp() / "tfds")
+    pipeline.ensure_prepared(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def train_images(data_config):
+    """The stored training images as the model sees them, [N, H, W, 3] in [-1, 1]."""
+    return (
+        pipeline.load_split_arrays(data_config, "train")["image"].astype(np.float32) / 127.5 - 1.0
+    )
+
+
+def _batches(iterator, count: int) -> list[dict]:
+    return list(itertools.islice(iterator, count))
+
+
+def _record_indices(images: np.ndarray, train_images: np.ndarray) -> np.ndarray:
+    """The training record each image [B, H, W, 3] is, found by exact comparison."""
+    matches = np.all(images[:, None] == train_images[None], axis=(2, 3, 4))
+    assert np.all(matches.sum(axis=1) == 1)
+    return matches.argmax(axis=1)
+
+
+def test_batches_are_scaled_stored_images_and_labels(data_config, train_images):
+    batches = _batches(
+        pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=0), 6
+    )
+    labels = pipeline.load_split_arrays(data_config, "train")["label"]
+    for batch in batches:
+        assert set(batch) == {"image", "label"}
+        assert batch["image"].dtype == np.float32 and batch["image"].shape == (BATCH, 32, 32, 3)
+        assert batch["label"].dtype == np.int32 and batch["label"].shape == (BATCH,)
+        assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+        np.testing.assert_array_equal(
+            batch["label"], labels[_record_indices(batch["image"], train_images)]
+        )
+    # One epoch is 4 batches of 8: a permutation of the 32 records, and the next epoch another.
+    epochs = [
+        np.concatenate([_record_indices(b["image"], train_images) for b in batches[i : i + 4]])
+        for i in (0, 4)
+    ]
+    np.testing.assert_array_equal(np.sort(epochs[0]), np.arange(TRAIN_RECORDS))
+    assert not np.array_equal(epochs[0], np.arange(TRAIN_RECORDS))
+    assert not np.array_equal(epochs[0][:16], epochs[1][:16])
+
+
+def test_order_is_determined_by_the_seed(data_config):
+    first = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
+    again = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
+    other = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=4), 3)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
+
+
+def test_horizontal_flip_mirrors_about_half_of_the_images(data_config, train_images):
+    flipping = _data_config(data_config.data_dir, horizontal_flip=True)
+    images = np.concatenate(
+        [
+            b["image"]
+            for b in _batches(
+                pipeline.make_train_iterator(flipping, global_batch_size=BATCH, seed=0), 8
+            )
+        ]
+    )
+    is_stored = np.all(images[:, None] == train_images[None], axis=(2, 3, 4)).any(axis=1)
+    is_mirrored = np.all(images[:, None] == train_images[None, :, :, ::-1], axis=(2, 3, 4)).any(
+        axis=1
+    )
+    assert np.all(is_stored | is_mirrored)
+    assert 16 < is_mirrored.sum() < 48
+
+
+def test_iterator_state_round_trip(data_config):
+    iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    _batches(iterator, 5)
+    state = iterator.get_state()
+    expected = _batches(iterator, 4)
+    resumed = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    resumed.set_state(state)
+    for a, b in zip(expected, _batches(resumed, 4)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_iterator_checkpoints_with_orbax(data_config, tmp_path):
+    iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    _batches(iterator, 3)
+    with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
+        manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+    expected = _batches(iterator, 2)
+    resumed = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
+        manager.restore(
+            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed))
+        )
+    for a, b in zip(expected, _batches(resumed, 2)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+_PROCESS_SCRIPT = """
+import json
+import sys
+import jax
+import ml_collections
+import numpy as np
+port, process_id, config_json, output = sys.argv[1:]
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+from diffusion_jax.data import pipeline
+data_config = ml_collections.ConfigDict(json.loads(config_json))
+iterator = pipeline.make_train_iterator(data_config, global_batch_size=8, seed=0)
+np.save(output, np.concatenate([next(iterator)["image"] for _ in range(4)]))
+"""
+
+
+def test_two_processes_read_disjoint_halves_of_each_epoch(data_config, train_images, tmp_path):
+    """Two JAX processes on localhost: each gets batches of 8 / 2, and in one epoch (16 records
+    each) they read every record exactly once."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    outputs = [tmp_path / f"process_{i}.npy" for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _PROCESS_SCRIPT,
+                str(port),
+                str(i),
+                data_config.to_json(),
+                str(output),
+            ]
+        )
+        for i, output in enumerate(outputs)
+    ]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    halves = [np.load(output) for output in outputs]
+    assert [half.shape for half in halves] == [(16, 32, 32, 3)] * 2
+    records = np.concatenate([_record_indices(half, train_images) for half in halves])
+    np.testing.assert_array_equal(np.sort(records), np.arange(TRAIN_RECORDS))
+
+
+def test_split_arrays(data_config):
+    heldout = pipeline.load_split_arrays(data_config, "heldout")
+    assert heldout["image"].shape == (80, 32, 32, 3) and heldout["image"].dtype == np.uint8
+    assert heldout["label"].dtype == np.int32
+    pairs = pipeline.load_split_arrays(data_config, "pairs")
+    assert pairs["image_a"].shape == pairs["image_b"].shape == (40, 32, 32, 3)
+    assert pairs["is_same"].dtype == bool and pairs["is_same"].sum() == 20
+    with pytest.raises(
+        ValueError, match="split must be one of \\('train', 'heldout', 'pairs'\\), got 'test'"
+    ):
+        pipeline.load_split_arrays(data_config, "test")
+
+
+def test_first_images_of_labels(data_config, train_images):
+    images, labels = pipeline.first_images_of_labels(data_config, [5, 0, 5])
+    np.testing.assert_array_equal(labels, [5, 0, 5])
+    np.testing.assert_array_equal(images, train_images[[20, 0, 20]])
+    with pytest.raises(
+        ValueError, match="labels must be a 1-D sequence in \\[0, 8\\) .* got \\[8\\]"
+    ):
+        pipeline.first_images_of_labels(data_config, [8])
+
+
+def test_bad_arguments_raise_clear_errors(data_config):
+    with pytest.raises(ValueError, match="global_batch_size must be a positive integer, got 0"):
+        pipeline.make_train_iterator(data_config, global_batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="seed must be an integer in \\[0, 2\\*\\*32\\), got -1"):
+        pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=-1)
+    with pytest.raises(
+        ValueError, match="data.source must be 'procedural' for the procedural faces, got 'folders'"
+    ):
+        pipeline.ensure_prepared(_data_config(data_config.data_dir, source="folders"))

@@ -135,7 +135,7 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.diffusion.loss_weighting = "min_snr"
 
     config.train.batch_size = 32
-    config.train.num_steps = 1500
+    config.train.num_steps = 2000
     config.train.learning_rate = 1e-3
     config.train.warmup_steps = 100
     config.train.ema_decay = 0.995

@@ -9,6 +9,7 @@ of truth for what is allowed.
 
 from typing import Any, Callable
 
+import jax
 import ml_collections
 
 from diffusion_jax.data import procedural_faces
@@ -60,6 +61,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "diffusion.num_timesteps",
     ):
         _require(config, field, lambda v: v > 0, "must be positive")
+    _require(
+        config,
+        "train.batch_size",
+        lambda v: v % jax.device_count() == 0,
+        f"must be divisible by the {jax.device_count()} devices",
+    )
     _require(config, "train.figures_every_steps", lambda v: v >= 0, "must be >= 0 (0 = at the end)")
     _require(config, "train.learning_rate", lambda v: v > 0, "must be positive")
     _require(config, "train.warmup_steps", lambda v: v >= 0, "must be >= 0")

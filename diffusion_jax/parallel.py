@@ -77,13 +77,3 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
         for key, value in local_batch.items()
     }
 
-
-def local_batch_size(global_batch_size: int) -> int:
-    """The share of `global_batch_size` this process loads; refuses sizes that do not divide."""
-    processes, devices = jax.process_count(), jax.device_count()
-    if global_batch_size % devices:
-        raise ValueError(
-            f"config.train.batch_size={global_batch_size} is not divisible by the {devices} devices."
-        )
-    return global_batch_size // processes
-

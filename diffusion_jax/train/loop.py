@@ -83,7 +83,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         global_batch_size=config.train.batch_size,
         seed=config.seed,
     )
-    parallel.local_batch_size(config.train.batch_size)  # refuses batch sizes that do not divide
     condition_table = identity_condition_table(config)
 
     # ------------------------------------------------------------------ Model and state

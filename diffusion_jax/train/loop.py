@@ -31,12 +31,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def identity_condition_table(config: ml_collections.ConfigDict) -> np.ndarray:
-    """[num_train_identities, condition.dim]: the condition of each training label."""
-    if config.condition.source != "random_identity_table":
-        raise ValueError(
-            f"config.condition.source={config.condition.source!r} is not supported; "
-            "use 'random_identity_table'."
-        )
+    """[num_train_identities, condition.dim]: the condition of each training label.
+
+    The only `config.condition.source` so far is "random_identity_table": a frozen random unit
+    vector per training identity, standing in for an identity encoder's embedding.
+    """
     return np.asarray(
         random_identity_embeddings(
             config.data.num_train_identities, config.condition.dim, seed=config.seed
@@ -104,13 +103,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         make_train_step(graphdef, optimizer, learning_rate, schedule, config), mesh, shardings
     )
 
+    figure_data = figure_inputs(config, condition_table)
+
     def figures(step: int, state: state_lib.TrainState) -> None:
         write_diffusion_figures(
             graphdef=graphdef,
             params=state.ema_params if config.sample.use_ema else state.params,
             schedule=schedule,
             config=config,
-            **figure_inputs(config, condition_table),
+            **figure_data,
             rng=jax.random.fold_in(figure_rng, step),
             out_dir=os.path.join(workdir, "figures"),
             writer=writer,

@@ -338,26 +338,6 @@ PREDICTION_TYPES = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-def unet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`TorchUNet`'s arguments for `config`: those `diffusion_jax.train.state.build_model` gives
-    the JAX UNet."""
-    model = config.model
-    return dict(
-        image_size=config.data.resolution,
-        base_channels=model.base_channels,
-        channel_mults=tuple(model.channel_mults),
-        num_res_blocks=model.num_res_blocks,
-        attention_resolutions=tuple(model.attention_resolutions),
-        head_channels=model.head_channels,
-        dropout=model.dropout,
-        cond_dim=config.condition.dim,
-        cross_attention=model.cross_attention,
-        num_cond_tokens=model.num_cond_tokens,
-        stem=model.stem,
-        num_groups=model.num_groups,
-    )
-
-
 def compute_precision(
     config: ml_collections.ConfigDict, device: torch.device
 ) -> contextlib.AbstractContextManager:

@@ -151,8 +151,9 @@ def matmul_peak_gflops(n: int, dtype: str, repeats: int = 5) -> dict[str, Any]:
 
 
 def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What the twin and the report take from diffusion_jax: the schedule's abar_t [T], the
-    sampler's timesteps [S] and the model's parameter count (from shapes, nothing allocated)."""
+    """What the twin and the report take from diffusion_jax: the UNet's architecture arguments,
+    the schedule's abar_t [T], the sampler's timesteps [S] and the model's parameter count (from
+    shapes, nothing allocated). Computed once here so the PyTorch processes never import JAX."""
     from flax import nnx
 
     from diffusion_jax.diffusion.samplers import sampling_timesteps
@@ -165,6 +166,7 @@ def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
     num_steps = sampler_options(config.sample, num_timesteps)["num_steps"]
     abstract_model = nnx.eval_shape(lambda: state_lib.build_model(config, nnx.Rngs(0)))
     return {
+        "architecture": state_lib.unet_architecture(config),
         "alphas_cumprod": np.asarray(schedule.alphas_cumprod),
         "timesteps": sampling_timesteps(num_timesteps, num_steps),
         "num_params": state_lib.count_params(nnx.state(abstract_model, nnx.Param)),
@@ -264,7 +266,7 @@ def measure_torch(
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = torch_unet.TorchUNet(**torch_unet.unet_kwargs(config)).to(device)
+    model = torch_unet.TorchUNet(**constants["architecture"]).to(device)
     alphas_cumprod = torch.tensor(constants["alphas_cumprod"], device=device)
     batch = make_batch(config, batch_size)
 

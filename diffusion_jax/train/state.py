@@ -5,7 +5,7 @@ the train state holds only pytrees, so the jitted train step is a pure function 
 `train_step(state, batch, rng) -> (state, metrics)`.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -31,10 +31,13 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
-    """The denoiser described by `config.model` for images of `config.data.resolution`."""
+def unet_architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The UNet's architecture arguments for `config` (no dtypes, no RNGs).
+
+    Shared with the PyTorch twin in benchmarks/, so both build the same network.
+    """
     model_config = config.model
-    return UNet(
+    return dict(
         image_size=config.data.resolution,
         in_channels=3,
         out_channels=3,
@@ -49,7 +52,14 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
         num_cond_tokens=model_config.num_cond_tokens,
         stem=model_config.stem,
         num_groups=model_config.num_groups,
-        dtype=COMPUTE_DTYPES[model_config.dtype],
+    )
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
+    """The denoiser described by `config.model` for images of `config.data.resolution`."""
+    return UNet(
+        **unet_architecture(config),
+        dtype=COMPUTE_DTYPES[config.model.dtype],
         param_dtype=jnp.float32,
         rngs=rngs,
     )

@@ -1,0 +1,108 @@
+"""InsightFace verification .bin files: read as Python 2 and Python 3 wrote them; any other object
+in the pickle refused before it runs; counts that disagree refused."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from diffusion_jax.data import verification_bin
+from tests import format_fixtures
+
+IS_SAME = [True, False, True]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    images = [format_fixtures.tiny_image(seed) for seed in range(2 * len(IS_SAME))]
+    images[3] = format_fixtures.tiny_image(3, "JPEG")  # over 255 bytes: BINSTRING in Python 2
+    return images
+
+
+def _write(tmp_path, content: bytes) -> str:
+    path = str(tmp_path / "lfw.bin")
+    with open(path, "wb") as bin_file:
+        bin_file.write(content)
+    return path
+
+
+def test_reads_what_python2_insightface_wrote(tmp_path, images):
+    assert len(images[3]) > 255 > len(images[0])
+    python2_pickle = format_fixtures.python2_pickle(images, IS_SAME)
+    assert pickle.loads(python2_pickle, encoding="bytes") == (images, IS_SAME)
+    pairs = verification_bin.read_verification_bin(_write(tmp_path, python2_pickle))
+    assert pairs.images == images
+    np.testing.assert_array_equal(pairs.is_same, IS_SAME)
+    assert pairs.is_same.dtype == bool
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("as_arrays", [False, True], ids=["bytes", "uint8-arrays"])
+def test_reads_python3_pickles_of_bytes_and_arrays(tmp_path, images, protocol, as_arrays):
+    bins = [np.frombuffer(image, np.uint8) for image in images] if as_arrays else images
+    issame = np.array(IS_SAME) if as_arrays else IS_SAME
+    path = _write(tmp_path, pickle.dumps((bins, issame), protocol=protocol))
+    pairs = verification_bin.read_verification_bin(path)
+    assert pairs.images == images
+    np.testing.assert_array_equal(pairs.is_same, IS_SAME)
+
+
+class _RunsShellCommand:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path, images):
+    marker = tmp_path / "pwned"
+    malicious = pickle.dumps(([_RunsShellCommand(str(marker))] + images[1:], IS_SAME), protocol=2)
+    path = _write(tmp_path, malicious)
+    with pytest.raises(ValueError, match=f"{path}: .*refused to load global '(posix|os).system'"):
+        verification_bin.read_verification_bin(path)
+    assert not marker.exists()
+    pickle.loads(malicious)  # the unrestricted unpickler runs it: the test's payload is live
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "stream, refused",
+    [
+        (b"\x80\x02cbuiltins\neval\nX\x04\x00\x00\x001+1\x85R.", "builtins.eval"),
+        (b"\x80\x02cnumpy\nload\nX\x01\x00\x00\x00x\x85R.", "numpy.load"),
+        (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x03\x00\x00\x00hex\x86R.", "'hex'"),
+    ],
+    ids=["builtins.eval", "numpy.load", "codecs-beyond-latin1"],
+)
+def test_globals_beyond_bytes_and_arrays_are_refused(tmp_path, stream, refused):
+    path = _write(tmp_path, stream)
+    with pytest.raises(ValueError, match=f"{path}: .*{refused}"):
+        verification_bin.read_verification_bin(path)
+
+
+def test_mismatched_flag_count_is_refused_naming_the_file(tmp_path, images):
+    path = _write(tmp_path, format_fixtures.python2_pickle(images[:5], IS_SAME))
+    with pytest.raises(ValueError, match=f"{path}: 5 images for 3 same/different flags"):
+        verification_bin.read_verification_bin(path)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ((["not bytes"] * 2, [True]), "image 0 is a str"),
+        (([b"a", b"b"], [1]), "the same/different flags must be a list of bools"),
+        (([b"a", b"b"],), "expected a pickled pair"),
+    ],
+)
+def test_malformed_content_is_refused_naming_the_file(tmp_path, content, problem):
+    path = _write(tmp_path, pickle.dumps(content, protocol=2))
+    with pytest.raises(ValueError, match=f"{path}: {problem}"):
+        verification_bin.read_verification_bin(path)
+
+
+def test_truncated_file_is_refused_naming_it(tmp_path, images):
+    path = _write(tmp_path, format_fixtures.python2_pickle(images, IS_SAME)[:-40])
+    with pytest.raises(ValueError, match=f"{path}: not a readable verification file"):
+        verification_bin.read_verification_bin(path)

@@ -33,11 +33,17 @@ def _base_config() -> ml_collections.ConfigDict:
     config.preset = "base"
     config.seed = 0
 
-    # The embedded procedural face dataset (diffusion_jax/data), prepared once as TFDS ArrayRecord.
+    # Training images. `source`: "procedural" (the embedded faces, rendered and prepared once as
+    # TFDS ArrayRecord in data_dir), "image_folder" (path/<identity>/<image>, prepared once into
+    # data_dir) or "recordio" (an InsightFace train.rec at path, with train.idx beside it).
     config.data = ml_collections.ConfigDict()
     config.data.source = "procedural"
+    config.data.path = ""  # image_folder: the root folder; recordio: the .rec file
     config.data.data_dir = "~/tensorflow_datasets"
     config.data.resolution = 64
+    config.data.image_policy = "resize"  # or "center_crop"; see diffusion_jax/data/image_decoding.py
+    config.data.strict = False  # image_folder: a bad file stops preparation instead of being skipped
+    # The procedural source only: its seed and sizes.
     config.data.seed = 0
     config.data.num_train_identities = 2000
     config.data.images_per_train_identity = 50

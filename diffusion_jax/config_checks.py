@@ -7,12 +7,13 @@ validates its own arguments (schedules, samplers, the UNet), it is asked, so the
 of truth for what is allowed.
 """
 
+import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
 
-from diffusion_jax.data import procedural_faces
+from diffusion_jax.data import image_decoding, pipeline, procedural_faces
 from diffusion_jax.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
@@ -20,7 +21,8 @@ from diffusion_jax.diffusion.schedules import beta_schedule
 from diffusion_jax.train import state as state_lib
 
 SUPPORTED = {
-    "data.source": ("procedural",),
+    "data.source": pipeline.SOURCES,
+    "data.image_policy": image_decoding.POLICIES,
     "condition.source": ("random_identity_table",),
     "model.dtype": tuple(state_lib.COMPUTE_DTYPES),
     "diffusion.prediction_type": PREDICTION_TYPES,
@@ -81,13 +83,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         lambda v: 0 < v <= config.diffusion.num_timesteps,
         f"must lie in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]",
     )
-    _require(
-        config,
-        "sample.identities",
-        lambda ids: len(ids) > 0
-        and all(0 <= i < config.data.num_train_identities for i in ids),
-        f"must be a non-empty list of training labels in [0, {config.data.num_train_identities})",
-    )
+    _require(config, "sample.identities", lambda ids: len(ids) > 0, "must not be empty")
+    if config.data.source == "procedural":  # other sources know their identities once read
+        _require(
+            config,
+            "sample.identities",
+            lambda ids: all(0 <= i < config.data.num_train_identities for i in ids),
+            f"must be training labels in [0, {config.data.num_train_identities})",
+        )
+    else:
+        _require(config, "data.path", lambda p: os.path.exists(os.path.expanduser(p)), "does not exist")
     _require(
         config,
         "mesh.data",

@@ -18,9 +18,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffusion_jax.data import faces_builder
+from diffusion_jax.data import faces_builder, image_folders, recordio
+from diffusion_jax.data.image_decoding import decode_image, to_model_range
 
 SPLITS = ("train", "heldout", "pairs")
+SOURCES = ("procedural", "image_folder", "recordio")
 
 
 def builder_config(data_config: ml_collections.ConfigDict) -> faces_builder.ProceduralFacesConfig:
@@ -49,26 +51,104 @@ def _barrier() -> None:
         multihost_utils.sync_global_devices("procedural_faces_prepared")
 
 
-def ensure_prepared(data_config: ml_collections.ConfigDict) -> faces_builder.ProceduralFaces:
-    """Prepares `procedural_faces` and `procedural_face_pairs` in data_config.data_dir unless they
-    already are, and returns the `procedural_faces` builder.
+def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:
+    """Prepares the training source of `data_config` unless it already is.
 
-    With several processes, every process must call it (it synchronises them): process 0
-    prepares first; the others then find the data prepared in a shared data_dir, or render an
-    identical copy into their local one.
+    procedural: renders `procedural_faces` and `procedural_face_pairs` into data_dir;
+    image_folder: decodes `data.path` into data_dir (see `image_folders`); recordio: opens the
+    file, which checks its index against its data. With several processes, every process must
+    call it (it synchronises them): process 0 prepares first; the others then find the data
+    prepared in a shared data_dir, or prepare an identical copy into their local one.
     """
-    config = builder_config(data_config)
+    _check_source(data_config)
+    if data_config.source == "recordio":
+        _recordio_reader(data_config)
+        return
     is_first_process = jax.process_index() == 0
     if not is_first_process:
         _barrier()
-    faces = faces_builder.ProceduralFaces(config=config, data_dir=_data_dir(data_config))
-    faces.download_and_prepare()
-    faces_builder.ProceduralFacePairs(
-        config=config, data_dir=_data_dir(data_config)
-    ).download_and_prepare()
+    if data_config.source == "procedural":
+        config, data_dir = builder_config(data_config), _data_dir(data_config)
+        faces_builder.ProceduralFaces(config=config, data_dir=data_dir).download_and_prepare()
+        faces_builder.ProceduralFacePairs(config=config, data_dir=data_dir).download_and_prepare()
+    else:
+        _image_folder_builder(data_config)
     if is_first_process:
         _barrier()
-    return faces
+
+
+def _check_source(data_config: ml_collections.ConfigDict) -> None:
+    if data_config.source not in SOURCES:
+        raise ValueError(f"data.source must be one of {SOURCES}, got {data_config.source!r}")
+    if data_config.source != "procedural" and not os.path.exists(os.path.expanduser(data_config.path)):
+        raise FileNotFoundError(
+            f"data.path={data_config.path!r} (for data.source={data_config.source!r}) does not exist"
+        )
+
+
+def _image_folder_builder(data_config: ml_collections.ConfigDict) -> image_folders.IdentityFolders:
+    """The identity-folder dataset of `data.path`, prepared into data_dir if it is not yet."""
+    return image_folders.prepare_image_folder(
+        os.path.expanduser(data_config.path),
+        _data_dir(data_config),
+        resolution=data_config.resolution,
+        policy=data_config.image_policy,
+        strict=data_config.strict,
+    )
+
+
+def _recordio_reader(data_config: ml_collections.ConfigDict) -> recordio.RecordIOReader:
+    return recordio.RecordIOReader(os.path.expanduser(data_config.path))
+
+
+class _DecodedRecordIO:
+    """A grain source of {"image": uint8 [R, R, 3], "label": int32} over a RecordIO reader.
+
+    A record whose image does not decode raises `ImageDecodeError` naming the file and key:
+    a .rec is read in place, so there is no preparation report to skip it into.
+    """
+
+    def __init__(self, data_config: ml_collections.ConfigDict):
+        self.reader = _recordio_reader(data_config)  # public: labels locate images by key
+        self._resolution, self._policy = data_config.resolution, data_config.image_policy
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self.reader[index]
+        image = decode_image(
+            record["image_bytes"],
+            resolution=self._resolution,
+            policy=self._policy,
+            source=f"{self.reader.rec_path} (record {int(self.reader.image_keys[index])})",
+        )
+        return {"image": image, "label": np.int32(record["label"])}
+
+
+def training_records(data_config: ml_collections.ConfigDict):
+    """The random-access training records {"image": uint8 [R, R, 3], "label": int} of any source."""
+    _check_source(data_config)
+    if data_config.source == "procedural":
+        return _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
+    if data_config.source == "image_folder":
+        return image_folders.ImageLabelSource(_image_folder_builder(data_config).data_dir)
+    return _DecodedRecordIO(data_config)
+
+
+def num_train_identities(data_config: ml_collections.ConfigDict) -> int:
+    """How many identity labels the training records use (labels are 0 .. n-1)."""
+    if data_config.source == "procedural":
+        return data_config.num_train_identities
+    if data_config.source == "image_folder":
+        return len(image_folders.read_identity_labels(_image_folder_builder(data_config).data_dir))
+    reader = _recordio_reader(data_config)
+    if reader.identity_ranges is None:
+        raise ValueError(
+            f"{reader.rec_path} has no InsightFace header record, so its number of identities "
+            "is unknown"
+        )
+    return len(reader.identity_ranges)
 
 
 def _prepared(
@@ -111,26 +191,36 @@ def load_split_arrays(data_config: ml_collections.ConfigDict, split: str) -> dic
     }
 
 
-def _model_image(image: np.ndarray) -> np.ndarray:
-    """uint8 image -> float32 in [-1, 1]: x / 127.5 - 1."""
-    return image.astype(np.float32) / 127.5 - 1.0
-
-
 def first_images_of_labels(
     data_config: ml_collections.ConfigDict, labels: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first training image of each of `labels`, as the model sees it: float32 [R, H, W, 3]
-    in [-1, 1], and the labels, int32 [R]. Reads R records (training records are stored
-    identity by identity), preparing the data like `load_split_arrays`."""
+    in [-1, 1], and the labels, int32 [R]. The procedural faces and InsightFace RecordIO locate
+    an identity's images directly; identity folders are scanned in stored order until every
+    label is found."""
     labels = np.asarray(labels, np.int32)
-    if labels.ndim != 1 or np.any((labels < 0) | (labels >= data_config.num_train_identities)):
+    num_identities = num_train_identities(data_config)
+    if labels.ndim != 1 or np.any((labels < 0) | (labels >= num_identities)):
         raise ValueError(
-            f"labels must be a 1-D sequence in [0, {data_config.num_train_identities}) (the "
-            f"training identities), got {labels.tolist()}"
+            f"labels must be a 1-D sequence in [0, {num_identities}) (the training identities), "
+            f"got {labels.tolist()}"
         )
-    source = _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
-    records = source.__getitems__((labels * data_config.images_per_train_identity).tolist())
-    return np.stack([_model_image(record["image"]) for record in records]), labels
+    records = training_records(data_config)
+    if data_config.source == "procedural":  # stored identity by identity
+        indices = labels * data_config.images_per_train_identity
+    elif data_config.source == "recordio":
+        reader = records.reader
+        first_keys = reader.identity_ranges[labels, 0]
+        indices = np.searchsorted(reader.image_keys, first_keys)
+    else:
+        first_index = {}
+        for index in range(len(records)):
+            first_index.setdefault(int(records[index]["label"]), index)
+            if all(int(label) in first_index for label in labels):
+                break
+        indices = [first_index[int(label)] for label in labels]
+    images = [to_model_range(np.asarray(records[int(index)]["image"])) for index in indices]
+    return np.stack(images), labels
 
 
 class _RandomHorizontalFlip(grain.transforms.RandomMap):
@@ -146,7 +236,7 @@ class _ToModelInputs(grain.transforms.Map):
     """Keeps the image, scaled to [-1, 1], and the label, as int32."""
 
     def map(self, element: dict) -> dict:
-        return {"image": _model_image(element["image"]), "label": np.int32(element["label"])}
+        return {"image": to_model_range(element["image"]), "label": np.int32(element["label"])}
 
 
 def make_train_iterator(
@@ -177,7 +267,7 @@ def make_train_iterator(
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    source = _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
+    source = training_records(data_config)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),

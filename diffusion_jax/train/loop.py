@@ -38,7 +38,7 @@ def identity_condition_table(config: ml_collections.ConfigDict) -> np.ndarray:
     """
     return np.asarray(
         random_identity_embeddings(
-            config.data.num_train_identities, config.condition.dim, seed=config.seed
+            pipeline.num_train_identities(config.data), config.condition.dim, seed=config.seed
         )
     )
 

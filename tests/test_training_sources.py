@@ -1,0 +1,114 @@
+"""Identity folders and InsightFace RecordIO feed the same grain pipeline and training loop."""
+
+import io
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from diffusion_jax import config_checks
+from diffusion_jax.data import image_folders, pipeline
+from diffusion_jax.data.procedural_faces import render_faces
+from diffusion_jax.train import loop
+from tests import format_fixtures
+from tests.helpers import tiny_config
+
+IMAGES_PER_IDENTITY = (3, 2, 4)  # three identities of unequal sizes
+RESOLUTION = 32
+
+
+def face_png(identity: int, image: int) -> bytes:
+    """A 48x48 procedural face, larger than the model's 32x32 so decoding must resize."""
+    pixels = render_faces(seed=1, identity_ids=[identity], image_ids=[image], resolution=48)[0]
+    encoded = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(encoded, format="PNG")
+    return encoded.getvalue()
+
+
+def expected_image(encoded: bytes) -> np.ndarray:
+    """What the model should see: the image resized to 32x32 (Lanczos), in [-1, 1]."""
+    image = PIL.Image.open(io.BytesIO(encoded)).convert("RGB")
+    image = image.resize((RESOLUTION, RESOLUTION), PIL.Image.Resampling.LANCZOS)
+    return np.asarray(image, np.float32) / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[list[bytes]]:
+    return [[face_png(i, k) for k in range(n)] for i, n in enumerate(IMAGES_PER_IDENTITY)]
+
+
+def data_config(tmp_path, source: str, path: str):
+    config = tiny_config(data_dir=str(tmp_path / "tfds"))
+    config.data.source = source
+    config.data.path = path
+    config.data.resolution = RESOLUTION
+    config.sample.identities = (2, 0)
+    return config
+
+
+@pytest.fixture
+def folder_config(tmp_path, faces):
+    root = tmp_path / "faces"
+    for identity, images in enumerate(faces):
+        folder = root / f"person_{identity}"
+        folder.mkdir(parents=True)
+        for index, encoded in enumerate(images):
+            (folder / f"{index:02d}.png").write_bytes(encoded)
+    (root / "person_1" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return data_config(tmp_path, "image_folder", str(root))
+
+
+@pytest.fixture
+def recordio_config(tmp_path, faces):
+    rec_path = str(tmp_path / "train.rec")
+    format_fixtures.write_recordio(
+        rec_path, str(tmp_path / "train.idx"), format_fixtures.insightface_records(faces)
+    )
+    return data_config(tmp_path, "recordio", rec_path)
+
+
+@pytest.mark.parametrize("config_fixture", ["folder_config", "recordio_config"])
+def test_source_feeds_the_train_iterator(config_fixture, request, faces):
+    config = request.getfixturevalue(config_fixture)
+    config_checks.validate(config)
+    pipeline.ensure_prepared(config.data)
+    assert pipeline.num_train_identities(config.data) == len(faces)
+
+    iterator = pipeline.make_train_iterator(config.data, global_batch_size=9, seed=0)
+    batch = next(iterator)
+    assert batch["image"].shape == (9, RESOLUTION, RESOLUTION, 3)
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    # One epoch (9 images, shuffled) holds every identity as often as it has images.
+    np.testing.assert_array_equal(np.bincount(batch["label"], minlength=3), IMAGES_PER_IDENTITY)
+
+    images, labels = pipeline.first_images_of_labels(config.data, [2, 0])
+    np.testing.assert_array_equal(labels, [2, 0])
+    for image, label in zip(images, labels):
+        np.testing.assert_allclose(image, expected_image(faces[label][0]), atol=1.5 / 127.5)
+
+
+def test_image_folder_skips_the_bad_file_and_reports_it(folder_config):
+    pipeline.ensure_prepared(folder_config.data)
+    builder = image_folders.prepare_image_folder(
+        folder_config.data.path, folder_config.data.data_dir, resolution=RESOLUTION
+    )
+    report = image_folders.read_preparation_report(builder.data_dir)
+    assert report["num_skipped"] == 1
+    assert report["skipped"][0]["path"].endswith(os.path.join("person_1", "broken.jpg"))
+    with open(os.path.join(builder.data_dir, image_folders.LABELS_FILENAME)) as f:
+        assert json.load(f) == {"person_0": 0, "person_1": 1, "person_2": 2}
+
+
+def test_missing_path_is_refused_naming_the_field(tmp_path):
+    config = data_config(tmp_path, "recordio", str(tmp_path / "absent.rec"))
+    with pytest.raises(config_checks.ConfigError, match="config.data.path=.*absent.rec.* does not exist"):
+        config_checks.validate(config)
+
+
+def test_training_loop_runs_on_recordio(recordio_config, tmp_path):
+    recordio_config.train.num_steps = 2
+    state = loop.train_and_evaluate(recordio_config, str(tmp_path / "run"))
+    assert int(state.step) == 2
+    assert os.path.exists(tmp_path / "run" / "figures" / "identities.png")

@@ -1,0 +1,75 @@
+"""Verification pairs decode to the same arrays from .bin, pairs.txt and the embedded faces."""
+
+import glob
+import io
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from diffusion_jax.data import verification_sets
+from diffusion_jax.data.image_decoding import decode_image
+from tests import format_fixtures
+from tests.helpers import tiny_config
+
+RESOLUTION = 32
+
+
+def png(seed: int, size: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+    encoded = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(encoded, format="PNG")
+    return encoded.getvalue()
+
+
+def test_contiguous_folds_match_kfold_without_shuffling():
+    # sklearn.model_selection.KFold(10).split(range(23)): the first 3 folds hold 3 pairs, the rest 2.
+    folds = verification_sets.contiguous_folds(23)
+    np.testing.assert_array_equal(np.bincount(folds), [3, 3, 3, 2, 2, 2, 2, 2, 2, 2])
+    assert np.all(np.diff(folds) >= 0)
+    with pytest.raises(ValueError, match="9 pairs cannot be split into 10 folds"):
+        verification_sets.contiguous_folds(9)
+
+
+def test_verification_bin_decodes_pairs_in_file_order(tmp_path):
+    images = [png(seed, 40) for seed in range(40)]
+    is_same = [bool(i % 2) for i in range(20)]
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(format_fixtures.python2_pickle(images, is_same))
+
+    pairs = verification_sets.from_verification_bin(str(path), resolution=RESOLUTION)
+    assert pairs.images_a.shape == (20, RESOLUTION, RESOLUTION, 3)
+    np.testing.assert_array_equal(pairs.is_same, is_same)
+    np.testing.assert_array_equal(pairs.fold, np.repeat(np.arange(10), 2))
+    np.testing.assert_array_equal(pairs.images_a[3], decode_image(images[6], resolution=RESOLUTION))
+    np.testing.assert_array_equal(pairs.images_b[3], decode_image(images[7], resolution=RESOLUTION))
+
+
+def test_lfw_pairs_decode_with_their_folds(tmp_path):
+    folds = [
+        ([(f"Person_{f}", 1, 2)], [(f"Person_{f}", 1, f"Other_{f}", 1)]) for f in range(10)
+    ]
+    pairs_path, root = str(tmp_path / "pairs.txt"), str(tmp_path / "lfw")
+    format_fixtures.write_lfw_tree(pairs_path, root, folds, header="10\t1")
+    for seed, path in enumerate(sorted(glob.glob(os.path.join(root, "*", "*.jpg")))):
+        with open(path, "wb") as f:
+            f.write(png(seed, 48))
+
+    pairs = verification_sets.from_lfw_pairs(pairs_path, root, resolution=RESOLUTION)
+    assert len(pairs) == 20
+    np.testing.assert_array_equal(pairs.is_same, [True, False] * 10)
+    np.testing.assert_array_equal(pairs.fold, np.repeat(np.arange(10), 2))
+    with open(os.path.join(root, "Person_4", "Person_4_0002.jpg"), "rb") as f:
+        expected = decode_image(f.read(), resolution=RESOLUTION)
+    np.testing.assert_array_equal(pairs.images_b[8], expected)
+
+
+def test_procedural_pairs_have_ten_balanced_folds(prepared_data_dir):
+    config = tiny_config(data_dir=prepared_data_dir)
+    pairs = verification_sets.from_procedural(config.data)
+    per_fold = 2 * config.data.pairs_per_fold
+    assert len(pairs) == 10 * per_fold
+    np.testing.assert_array_equal(np.bincount(pairs.fold), [per_fold] * 10)
+    np.testing.assert_array_equal(np.bincount(pairs.fold[pairs.is_same]), [per_fold // 2] * 10)
+    assert pairs.images_a.shape[1:] == (config.data.resolution, config.data.resolution, 3)

@@ -48,7 +48,7 @@ def _data_dir(data_config: ml_collections.ConfigDict) -> str:
 
 def _barrier() -> None:
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("procedural_faces_prepared")
+        multihost_utils.sync_global_devices("training_data_prepared")
 
 
 def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:

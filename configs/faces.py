@@ -35,10 +35,11 @@ def _base_config() -> ml_collections.ConfigDict:
 
     # Training images. `source`: "procedural" (the embedded faces, rendered and prepared once as
     # TFDS ArrayRecord in data_dir), "image_folder" (path/<identity>/<image>, prepared once into
-    # data_dir) or "recordio" (an InsightFace train.rec at path, with train.idx beside it).
+    # data_dir), "recordio" (an InsightFace train.rec at path, with train.idx beside it) or
+    # "tfds" (the train split of the TFDS dataset named by path, prepared in data_dir).
     config.data = ml_collections.ConfigDict()
     config.data.source = "procedural"
-    config.data.path = ""  # image_folder: the root folder; recordio: the .rec file
+    config.data.path = ""  # image_folder: the root folder; recordio: the .rec file; tfds: a name
     config.data.data_dir = "~/tensorflow_datasets"
     config.data.resolution = 64
     config.data.image_policy = "resize"  # or "center_crop"; see diffusion_jax/data/image_decoding.py

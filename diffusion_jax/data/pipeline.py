@@ -18,11 +18,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffusion_jax.data import faces_builder, image_folders, recordio
+from diffusion_jax.data import faces_builder, image_folders, recordio, tfds_source
 from diffusion_jax.data.image_decoding import decode_image, to_model_range
 
 SPLITS = ("train", "heldout", "pairs")
-SOURCES = ("procedural", "image_folder", "recordio")
+SOURCES = ("procedural", "image_folder", "recordio", "tfds")
 
 
 def builder_config(data_config: ml_collections.ConfigDict) -> faces_builder.ProceduralFacesConfig:
@@ -64,6 +64,9 @@ def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:
     if data_config.source == "recordio":
         _recordio_reader(data_config)
         return
+    if data_config.source == "tfds":
+        _tfds_source(data_config)
+        return
     is_first_process = jax.process_index() == 0
     if not is_first_process:
         _barrier()
@@ -80,7 +83,8 @@ def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:
 def _check_source(data_config: ml_collections.ConfigDict) -> None:
     if data_config.source not in SOURCES:
         raise ValueError(f"data.source must be one of {SOURCES}, got {data_config.source!r}")
-    if data_config.source != "procedural" and not os.path.exists(os.path.expanduser(data_config.path)):
+    is_file_source = data_config.source in ("image_folder", "recordio")
+    if is_file_source and not os.path.exists(os.path.expanduser(data_config.path)):
         raise FileNotFoundError(
             f"data.path={data_config.path!r} (for data.source={data_config.source!r}) does not exist"
         )
@@ -99,6 +103,16 @@ def _image_folder_builder(data_config: ml_collections.ConfigDict) -> image_folde
 
 def _recordio_reader(data_config: ml_collections.ConfigDict) -> recordio.RecordIOReader:
     return recordio.RecordIOReader(os.path.expanduser(data_config.path))
+
+
+def _tfds_source(data_config: ml_collections.ConfigDict) -> tfds_source.TfdsNamedSource:
+    return tfds_source.TfdsNamedSource(
+        data_config.path,
+        "train",
+        _data_dir(data_config),
+        resolution=data_config.resolution,
+        policy=data_config.image_policy,
+    )
 
 
 class _DecodedRecordIO:
@@ -133,6 +147,8 @@ def training_records(data_config: ml_collections.ConfigDict):
         return _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
     if data_config.source == "image_folder":
         return image_folders.ImageLabelSource(_image_folder_builder(data_config).data_dir)
+    if data_config.source == "tfds":
+        return _tfds_source(data_config)
     return _DecodedRecordIO(data_config)
 
 
@@ -142,6 +158,8 @@ def num_train_identities(data_config: ml_collections.ConfigDict) -> int:
         return data_config.num_train_identities
     if data_config.source == "image_folder":
         return len(image_folders.read_identity_labels(_image_folder_builder(data_config).data_dir))
+    if data_config.source == "tfds":
+        return _tfds_source(data_config).num_identities
     reader = _recordio_reader(data_config)
     if reader.identity_ranges is None:
         raise ValueError(
@@ -195,9 +213,9 @@ def first_images_of_labels(
     data_config: ml_collections.ConfigDict, labels: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first training image of each of `labels`, as the model sees it: float32 [R, H, W, 3]
-    in [-1, 1], and the labels, int32 [R]. The procedural faces and InsightFace RecordIO locate
-    an identity's images directly; identity folders are scanned in stored order until every
-    label is found."""
+    in [-1, 1], and the labels, int32 [R]. The procedural faces, RecordIO and TFDS sources
+    locate an identity's images directly; identity folders are scanned in stored order until
+    every label is found."""
     labels = np.asarray(labels, np.int32)
     num_identities = num_train_identities(data_config)
     if labels.ndim != 1 or np.any((labels < 0) | (labels >= num_identities)):
@@ -212,6 +230,8 @@ def first_images_of_labels(
         reader = records.reader
         first_keys = reader.identity_ranges[labels, 0]
         indices = np.searchsorted(reader.image_keys, first_keys)
+    elif data_config.source == "tfds":
+        indices = records.first_index_of_labels(labels)
     else:
         first_index = {}
         for index in range(len(records)):

@@ -22,15 +22,14 @@ or `tfds.data_source(...)`, decoded with NumPy and PIL.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 
 from diffusion_jax.data import procedural_faces
 from diffusion_jax.data import verification_pairs
+from diffusion_jax.data.image_decoding import encode_png
 
 HELDOUT_IDENTITY_OFFSET = 1_000_000
 _RENDER_CHUNK = 8 * procedural_faces.RENDER_BATCH_SIZE
@@ -105,13 +104,6 @@ class ProceduralFacesConfig(tfds.core.BuilderConfig):
         return HELDOUT_IDENTITY_OFFSET + np.arange(self.num_heldout_identities)
 
 
-def _png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 image [H, W, 3], encoded with PIL (TFDS would start TensorFlow)."""
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _render_identities(
     config: ProceduralFacesConfig, identity_ids: np.ndarray, images_per_identity: int
 ) -> Iterator[tuple[int, int, int, bytes]]:
@@ -125,7 +117,7 @@ def _render_identities(
         images = procedural_faces.render_faces(
             config.seed, identities[chunk], image_indices[chunk], config.resolution
         )
-        pngs = [_png(image) for image in images]
+        pngs = [encode_png(image) for image in images]
         yield from zip(
             labels[chunk].tolist(), identities[chunk].tolist(), image_indices[chunk].tolist(), pngs
         )

@@ -167,6 +167,13 @@ def decode_image(
     return np.asarray(_to_square(image, int(resolution), policy), dtype=np.uint8)
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image [H, W, 3], with PIL (TFDS's own encoder would start TensorFlow)."""
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def to_model_range(image: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [-1, 1]: x / 127.5 - 1 (0 -> -1, 255 -> 1)."""
     if image.dtype != np.uint8:

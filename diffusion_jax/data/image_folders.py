@@ -33,7 +33,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -42,7 +41,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -174,9 +172,7 @@ def _encode_file(config: ImageFolderConfig, path: str) -> bytes | _Skipped:
         )
     except image_decoding.ImageDecodeError as error:
         return _Skipped(error.kind, error.reason)
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_decoding.encode_png(image)
 
 
 def _ordered_thread_map(

@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffusion_jax import parallel
 from diffusion_jax.diffusion.schedules import schedule_from_config
-from diffusion_jax.evaluate.diffusion_figures import write_diffusion_figures
+from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
 from diffusion_jax.evaluate.figures import to_uint8
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
@@ -71,13 +71,10 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
     logging.info("Sampling step %d into %s.", step, out_dir)
 
     condition_table = identity_condition_table(config)
-    _, samples = write_diffusion_figures(
-        graphdef=state_lib.model_graphdef(config),
+    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    figure_writer = DiffusionFigureWriter(state_lib.model_graphdef(config), schedule, config)
+    _, samples = figure_writer.write(
         params=state.ema_params if config.sample.use_ema else state.params,
-        schedule=schedule_from_config(
-            config.diffusion.beta_schedule, config.diffusion.num_timesteps
-        ),
-        config=config,
         **figure_inputs(config, condition_table),
         rng=jax.random.key(config.seed + 1),
         out_dir=out_dir,

@@ -19,7 +19,7 @@ from clu import metric_writers, periodic_actions
 from diffusion_jax import parallel
 from diffusion_jax.data import pipeline
 from diffusion_jax.diffusion.schedules import schedule_from_config
-from diffusion_jax.evaluate.diffusion_figures import write_diffusion_figures
+from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
 from diffusion_jax.models.conditioning import random_identity_embeddings
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
@@ -104,13 +104,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     )
 
     figure_data = figure_inputs(config, condition_table)
+    figure_writer = DiffusionFigureWriter(graphdef, schedule, config)
 
     def figures(step: int, state: state_lib.TrainState) -> None:
-        write_diffusion_figures(
-            graphdef=graphdef,
+        figure_writer.write(
             params=state.ema_params if config.sample.use_ema else state.params,
-            schedule=schedule,
-            config=config,
             **figure_data,
             rng=jax.random.fold_in(figure_rng, step),
             out_dir=os.path.join(workdir, "figures"),
@@ -154,7 +152,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         checkpointer.close()  # waits for any save in flight, also when the loop raised
 
     # ------------------------------------------------------------------ Figures
-    if not preempted["flag"]:
+    periodic = config.train.figures_every_steps
+    already_drawn = periodic and int(state.step) % periodic == 0 and int(state.step) > first_step
+    if not preempted["flag"] and not already_drawn:
         figures(int(state.step), state)
     writer.flush()
     return state

@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
     "einops>=0.8,<0.9",
     "numpy>=1.26,<3",
+    "safetensors>=0.4,<1",
     "pillow>=10,<14",
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",

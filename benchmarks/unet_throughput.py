@@ -160,13 +160,14 @@ def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
     from diffusion_jax.diffusion.schedules import schedule_from_config
     from diffusion_jax.sampling import sampler_options
     from diffusion_jax.train import state as state_lib
+    from diffusion_jax.train.diffusion_model import unet_architecture, unet_builder
 
     num_timesteps = config.diffusion.num_timesteps
     schedule = schedule_from_config(config.diffusion.beta_schedule, num_timesteps)
     num_steps = sampler_options(config.sample, num_timesteps)["num_steps"]
-    abstract_model = nnx.eval_shape(lambda: state_lib.build_model(config, nnx.Rngs(0)))
+    abstract_model = nnx.eval_shape(lambda: unet_builder(config)(nnx.Rngs(0)))
     return {
-        "architecture": state_lib.unet_architecture(config),
+        "architecture": unet_architecture(config),
         "alphas_cumprod": np.asarray(schedule.alphas_cumprod),
         "timesteps": sampling_timesteps(num_timesteps, num_steps),
         "num_params": state_lib.count_params(nnx.state(abstract_model, nnx.Param)),
@@ -189,6 +190,7 @@ def measure_jax(
     from diffusion_jax.diffusion.schedules import schedule_from_config
     from diffusion_jax.sampling import make_sample_fn, sampler_options
     from diffusion_jax.train import state as state_lib
+    from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder, unet_graphdef
     from diffusion_jax.train.step import jit_train_step, make_train_step
 
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
@@ -197,16 +199,20 @@ def measure_jax(
     rng = jax.random.key(config.seed)
     if phase == "train_step":
         optimizer, learning_rate = state_lib.make_optimizer(config.train)
-        abstract_state = state_lib.abstract_train_state(config, optimizer)
+        abstract_state = state_lib.abstract_train_state(unet_builder(config), optimizer)
         shardings = parallel.state_shardings(mesh, abstract_state)
         train_step = make_train_step(
-            state_lib.model_graphdef(config), optimizer, learning_rate, schedule, config
+            unet_graphdef(config),
+            make_diffusion_loss(schedule, config),
+            optimizer,
+            learning_rate,
+            config.train.ema_decay,
         )
         jitted = jit_train_step(train_step, mesh, shardings)
-        state = state_lib.init_train_state(config, optimizer, mesh, rng)
+        state = state_lib.init_train_state(unet_builder(config), optimizer, mesh, rng)
         args = [state, parallel.global_batch(batch, mesh), rng]
     else:
-        model = state_lib.build_model(config, nnx.Rngs(config.seed))
+        model = unet_builder(config)(nnx.Rngs(config.seed))
         model.eval()
         graphdef, params = nnx.split(model, nnx.Param)
         if phase == "sample":

@@ -56,13 +56,54 @@ def _base_config() -> ml_collections.ConfigDict:
     config.data.horizontal_flip = True
     config.data.worker_count = 4
 
-    # What the diffusion model is conditioned on. Until the identity encoder lands, a frozen random
-    # unit vector per training identity stands in for the encoder's embedding of the image.
+    # What the diffusion model is conditioned on. "encoder": the identity encoder's embedding of
+    # each training image (IDiff-Face); "random_identity_table": a frozen random unit vector per
+    # training identity (no encoder needed). `dim` must equal the encoder's embedding_dim.
     config.condition = ml_collections.ConfigDict()
-    config.condition.source = "random_identity_table"
+    config.condition.source = "encoder"
     config.condition.dim = 512
     config.condition.p_uncond = 0.1  # classifier-free guidance dropout
     config.condition.partial_dropout = 0.0  # IDiff-Face contextual partial dropout
+
+    # The identity encoder (face recogniser): an IResNet trained with a margin-softmax head.
+    # `checkpoint`: an encoder directory (from `python -m diffusion_jax.convert` or a previous
+    # --mode=train_encoder); empty: the main job trains one into WORKDIR/encoder first.
+    config.encoder = ml_collections.ConfigDict()
+    config.encoder.checkpoint = ""
+    config.encoder.architecture = "iresnet50"  # iresnet18/34/50/100 or iresnet_small
+    config.encoder.input_resolution = 112  # images are resized to it (arcface_torch: 112)
+    config.encoder.embedding_dim = 512
+    config.encoder.dropout = 0.0
+    config.encoder.head = "arcface"  # or "cosface", "combined" (insightface's margins)
+    config.encoder.margins = ()  # (m1, m2, m3) overriding the head's preset
+    config.encoder.margin_scale = 64.0
+    config.encoder.seed = 0  # a judge encoder is the same recipe with another seed
+    config.encoder.train = ml_collections.ConfigDict()
+    config.encoder.train.batch_size = 256
+    config.encoder.train.num_steps = 50_000
+    config.encoder.train.learning_rate = 1e-3
+    config.encoder.train.lr_decay = "cosine"
+    config.encoder.train.warmup_steps = 1000
+    config.encoder.train.weight_decay = 5e-4
+    config.encoder.train.grad_clip_norm = 5.0
+    config.encoder.train.ema_decay = 0.0  # the exported encoder uses the raw weights
+    config.encoder.train.log_every_steps = 100
+    config.encoder.train.checkpoint_every_steps = 5000
+    config.encoder.train.keep_checkpoints = 2
+
+    # Verification and identity reports (--mode=evaluate_encoder). Each entry of
+    # `verification_sets` is "heldout" (the embedded data's held-out pairs), a path to an
+    # InsightFace .bin (lfw.bin, cfp_fp.bin, agedb_30.bin), or "PAIRS_TXT:IMAGE_ROOT" for LFW's
+    # pairs.txt over an identity folder.
+    config.evaluate = ml_collections.ConfigDict()
+    config.evaluate.verification_sets = ("heldout",)
+    config.evaluate.flip_embeddings = True  # embedding of image + mirror, as insightface evaluates
+    config.evaluate.nearest_identity_thresholds = (0.3, 0.5, 0.7)
+    config.evaluate.batch_size = 256
+    # --mode=evaluate_samples: samples of the first identities graded by a judge encoder.
+    config.evaluate.judge_encoder = ""  # an encoder directory other than the conditioning one
+    config.evaluate.consistency_identities = 50
+    config.evaluate.consistency_samples_per_identity = 4
 
     config.model = ml_collections.ConfigDict()
     config.model.base_channels = 128
@@ -88,6 +129,7 @@ def _base_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 128  # global, over all devices and hosts
     config.train.num_steps = 200_000
     config.train.learning_rate = 1e-4
+    config.train.lr_decay = "none"  # or "cosine" (to zero at num_steps)
     config.train.warmup_steps = 1000
     config.train.weight_decay = 0.0
     config.train.grad_clip_norm = 1.0
@@ -153,6 +195,17 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.sample.identities = (0, 1, 2, 3, 4, 5)
     config.sample.samples_per_identity = 6
 
+    config.encoder.architecture = "iresnet_small"
+    config.encoder.input_resolution = 32
+    config.encoder.head = "cosface"
+    config.encoder.margin_scale = 32.0
+    config.encoder.train.batch_size = 64
+    config.encoder.train.num_steps = 1500
+    config.encoder.train.learning_rate = 2e-3
+    config.encoder.train.warmup_steps = 100
+    config.encoder.train.log_every_steps = 50
+    config.encoder.train.checkpoint_every_steps = 500
+
 
 def _apply_large(config: ml_collections.ConfigDict) -> None:
     config.data.resolution = 112
@@ -182,7 +235,17 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.model.attention_resolutions = (8,)
     config.model.head_channels = 8
     config.model.num_groups = 4
+    config.condition.source = "random_identity_table"  # the encoder's tests opt in
     config.condition.dim = 32
+    config.encoder.embedding_dim = 32
+    config.encoder.train.batch_size = 8
+    config.encoder.train.num_steps = 4
+    config.encoder.train.warmup_steps = 2
+    config.encoder.train.log_every_steps = 2
+    config.encoder.train.checkpoint_every_steps = 2
+    config.evaluate.batch_size = 16
+    config.evaluate.consistency_identities = 4
+    config.evaluate.consistency_samples_per_identity = 2
     config.diffusion.num_timesteps = 100
     config.train.batch_size = 8
     config.train.num_steps = 6

@@ -18,12 +18,21 @@ from diffusion_jax.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
 from diffusion_jax.diffusion.schedules import beta_schedule
+from diffusion_jax.models.iresnet import IRESNET_NAMES
+from diffusion_jax.models.margin_heads import MARGIN_PRESETS, margins_for
+from diffusion_jax.recognition.encoder_training import encoder_builder
 from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.diffusion_model import unet_graphdef
+from diffusion_jax.train.identity_conditions import CONDITION_SOURCES
 
 SUPPORTED = {
     "data.source": pipeline.SOURCES,
     "data.image_policy": image_decoding.POLICIES,
-    "condition.source": ("random_identity_table",),
+    "condition.source": CONDITION_SOURCES,
+    "encoder.architecture": IRESNET_NAMES,
+    "encoder.head": tuple(MARGIN_PRESETS),
+    "train.lr_decay": state_lib.LR_DECAYS,
+    "encoder.train.lr_decay": state_lib.LR_DECAYS,
     "model.dtype": tuple(state_lib.COMPUTE_DTYPES),
     "diffusion.prediction_type": PREDICTION_TYPES,
     "diffusion.loss_weighting": LOSS_WEIGHTINGS,
@@ -53,27 +62,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "data.num_heldout_identities",
         "data.images_per_heldout_identity",
         "data.pairs_per_fold",
-        "train.batch_size",
-        "train.num_steps",
-        "train.log_every_steps",
-        "train.checkpoint_every_steps",
-        "train.keep_checkpoints",
         "sample.samples_per_identity",
         "condition.dim",
         "diffusion.num_timesteps",
+        "encoder.embedding_dim",
+        "encoder.margin_scale",
+        "evaluate.batch_size",
+        "evaluate.consistency_samples_per_identity",
     ):
         _require(config, field, lambda v: v > 0, "must be positive")
-    _require(
-        config,
-        "train.batch_size",
-        lambda v: v % jax.device_count() == 0,
-        f"must be divisible by the {jax.device_count()} devices",
-    )
+    for section in ("train", "encoder.train"):
+        _validate_train_section(config, section)
+    _require(config, "evaluate.consistency_identities", lambda v: v >= 2, "must be >= 2")
     _require(config, "train.figures_every_steps", lambda v: v >= 0, "must be >= 0 (0 = at the end)")
-    _require(config, "train.learning_rate", lambda v: v > 0, "must be positive")
-    _require(config, "train.warmup_steps", lambda v: v >= 0, "must be >= 0")
-    _require(config, "train.grad_clip_norm", lambda v: v > 0, "must be positive")
-    _require(config, "train.ema_decay", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(config, "condition.p_uncond", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
     _require(config, "condition.partial_dropout", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(config, "sample.guidance_scale", lambda v: v >= 0, "must be >= 0")
@@ -105,7 +106,54 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.diffusion.beta_schedule, config.diffusion.num_timesteps
     ))
     _ask("sample.sampler", lambda: get_sampler(config.sample.sampler))
-    _ask("model", lambda: state_lib.model_graphdef(config))
+    _ask("model", lambda: unet_graphdef(config))
+    _validate_encoder(config)
+
+
+def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> None:
+    """The fields every training run reads (`train.loop`): config.train, config.encoder.train."""
+    for field in (
+        "batch_size",
+        "num_steps",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "learning_rate",
+        "grad_clip_norm",
+    ):
+        _require(config, f"{section}.{field}", lambda v: v > 0, "must be positive")
+    _require(
+        config,
+        f"{section}.batch_size",
+        lambda v: v % jax.device_count() == 0,
+        f"must be divisible by the {jax.device_count()} devices",
+    )
+    _require(config, f"{section}.warmup_steps", lambda v: v >= 0, "must be >= 0")
+    _require(config, f"{section}.ema_decay", lambda v: 0 <= v < 1, "must lie in [0, 1)")
+
+
+def _validate_encoder(config: ml_collections.ConfigDict) -> None:
+    _require(config, "encoder.margins", lambda m: len(m) in (0, 3), "must be () or (m1, m2, m3)")
+    _ask(
+        "encoder.margins",
+        lambda: margins_for(config.encoder.head, *(config.encoder.margins or (None,) * 3)),
+    )
+    _ask("encoder", lambda: state_lib.model_graphdef(encoder_builder(config, num_classes=2)))
+    if config.encoder.checkpoint:
+        _require(
+            config,
+            "encoder.checkpoint",
+            lambda p: os.path.isdir(os.path.expanduser(p)),
+            "is not a directory (an encoder written by --mode=train_encoder or "
+            "`python -m diffusion_jax.convert`)",
+        )
+    elif config.condition.source == "encoder":
+        _require(
+            config,
+            "condition.dim",
+            lambda d: d == config.encoder.embedding_dim,
+            f"must equal encoder.embedding_dim={config.encoder.embedding_dim}",
+        )
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:

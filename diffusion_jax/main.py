@@ -1,10 +1,17 @@
 r"""Entry point: `python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=DIR`.
 
 Modes:
-  train   (default) train the diffusion model (resuming from DIR/checkpoints), then write the
-          figures to DIR/figures.
-  sample  load a checkpoint from DIR and write samples and figures for `config.sample.identities`
-          to DIR/samples.
+  train             (default) train the diffusion model (resuming from DIR/checkpoints), then
+                    write the figures to DIR/figures. Conditioned on an identity encoder that is
+                    not given by `config.encoder.checkpoint`, it first trains one in DIR/encoder.
+  train_encoder     train the identity encoder of `config.encoder` in DIR/encoder and export it
+                    to DIR/encoder/model.
+  evaluate_encoder  verification accuracy and identity reports of the encoder (the conditioning
+                    one, or `config.encoder.checkpoint`) into DIR/encoder_report.
+  sample            load a checkpoint from DIR and write samples and figures for
+                    `config.sample.identities` to DIR/samples.
+  evaluate_samples  identity consistency of samples under `config.evaluate.judge_encoder`, into
+                    DIR/sample_report.
 
 Config fields are overridden as `--config.train.batch_size=64`; unknown keys and values of the
 wrong type are refused by the locked config, and `diffusion_jax.config_checks` refuses
@@ -17,15 +24,25 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax import config_checks
+from diffusion_jax.evaluate.encoder_report import evaluate_encoder
+from diffusion_jax.evaluate.sample_report import evaluate_samples
+from diffusion_jax.recognition.encoder_training import train_encoder
 from diffusion_jax.sample_mode import sample_from_checkpoint
-from diffusion_jax.train.loop import train_and_evaluate
+from diffusion_jax.train.diffusion_training import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/faces.py:demo.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+MODES = {
+    "train": train_and_evaluate,
+    "train_encoder": train_encoder,
+    "evaluate_encoder": evaluate_encoder,
+    "sample": sample_from_checkpoint,
+    "evaluate_samples": evaluate_samples,
+}
+flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_bool(
     "distributed",
     False,
@@ -47,10 +64,7 @@ def main(argv: list[str]) -> None:
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
     )
 
-    if FLAGS.mode == "train":
-        train_and_evaluate(config, FLAGS.workdir)
-    elif FLAGS.mode == "sample":
-        sample_from_checkpoint(config, FLAGS.workdir)
+    MODES[FLAGS.mode](config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

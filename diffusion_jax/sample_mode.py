@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 from PIL import Image
 
 from diffusion_jax import parallel
@@ -19,12 +20,20 @@ from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
 from diffusion_jax.evaluate.figures import to_uint8
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
-from diffusion_jax.train.loop import figure_inputs, identity_condition_table
+from diffusion_jax.train.diffusion_model import unet_builder, unet_graphdef
+from diffusion_jax.train.diffusion_training import figure_inputs
+from diffusion_jax.train.identity_conditions import identity_conditions
 
 # Config fields (or whole sections) that define the model and its conditions; the others
 # (paths, batch sizes, sampler settings) may differ between training and sampling.
 MODEL_DEFINING = (
-    "model.", "diffusion.", "condition.", "seed", "data.resolution", "data.num_train_identities"
+    "model.",
+    "diffusion.",
+    "condition.",
+    "encoder.checkpoint",
+    "seed",
+    "data.resolution",
+    "data.num_train_identities",
 )
 
 
@@ -53,29 +62,37 @@ def check_matches_checkpoint(config: ml_collections.ConfigDict, saved: dict) -> 
         )
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Samples `config.sample.identities` from the checkpoint in `workdir`; returns the out dir."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+def restore_sampling_params(
+    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[nnx.State, int]:
+    """The UNet parameters to sample with (EMA if `config.sample.use_ema`) from the checkpoint
+    `config.sample.checkpoint_step` (-1: the latest) in `workdir`, and that step."""
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     step = None if config.sample.checkpoint_step < 0 else config.sample.checkpoint_step
     check_matches_checkpoint(config, checkpointer.restore_config(step))
-
-    mesh = parallel.make_mesh(config.mesh)
     optimizer, _ = state_lib.make_optimizer(config.train)
-    abstract_state = state_lib.abstract_train_state(config, optimizer)
+    abstract_state = state_lib.abstract_train_state(unet_builder(config), optimizer)
     state = checkpointer.restore(
         abstract_state, parallel.state_shardings(mesh, abstract_state), step=step
     )
-    step = int(state.step)
+    checkpointer.close()
+    return (state.ema_params if config.sample.use_ema else state.params), int(state.step)
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Samples `config.sample.identities` from the checkpoint in `workdir`; returns the out dir."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    mesh = parallel.make_mesh(config.mesh)
+    params, step = restore_sampling_params(config, workdir, mesh)
     out_dir = os.path.join(workdir, "samples", f"step_{step}")
     logging.info("Sampling step %d into %s.", step, out_dir)
 
-    condition_table = identity_condition_table(config)
+    conditions = identity_conditions(config, workdir, mesh)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    figure_writer = DiffusionFigureWriter(state_lib.model_graphdef(config), schedule, config)
+    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config)
     _, samples = figure_writer.write(
-        params=state.ema_params if config.sample.use_ema else state.params,
-        **figure_inputs(config, condition_table),
+        params=params,
+        **figure_inputs(config, conditions),
         rng=jax.random.key(config.seed + 1),
         out_dir=out_dir,
     )
@@ -84,5 +101,4 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
         os.makedirs(identity_dir, exist_ok=True)
         for index, image in enumerate(images):
             Image.fromarray(np.asarray(image)).save(os.path.join(identity_dir, f"{index:03d}.png"))
-    checkpointer.close()
     return out_dir

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 from diffusion_jax import parallel
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder
 from diffusion_jax.train.step import jit_train_step, make_train_step
 from tests.helpers import tiny_config
 
@@ -23,9 +24,11 @@ config = tiny_config()
 config.model.dropout = 0.1  # dropout masks must not depend on the sharding either
 optimizer, learning_rate = state_lib.make_optimizer(config.train)
 schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-graphdef = state_lib.model_graphdef(config)
-step_fn = make_train_step(graphdef, optimizer, learning_rate, schedule, config)
-abstract = state_lib.abstract_train_state(config, optimizer)
+build_model = unet_builder(config)
+graphdef = state_lib.model_graphdef(build_model)
+loss_fn = make_diffusion_loss(schedule, config)
+step_fn = make_train_step(graphdef, loss_fn, optimizer, learning_rate, config.train.ema_decay)
+abstract = state_lib.abstract_train_state(build_model, optimizer)
 data_rng = np.random.default_rng(0)
 r = config.data.resolution
 batches = [
@@ -36,7 +39,7 @@ batches = [
 
 def train(mesh):
     shardings = parallel.state_shardings(mesh, abstract)
-    state = jax.jit(state_lib.make_init_fn(config, optimizer), out_shardings=shardings)(jax.random.key(0))
+    state = jax.jit(state_lib.make_init_fn(build_model, optimizer), out_shardings=shardings)(jax.random.key(0))
     step = jit_train_step(step_fn, mesh, shardings)
     for batch in batches:
         state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))

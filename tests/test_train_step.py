@@ -12,6 +12,7 @@ from diffusion_jax.diffusion.losses import diffusion_loss
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.models.conditioning import random_identity_embeddings
 from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder
 from diffusion_jax.train.step import ema_update, jit_train_step, make_train_step
 from tests.helpers import tiny_config
 
@@ -32,11 +33,15 @@ def test_tiny_model_overfits_a_tiny_batch():
 
     optimizer, learning_rate = state_lib.make_optimizer(config.train)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    graphdef = state_lib.model_graphdef(config)
+    build_model = unet_builder(config)
+    graphdef = state_lib.model_graphdef(build_model)
     mesh = parallel.make_mesh(config.mesh)
-    shardings = parallel.state_shardings(mesh, state_lib.abstract_train_state(config, optimizer))
-    state = state_lib.init_train_state(config, optimizer, mesh, jax.random.key(0))
-    step = jit_train_step(make_train_step(graphdef, optimizer, learning_rate, schedule, config), mesh, shardings)
+    shardings = parallel.state_shardings(mesh, state_lib.abstract_train_state(build_model, optimizer))
+    state = state_lib.init_train_state(build_model, optimizer, mesh, jax.random.key(0))
+    loss_fn = make_diffusion_loss(schedule, config)
+    step = jit_train_step(
+        make_train_step(graphdef, loss_fn, optimizer, learning_rate, config.train.ema_decay), mesh, shardings
+    )
 
     # A fixed evaluation set of (t, noise) over the batch, so the comparison is noise-free.
     t = jnp.tile(jnp.linspace(0, schedule.num_timesteps - 1, 8).astype(jnp.int32), 4)

@@ -10,16 +10,17 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.train import loop
+from diffusion_jax.train import diffusion_training, loop
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
+from diffusion_jax.train.diffusion_model import unet_builder
 from diffusion_jax import parallel, sample_mode
 from tests.helpers import REPO_ROOT, tiny_config
 
 
 def restore_params(workdir: str, config, step: int | None = None):
     optimizer, _ = state_lib.make_optimizer(config.train)
-    abstract = state_lib.abstract_train_state(config, optimizer)
+    abstract = state_lib.abstract_train_state(unet_builder(config), optimizer)
     mesh = parallel.make_mesh(config.mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     state = checkpointer.restore(abstract, parallel.state_shardings(mesh, abstract), step=step)
@@ -73,11 +74,11 @@ def test_interrupted_run_resumes_to_the_same_parameters(cli_run, tmp_path, prepa
 
     monkeypatch.setattr(loop, "jit_train_step", crashing_jit_train_step)
     with pytest.raises(RuntimeError, match="simulated preemption"):
-        loop.train_and_evaluate(config, workdir)
+        diffusion_training.train_and_evaluate(config, workdir)
     monkeypatch.setattr(loop, "jit_train_step", real_jit_train_step)
     assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).all_steps() == [3]
 
-    resumed = loop.train_and_evaluate(config, workdir)
+    resumed = diffusion_training.train_and_evaluate(config, workdir)
     assert int(resumed.step) == config.train.num_steps
     uninterrupted = restore_params(cli_run, config)
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)):
@@ -90,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, prepared_data_dir, monkeypatch
 ):
     config = tiny_config(data_dir=prepared_data_dir)
-    real_make_iterator = loop.pipeline.make_train_iterator
+    real_make_iterator = diffusion_training.pipeline.make_train_iterator
 
     class PoisonAfter:
         """Yields real batches, then images full of NaN from the 5th batch on."""
@@ -109,10 +110,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
             return getattr(self.iterator, name)
 
     monkeypatch.setattr(
-        loop.pipeline, "make_train_iterator", lambda *a, **k: PoisonAfter(real_make_iterator(*a, **k))
+        diffusion_training.pipeline, "make_train_iterator", lambda *a, **k: PoisonAfter(real_make_iterator(*a, **k))
     )
     with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 3"):
-        loop.train_and_evaluate(config, str(tmp_path))
+        diffusion_training.train_and_evaluate(config, str(tmp_path))
     assert Checkpointer(os.path.join(tmp_path, "checkpoints"), read_only=True).all_steps() == [3]
 
 

@@ -11,7 +11,7 @@ import pytest
 from diffusion_jax import config_checks
 from diffusion_jax.data import image_folders, pipeline
 from diffusion_jax.data.procedural_faces import render_faces
-from diffusion_jax.train import loop
+from diffusion_jax.train import diffusion_training
 from tests import format_fixtures
 from tests.helpers import tiny_config
 
@@ -109,6 +109,6 @@ def test_missing_path_is_refused_naming_the_field(tmp_path):
 
 def test_training_loop_runs_on_recordio(recordio_config, tmp_path):
     recordio_config.train.num_steps = 2
-    state = loop.train_and_evaluate(recordio_config, str(tmp_path / "run"))
+    state = diffusion_training.train_and_evaluate(recordio_config, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert os.path.exists(tmp_path / "run" / "figures" / "identities.png")

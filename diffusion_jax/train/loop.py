@@ -1,46 +1,64 @@
-"""Training the conditional diffusion model: `train_and_evaluate(config, workdir)`.
+"""The training loop shared by every model: `run_training(task, workdir, mesh)`.
 
 Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves in
-`workdir`: config.json (the resolved config), checkpoints/ (Orbax), TensorBoard events and
-figures/ (the four figures of `evaluate.diffusion_figures`).
+`workdir`: config.json (the resolved config), checkpoints/ (Orbax: train state, data-iterator
+position, config) and TensorBoard events. What differs between models (the network, its loss,
+how a batch of images and labels becomes its input, periodic pictures) is a `TrainingTask`.
 """
 
+import dataclasses
 import os
 import signal
 import time
+from typing import Callable
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
 from diffusion_jax import parallel
-from diffusion_jax.data import pipeline
-from diffusion_jax.diffusion.schedules import schedule_from_config
-from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
-from diffusion_jax.models.conditioning import random_identity_embeddings
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
-from diffusion_jax.train.step import jit_train_step, make_train_step
+from diffusion_jax.train.step import Batch, LossFn, jit_train_step, make_train_step
+
+StepHook = Callable[[int, state_lib.TrainState, metric_writers.MetricWriter], None]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last checkpoint is left untouched."""
 
 
-def identity_condition_table(config: ml_collections.ConfigDict) -> np.ndarray:
-    """[num_train_identities, condition.dim]: the condition of each training label.
+@dataclasses.dataclass(frozen=True)
+class TrainingTask:
+    """What the loop needs to know about the model it trains.
 
-    The only `config.condition.source` so far is "random_identity_table": a frozen random unit
-    vector per training identity, standing in for an identity encoder's embedding.
+    `train_config` is a section like `config.train` (batch_size, num_steps, optimiser, EMA and
+    logging fields); `config` is the whole resolved config, saved with every checkpoint.
+    `data_iterator` yields host-local {"image", "label"} batches; `prepare_batch` maps the global
+    device batch to the loss function's input (e.g. adds identity conditions). `every_steps`
+    calls `on_step` periodically (figures).
     """
-    return np.asarray(
-        random_identity_embeddings(
-            pipeline.num_train_identities(config.data), config.condition.dim, seed=config.seed
-        )
-    )
+
+    name: str
+    config: ml_collections.ConfigDict
+    train_config: ml_collections.ConfigDict
+    build_model: state_lib.BuildModel
+    loss_fn: LossFn
+    data_iterator: grain.DataLoaderIterator
+    prepare_batch: Callable[[Batch], Batch] = lambda batch: batch
+    on_step: StepHook | None = None
+    every_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    state: state_lib.TrainState
+    first_step: int  # the step training (re)started from
+    completed: bool  # reached num_steps (False when stopped by SIGTERM)
+    writer: metric_writers.MetricWriter
 
 
 def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -49,115 +67,84 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def figure_inputs(
-    config: ml_collections.ConfigDict, condition_table: np.ndarray
-) -> dict[str, np.ndarray | list[int]]:
-    """Real images of the sample identities (forward-figure rows) and the identity conditions."""
-    labels = [int(label) for label in config.sample.identities]
-    images, image_labels = pipeline.first_images_of_labels(config.data, labels)
-    return {
-        "real_images": images,
-        "real_conds": condition_table[image_labels],
-        "identity_conds": condition_table[labels],
-        "identity_labels": labels,
-    }
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-    """Trains (or resumes) the model of `config` in `workdir`, then writes the figures."""
+def run_training(
+    task: TrainingTask, workdir: str, mesh: jax.sharding.Mesh, rng: jax.Array
+) -> TrainingResult:
+    """Trains (or resumes) `task` in `workdir` up to `task.train_config.num_steps`."""
     # ------------------------------------------------------------------ Setup
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    train_config = task.train_config
     os.makedirs(workdir, exist_ok=True)
-    write_resolved_config(config, workdir)
+    write_resolved_config(task.config, workdir)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
-    mesh = parallel.make_mesh(config.mesh)
-    init_rng, train_rng, figure_rng = jax.random.split(jax.random.key(config.seed), 3)
-
-    # ------------------------------------------------------------------ Data
-    pipeline.ensure_prepared(config.data)
-    data_iterator = pipeline.make_train_iterator(
-        config.data,
-        global_batch_size=config.train.batch_size,
-        seed=config.seed,
-    )
-    condition_table = identity_condition_table(config)
+    init_rng, train_rng = jax.random.split(rng)
 
     # ------------------------------------------------------------------ Model and state
-    optimizer, learning_rate = state_lib.make_optimizer(config.train)
-    graphdef = state_lib.model_graphdef(config)
-    abstract_state = state_lib.abstract_train_state(config, optimizer)
+    optimizer, learning_rate = state_lib.make_optimizer(train_config)
+    abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
     shardings = parallel.state_shardings(mesh, abstract_state)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints
+        os.path.join(workdir, "checkpoints"), max_to_keep=train_config.keep_checkpoints
     )
     if checkpointer.latest_step() is not None:
-        logging.info("Resuming from step %d in %s.", checkpointer.latest_step(), workdir)
-        state = checkpointer.restore(abstract_state, shardings, data_iterator=data_iterator)
+        logging.info("%s: resuming from step %d.", task.name, checkpointer.latest_step())
+        state = checkpointer.restore(abstract_state, shardings, data_iterator=task.data_iterator)
     else:
-        state = state_lib.init_train_state(config, optimizer, mesh, init_rng)
-    logging.info("Model parameters: %d.", state_lib.count_params(state.params))
-    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+        state = state_lib.init_train_state(task.build_model, optimizer, mesh, init_rng)
+    logging.info("%s: %d parameters.", task.name, state_lib.count_params(state.params))
     train_step = jit_train_step(
-        make_train_step(graphdef, optimizer, learning_rate, schedule, config), mesh, shardings
+        make_train_step(
+            state_lib.model_graphdef(task.build_model),
+            task.loss_fn,
+            optimizer,
+            learning_rate,
+            train_config.ema_decay,
+        ),
+        mesh,
+        shardings,
     )
 
-    figure_data = figure_inputs(config, condition_table)
-    figure_writer = DiffusionFigureWriter(graphdef, schedule, config)
-
-    def figures(step: int, state: state_lib.TrainState) -> None:
-        figure_writer.write(
-            params=state.ema_params if config.sample.use_ema else state.params,
-            **figure_data,
-            rng=jax.random.fold_in(figure_rng, step),
-            out_dir=os.path.join(workdir, "figures"),
-            writer=writer,
-            step=step,
-        )
-
-    # ------------------------------------------------------------------ Training loop
+    # ------------------------------------------------------------------ Loop
     preempted = _install_sigterm_flag()
-    first_step, num_steps = int(state.step), config.train.num_steps
+    first_step, num_steps = int(state.step), train_config.num_steps
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     all_finite = jnp.array(True)
     last_log_time, last_log_step = time.perf_counter(), first_step
     try:
         for step in range(first_step + 1, num_steps + 1):
-            local = next(data_iterator)
-            batch = {"image": local["image"], "cond": condition_table[local["label"]]}
-            state, metrics = train_step(state, parallel.global_batch(batch, mesh), train_rng)
+            batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
+            state, metrics = train_step(state, batch, train_rng)
             all_finite = jnp.logical_and(all_finite, jnp.isfinite(metrics["loss"]))
             progress(step)
 
             is_last = step == num_steps or preempted["flag"]
-            if step % config.train.log_every_steps == 0 or is_last:
+            if step % train_config.log_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
                 now = time.perf_counter()
                 scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
                 scalars["images_per_second"] = (
-                    (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+                    (step - last_log_step) * train_config.batch_size / (now - last_log_time)
                 )
                 writer.write_scalars(step, scalars)
                 last_log_time, last_log_step = now, step
-            if step % config.train.checkpoint_every_steps == 0 or is_last:
+            if step % train_config.checkpoint_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
-                checkpointer.save(step, state, config, data_iterator)
-            if config.train.figures_every_steps and step % config.train.figures_every_steps == 0:
-                figures(step, state)
+                checkpointer.save(step, state, task.config, task.data_iterator)
+            if task.on_step is not None and task.every_steps and step % task.every_steps == 0:
+                task.on_step(step, state, writer)
             if preempted["flag"]:
                 logging.warning("SIGTERM received: saved step %d and stopping.", step)
                 break
     finally:
         checkpointer.close()  # waits for any save in flight, also when the loop raised
-
-    # ------------------------------------------------------------------ Figures
-    periodic = config.train.figures_every_steps
-    already_drawn = periodic and int(state.step) % periodic == 0 and int(state.step) > first_step
-    if not preempted["flag"] and not already_drawn:
-        figures(int(state.step), state)
     writer.flush()
-    return state
+    return TrainingResult(
+        state=state,
+        first_step=first_step,
+        completed=int(state.step) >= num_steps,
+        writer=writer,
+    )
 
 
 def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) -> None:
@@ -166,7 +153,7 @@ def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) 
         raise NonFiniteLossError(
             f"The loss became NaN or infinite at or before step {step}; stopping without saving. "
             f"The last good checkpoint is step {checkpointer.latest_step()} in "
-            f"{checkpointer.directory}. Lower config.train.learning_rate or check the data."
+            f"{checkpointer.directory}. Lower the learning rate or check the data."
         )
 
 

@@ -1,11 +1,13 @@
-"""The train state of the diffusion model and how it is built, sharded and initialised.
+"""The train state shared by every model this project trains, and how it is built and sharded.
 
-The NNX model is split once into a static `graphdef` and its parameters (`nnx.Param` state);
-the train state holds only pytrees, so the jitted train step is a pure function of arrays:
-`train_step(state, batch, rng) -> (state, metrics)`.
+A model (the diffusion UNet, or an identity encoder with its margin head) is given as
+`build_model(rngs) -> nnx.Module`. It is split once into a static `graphdef`, its trainable
+parameters (`nnx.Param`) and the rest of its state (`model_state`: BatchNorm statistics; empty for
+the UNet). The train state holds only pytrees, so the jitted train step is a pure function of
+arrays: `train_step(state, batch, rng) -> (state, metrics)`.
 """
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.struct
 import jax
@@ -16,9 +18,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax import parallel
-from diffusion_jax.models.unet import UNet
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LR_DECAYS = ("none", "cosine")
+
+BuildModel = Callable[[nnx.Rngs], nnx.Module]
 
 
 @flax.struct.dataclass
@@ -27,58 +31,39 @@ class TrainState:
 
     step: jax.Array  # int32 scalar: optimiser updates applied so far
     params: nnx.State
-    ema_params: nnx.State  # exponential moving average of `params`, used for sampling
+    model_state: nnx.State  # non-trainable state updated in training (BatchNorm statistics)
+    ema_params: nnx.State  # exponential moving average of `params`
     opt_state: optax.OptState
 
 
-def unet_architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The UNet's architecture arguments for `config` (no dtypes, no RNGs).
-
-    Shared with the PyTorch twin in benchmarks/, so both build the same network.
-    """
-    model_config = config.model
-    return dict(
-        image_size=config.data.resolution,
-        in_channels=3,
-        out_channels=3,
-        base_channels=model_config.base_channels,
-        channel_mults=tuple(model_config.channel_mults),
-        num_res_blocks=model_config.num_res_blocks,
-        attention_resolutions=tuple(model_config.attention_resolutions),
-        head_channels=model_config.head_channels,
-        dropout=model_config.dropout,
-        cond_dim=config.condition.dim,
-        cross_attention=model_config.cross_attention,
-        num_cond_tokens=model_config.num_cond_tokens,
-        stem=model_config.stem,
-        num_groups=model_config.num_groups,
-    )
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, params, model_state); `nnx.merge(graphdef, params, model_state)` inverts it."""
+    return nnx.split(model, nnx.Param, ...)
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
-    """The denoiser described by `config.model` for images of `config.data.resolution`."""
-    return UNet(
-        **unet_architecture(config),
-        dtype=COMPUTE_DTYPES[config.model.dtype],
-        param_dtype=jnp.float32,
-        rngs=rngs,
-    )
-
-
-def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+def model_graphdef(build_model: BuildModel) -> nnx.GraphDef:
     """The static structure of the model, obtained without allocating parameters."""
-    abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
-    graphdef, _ = nnx.split(abstract_model, nnx.Param)
+    graphdef, _, _ = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))))
     return graphdef
 
 
 def make_optimizer(
     train_config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up to a constant learning rate, after global-norm clipping."""
-    learning_rate = optax.linear_schedule(
-        0.0, train_config.learning_rate, max(train_config.warmup_steps, 1)
-    )
+    """AdamW after global-norm clipping, with a linear warm-up to `learning_rate`, then either
+    constant (`lr_decay="none"`) or a cosine decay to zero at `num_steps`."""
+    warmup_steps = max(train_config.warmup_steps, 1)
+    if train_config.lr_decay == "cosine":
+        learning_rate = optax.warmup_cosine_decay_schedule(
+            0.0,
+            train_config.learning_rate,
+            warmup_steps,
+            decay_steps=max(train_config.num_steps, warmup_steps + 1),
+        )
+    elif train_config.lr_decay == "none":
+        learning_rate = optax.linear_schedule(0.0, train_config.learning_rate, warmup_steps)
+    else:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {train_config.lr_decay!r}")
     optimizer = optax.chain(
         optax.clip_by_global_norm(train_config.grad_clip_norm),
         optax.adamw(learning_rate, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay),
@@ -87,18 +72,16 @@ def make_optimizer(
 
 
 def make_init_fn(
-    config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
+    build_model: BuildModel, optimizer: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
     """A pure `rng -> TrainState`, suitable for `jax.eval_shape` and `jax.jit(out_shardings=...)`."""
 
     def init(rng: jax.Array) -> TrainState:
-        model = build_model(config, nnx.Rngs(params=rng))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        if jax.tree.leaves(rest):
-            raise ValueError(f"The model holds state other than parameters: {rest}")
+        _, params, model_state = split_model(build_model(nnx.Rngs(params=rng)))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
+            model_state=model_state,
             ema_params=params,
             opt_state=optimizer.init(params),
         )
@@ -107,21 +90,18 @@ def make_init_fn(
 
 
 def abstract_train_state(
-    config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
+    build_model: BuildModel, optimizer: optax.GradientTransformation
 ) -> TrainState:
     """Shapes and dtypes of the train state, computed without allocating it."""
-    return jax.eval_shape(make_init_fn(config, optimizer), jax.random.key(0))
+    return jax.eval_shape(make_init_fn(build_model, optimizer), jax.random.key(0))
 
 
 def init_train_state(
-    config: ml_collections.ConfigDict,
-    optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    rng: jax.Array,
+    build_model: BuildModel, optimizer: optax.GradientTransformation, mesh: Mesh, rng: jax.Array
 ) -> TrainState:
     """Initialises the train state directly into its shardings (no host-side full copy)."""
-    shardings = parallel.state_shardings(mesh, abstract_train_state(config, optimizer))
-    return jax.jit(make_init_fn(config, optimizer), out_shardings=shardings)(rng)
+    shardings = parallel.state_shardings(mesh, abstract_train_state(build_model, optimizer))
+    return jax.jit(make_init_fn(build_model, optimizer), out_shardings=shardings)(rng)
 
 
 def count_params(params: nnx.State) -> int:

@@ -1,0 +1,130 @@
+"""`--mode=evaluate_samples`: identity consistency of the diffusion model's samples under a judge.
+
+For the first `config.evaluate.consistency_identities` training identities it takes two real
+images of each (the first is the source whose conditioning-encoder embedding is the condition;
+the second gives the real-photo ceiling), draws `consistency_samples_per_identity` samples per
+condition with `config.sample`'s sampler and guidance, and grades them with the judge encoder
+`config.evaluate.judge_encoder` (`evaluate.identity_consistency`). Writes to
+WORKDIR/sample_report/: identity_consistency.json and consistency_grid.png (per row: source,
+second real image, samples).
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffusion_jax import parallel
+from diffusion_jax.data import pipeline
+from diffusion_jax.data.image_decoding import to_model_range
+from diffusion_jax.diffusion.schedules import schedule_from_config
+from diffusion_jax.evaluate.figures import image_grid, save_figure
+from diffusion_jax.evaluate.identity_consistency import (
+    generate_for_conditions,
+    identity_consistency,
+)
+from diffusion_jax.recognition.embeddings import EmbeddingExtractor
+from diffusion_jax.recognition.encoder_store import load_encoder
+from diffusion_jax.sample_mode import restore_sampling_params
+from diffusion_jax.sampling import make_sample_fn
+from diffusion_jax.train.diffusion_model import unet_graphdef
+from diffusion_jax.train.identity_conditions import encoder_directory
+
+GRID_ROWS = 8
+
+
+def two_images_per_label(
+    data_config: ml_collections.ConfigDict, num_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second training image of labels 0..num_labels-1, uint8 [N, H, W, 3] each.
+    The procedural faces are indexed directly; other sources are scanned in stored order."""
+    records = pipeline.training_records(data_config)
+    if data_config.source == "procedural":
+        if data_config.images_per_train_identity < 2:
+            raise ValueError("identity consistency needs 2 images per training identity")
+        first = np.arange(num_labels) * data_config.images_per_train_identity
+        indices = {label: [int(index), int(index) + 1] for label, index in enumerate(first)}
+    else:
+        indices = {}
+        for index in range(len(records)):
+            label = int(records[index]["label"])
+            if label < num_labels and len(indices.setdefault(label, [])) < 2:
+                indices[label].append(index)
+            if len(indices) == num_labels and all(len(v) == 2 for v in indices.values()):
+                break
+        missing = [label for label in range(num_labels) if len(indices.get(label, [])) < 2]
+        if missing:
+            raise ValueError(f"training labels {missing[:10]} have fewer than 2 images")
+    images = [
+        [np.asarray(records[index]["image"]) for index in indices[label]]
+        for label in range(num_labels)
+    ]
+    return np.stack([pair[0] for pair in images]), np.stack([pair[1] for pair in images])
+
+
+def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Writes the report of the module docstring; returns its JSON contents."""
+    evaluate_config = config.evaluate
+    if not evaluate_config.judge_encoder:
+        raise ValueError(
+            "--mode=evaluate_samples needs a judge: set --config.evaluate.judge_encoder to an "
+            "encoder directory other than the conditioning one (e.g. one trained with "
+            "--mode=train_encoder --config.encoder.seed=1)."
+        )
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    out_dir = os.path.join(workdir, "sample_report")
+    os.makedirs(out_dir, exist_ok=True)
+    mesh = parallel.make_mesh(config.mesh)
+    pipeline.ensure_prepared(config.data)
+
+    conditioning_encoder = load_encoder(encoder_directory(config, workdir))
+    judge_encoder = load_encoder(evaluate_config.judge_encoder)
+    if judge_encoder.weights_sha256 == conditioning_encoder.weights_sha256:
+        raise ValueError(
+            f"The judge {judge_encoder.directory} has the conditioning encoder's weights; a "
+            "sample must be graded by a different network."
+        )
+    conditioning = EmbeddingExtractor(conditioning_encoder.model, mesh, flip=False)
+    judge = EmbeddingExtractor(judge_encoder.model, mesh, flip=False)
+
+    sources, seconds = two_images_per_label(config.data, evaluate_config.consistency_identities)
+    conditions = conditioning.embed_arrays(sources, description="Conditions")
+    params, step = restore_sampling_params(config, workdir, mesh)
+    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    sample_fn = make_sample_fn(unet_graphdef(config), schedule, config)
+    samples = generate_for_conditions(
+        lambda cond, rng: sample_fn(params, cond, rng),
+        conditions,
+        evaluate_config.consistency_samples_per_identity,
+        jax.random.key(config.seed + 2),
+        batch_size=evaluate_config.batch_size,
+    )
+    result = identity_consistency(
+        samples, sources, seconds, conditions, conditioning=conditioning, judge=judge
+    )
+    report = {
+        "diffusion_step": step,
+        "conditioning_encoder": conditioning_encoder.directory,
+        "judge_encoder": judge_encoder.directory,
+        "sampler": config.sample.to_dict(),
+        **result.to_json(),
+    }
+    if jax.process_index() == 0:
+        rows = min(GRID_ROWS, len(samples))
+        real = np.stack([to_model_range(sources[:rows]), to_model_range(seconds[:rows])], axis=1)
+        grid = np.concatenate([real, samples[:rows]], axis=1)
+        columns = ["source", "real #2"] + [f"sample {k}" for k in range(samples.shape[1])]
+        figure = image_grid(
+            grid,
+            title=f"Identity consistency (judge similarity {result.judge_similarity_mean:.3f})",
+            row_labels=[f"id {label}" for label in range(rows)],
+            column_labels=columns,
+        )
+        save_figure(figure, os.path.join(out_dir, "consistency_grid.png"))
+        with open(os.path.join(out_dir, "identity_consistency.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    logging.info("Identity consistency: %s", json.dumps(result.to_json()))
+    return report

@@ -1,0 +1,86 @@
+"""Training the conditional diffusion model: `train_and_evaluate(config, workdir)`.
+
+With `config.condition.source == "encoder"` and no `config.encoder.checkpoint`, the identity
+encoder is trained first into WORKDIR/encoder (skipped when already complete). The diffusion
+model then trains (or resumes) in WORKDIR with the shared loop of `train.loop`, and writes the
+four figures of `evaluate.diffusion_figures` to WORKDIR/figures periodically and at the end.
+"""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion_jax import parallel
+from diffusion_jax.data import pipeline
+from diffusion_jax.diffusion.schedules import schedule_from_config
+from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
+from diffusion_jax.recognition.encoder_training import train_encoder
+from diffusion_jax.train import state as state_lib
+from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder, unet_graphdef
+from diffusion_jax.train.identity_conditions import IdentityConditions, identity_conditions
+from diffusion_jax.train.loop import TrainingTask, run_training
+
+
+def figure_inputs(
+    config: ml_collections.ConfigDict, conditions: IdentityConditions
+) -> dict[str, np.ndarray | list[int]]:
+    """The first real image of each sample identity (forward-figure rows) and its condition,
+    which is also the condition the identity figure samples from."""
+    labels = [int(label) for label in config.sample.identities]
+    images, image_labels = pipeline.first_images_of_labels(config.data, labels)
+    conds = conditions.of_images(images, image_labels)
+    return {
+        "real_images": images,
+        "real_conds": conds,
+        "identity_conds": conds,
+        "identity_labels": labels,
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+    """Trains (or resumes) the model of `config` in `workdir`, then writes the figures."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    mesh = parallel.make_mesh(config.mesh)
+    pipeline.ensure_prepared(config.data)
+    if config.condition.source == "encoder" and not config.encoder.checkpoint:
+        train_encoder(config, workdir)
+    conditions = identity_conditions(config, workdir, mesh)
+    train_rng, figure_rng = jax.random.split(jax.random.key(config.seed))
+
+    schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    figure_data = figure_inputs(config, conditions)
+    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config)
+
+    def figures(step: int, state: state_lib.TrainState, writer) -> None:
+        figure_writer.write(
+            params=state.ema_params if config.sample.use_ema else state.params,
+            **figure_data,
+            rng=jax.random.fold_in(figure_rng, step),
+            out_dir=os.path.join(workdir, "figures"),
+            writer=writer,
+            step=step,
+        )
+
+    task = TrainingTask(
+        name="diffusion",
+        config=config,
+        train_config=config.train,
+        build_model=unet_builder(config),
+        loss_fn=make_diffusion_loss(schedule, config),
+        data_iterator=pipeline.make_train_iterator(
+            config.data, global_batch_size=config.train.batch_size, seed=config.seed
+        ),
+        prepare_batch=conditions.prepare_batch,
+        on_step=figures,
+        every_steps=config.train.figures_every_steps,
+    )
+    result = run_training(task, workdir, mesh, train_rng)
+
+    step, periodic = int(result.state.step), config.train.figures_every_steps
+    already_drawn = periodic and step % periodic == 0 and step > result.first_step
+    if result.completed and not already_drawn:
+        figures(step, result.state, result.writer)
+    result.writer.flush()
+    return result.state

@@ -200,7 +200,7 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.encoder.head = "cosface"
     config.encoder.margin_scale = 32.0
     config.encoder.train.batch_size = 64
-    config.encoder.train.num_steps = 1500
+    config.encoder.train.num_steps = 1000
     config.encoder.train.learning_rate = 2e-3
     config.encoder.train.warmup_steps = 100
     config.encoder.train.log_every_steps = 50

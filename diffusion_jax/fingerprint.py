@@ -19,7 +19,8 @@ def array_tree_sha256(tree: Any) -> str:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         array = np.asarray(jax.device_get(leaf))
         digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        # dtype.name, not dtype.str: NumPy gives every 1-byte ml_dtypes type the same str ('<V1').
+        digest.update(f"{array.dtype.name}{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 

@@ -95,8 +95,9 @@ def trained_encoder_directory(workdir: str) -> str:
     return os.path.join(encoder_workdir(workdir), "model")
 
 
-def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Trains (or resumes, or finds complete) the encoder of `config`; returns its directory."""
+def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """Trains (or resumes, or finds complete) the encoder of `config`; returns its directory,
+    or None when training stopped early on SIGTERM (the next run resumes it)."""
     export_directory = trained_encoder_directory(workdir)
     architecture = encoder_architecture(config.encoder)
     if encoder_store.is_complete(export_directory):
@@ -122,7 +123,7 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
         task, encoder_workdir(workdir), mesh, jax.random.key(config.encoder.seed)
     )
     if not result.completed:
-        return export_directory  # preempted: the next run resumes and exports
+        return None
     model = nnx.merge(
         state_lib.model_graphdef(build_model), result.state.params, result.state.model_state
     )

@@ -11,6 +11,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from diffusion_jax import parallel
 from diffusion_jax.data import pipeline
@@ -39,13 +40,18 @@ def figure_inputs(
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-    """Trains (or resumes) the model of `config` in `workdir`, then writes the figures."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> state_lib.TrainState | None:
+    """Trains (or resumes) the model of `config` in `workdir`, then writes the figures. Returns
+    the final train state, or None when SIGTERM stopped the encoder's training first."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     mesh = parallel.make_mesh(config.mesh)
     pipeline.ensure_prepared(config.data)
     if config.condition.source == "encoder" and not config.encoder.checkpoint:
-        train_encoder(config, workdir)
+        if train_encoder(config, workdir) is None:
+            logging.warning("Stopped while training the identity encoder; run again to resume.")
+            return None
     conditions = identity_conditions(config, workdir, mesh)
     train_rng, figure_rng = jax.random.split(jax.random.key(config.seed))
 

@@ -7,6 +7,14 @@ arcface_torch: an insightface `arcface_torch` IResNet (.pt/.pth state dict or tr
 checkpoint, or .safetensors) -> an identity-encoder directory (`recognition.encoder_store`),
 whose provenance records the source file, its SHA-256 and "converted_from": "arcface_torch".
 The architecture is recognised from the state dict when --architecture is not given.
+
+    python -m diffusion_jax.convert autoencoder_kl --model_dir sd-vae-ft-mse --output DIR \
+        [--weights FILE]
+
+autoencoder_kl: a diffusers `AutoencoderKL` directory (config.json and
+diffusion_pytorch_model.safetensors, or the --weights file) -> an autoencoder directory
+(`latent.autoencoder_store`) whose latent scale is config.json's `scaling_factor` and whose
+provenance records the source directory, the weights file and its SHA-256, and the config.
 """
 
 import argparse
@@ -20,8 +28,15 @@ from diffusion_jax.convert.arcface_torch import (
     convert_arcface_state_dict,
     infer_arcface_architecture,
 )
+from diffusion_jax.convert.autoencoder_kl import (
+    DIFFUSERS_WEIGHTS,
+    convert_autoencoder_kl_state_dict,
+    from_diffusers_config,
+    read_diffusers_config,
+)
 from diffusion_jax.convert.tensor_files import load_tensors
 from diffusion_jax.fingerprint import file_sha256
+from diffusion_jax.latent.autoencoder_store import save_autoencoder
 from diffusion_jax.models.iresnet import IRESNET_NAMES, iresnet_architecture
 from diffusion_jax.recognition.encoder_store import save_encoder
 
@@ -56,6 +71,32 @@ def convert_arcface_torch(args: argparse.Namespace) -> None:
     )
 
 
+def convert_autoencoder_kl(args: argparse.Namespace) -> None:
+    """The `autoencoder_kl` subcommand: diffusers AutoencoderKL directory -> autoencoder dir."""
+    output = os.path.abspath(os.path.expanduser(args.output))
+    if os.path.isdir(output) and os.listdir(output):
+        raise SystemExit(f"--output {output} is not empty; refusing to overwrite it.")
+    model_dir = os.path.abspath(os.path.expanduser(args.model_dir))
+    config = read_diffusers_config(model_dir)
+    architecture, latent_scale = from_diffusers_config(config)
+    weights = os.path.abspath(args.weights or os.path.join(model_dir, DIFFUSERS_WEIGHTS))
+    model = convert_autoencoder_kl_state_dict(load_tensors(weights), architecture)
+    provenance = {
+        "converted_from": "diffusers AutoencoderKL",
+        "source": model_dir,
+        "weights_file": weights,
+        "source_sha256": file_sha256(weights),
+        "diffusers_config": config,
+    }
+    save_autoencoder(output, model, architecture, latent_scale=latent_scale, provenance=provenance)
+    num_parameters = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(
+        f"Converted {model_dir}: {num_parameters:,} parameters, downsampling factor "
+        f"{model.downsampling_factor}, {model.latent_channels} latent channels, latent scale "
+        f"{latent_scale} -> {output}"
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_jax.convert",
@@ -79,6 +120,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     arcface.add_argument("--input_resolution", type=int, default=112)
     arcface.add_argument("--embedding_dim", type=int, default=512)
     arcface.set_defaults(run=convert_arcface_torch)
+
+    autoencoder = subcommands.add_parser(
+        "autoencoder_kl",
+        help="a diffusers AutoencoderKL (e.g. Stable Diffusion's VAE) -> an autoencoder directory",
+        description="Convert a diffusers AutoencoderKL directory (config.json and "
+        f"{DIFFUSERS_WEIGHTS}) into an autoencoder directory.",
+    )
+    autoencoder.add_argument(
+        "--model_dir", required=True, help="the diffusers directory (a pipeline's vae/)"
+    )
+    autoencoder.add_argument("--output", required=True, help="the autoencoder directory to create")
+    autoencoder.add_argument(
+        "--weights",
+        help=f"the .safetensors file to read instead of MODEL_DIR/{DIFFUSERS_WEIGHTS} "
+        "(e.g. a diffusion_pytorch_model.fp16.safetensors variant)",
+    )
+    autoencoder.set_defaults(run=convert_autoencoder_kl)
     return parser.parse_args(argv)
 
 

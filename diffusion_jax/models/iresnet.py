@@ -258,23 +258,35 @@ class IResNet(nnx.Module):
         rngs: a `dropout` stream (e.g. `nnx.Rngs(dropout=key)`); required in train mode when
         dropout > 0, ignored in eval mode.
         """
-        expected = (self.input_resolution, self.input_resolution, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(
-                f"images.shape={images.shape}, expected [B, {', '.join(map(str, expected))}]"
-            )
         if not self.deterministic and self.dropout_rate > 0 and rngs is None:
             raise ValueError(
                 f"rngs=None, but the IResNet is in train mode with dropout={self.dropout_rate}: "
                 "pass rngs=nnx.Rngs(dropout=key), or call model.eval() for deterministic outputs"
             )
-        h = self.prelu(self.bn1(self.conv1(images)))
-        for blocks in self.stages:
-            for block in blocks:
-                h = block(h)
+        h = self.stage_features(images)[-1]
         h = einops.rearrange(self.bn2(h), "b h w c -> b (h w c)")
         h = self.fc(self.dropout(h, rngs=rngs))
         return self.features(h).astype(jnp.float32)
+
+    def stage_features(self, images: jax.Array) -> list[jax.Array]:
+        """The feature maps after the stem and after each stage, in the compute dtype:
+        [B, R, R, stem_channels], then [B, R / 2^(s+1), R / 2^(s+1), widths[s]] for each stage s,
+        with R = input_resolution. The last one is what the head of `__call__` reads.
+
+        Images are as for `__call__`; the BatchNorms follow the train/eval mode as there.
+        """
+        expected = (self.input_resolution, self.input_resolution, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(
+                f"images.shape={images.shape}, expected [B, {', '.join(map(str, expected))}]"
+            )
+        h = self.prelu(self.bn1(self.conv1(images)))
+        features = [h]
+        for blocks in self.stages:
+            for block in blocks:
+                h = block(h)
+            features.append(h)
+        return features
 
 
 def _validate_architecture(

@@ -60,8 +60,8 @@ def random_identity_embeddings(num_identities: int, dim: int, seed: int) -> jax.
     """A frozen table of identities drawn uniformly on the unit sphere S^(dim-1).
 
     Row i is g_i / ||g_i|| with g_i ~ N(0, I_dim), drawn from `jax.random.key(seed)`, so a seed
-    names one table (for a given JAX PRNG implementation) on any backend. A stand-in condition
-    for the training identities until a face recogniser provides real embeddings.
+    names one table (for a given JAX PRNG implementation) on any backend. The condition of
+    `config.condition.source="random_identity_table"`: one per training identity, no encoder.
 
     Returns:
       float32 [num_identities, dim], unit rows.

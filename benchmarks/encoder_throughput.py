@@ -149,8 +149,8 @@ def measure_jax(
         extractor = EmbeddingExtractor(model, mesh, flip=False)
         # The extractor's own jitted function, compiled ahead of time so that compilation is
         # timed apart and XLA's cost analysis can be read; `extractor(images)` calls the same.
-        jitted = extractor._embed_sharded
-        args = [extractor._state, parallel.global_batch({"image": batch["image"]}, mesh)["image"]]
+        jitted = extractor.embed_sharded
+        args = [extractor.weights, parallel.global_batch({"image": batch["image"]}, mesh)["image"]]
 
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()

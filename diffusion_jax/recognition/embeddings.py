@@ -49,13 +49,14 @@ class EmbeddingExtractor:
         graphdef, state = nnx.split(model)
         self.mesh = mesh
         self.embedding_dim = model.embedding_dim
-        self._state = jax.device_put(state, parallel.replicated(mesh))
+        self.weights = jax.device_put(state, parallel.replicated(mesh))  # replicated encoder state
 
         def embed(state: nnx.State, images: jax.Array) -> jax.Array:
             return unit_embeddings(nnx.merge(graphdef, state), images, flip=flip)
 
         in_shardings = (parallel.replicated(mesh), parallel.batch_sharding(mesh))
-        self._embed_sharded = jax.jit(
+        # `embed_sharded(weights, images)`: the jitted function `extractor(images)` calls.
+        self.embed_sharded = jax.jit(
             embed, in_shardings=in_shardings, out_shardings=parallel.batch_sharding(mesh)
         )
         self._embed_replicated = jax.jit(
@@ -65,7 +66,7 @@ class EmbeddingExtractor:
     def __call__(self, images: jax.Array) -> jax.Array:
         """Embeddings [B, D] of a global batch of images [B, H, W, 3] in [-1, 1], sharded like
         the images (ready for a train step)."""
-        return self._embed_sharded(self._state, images)
+        return self.embed_sharded(self.weights, images)
 
     def embed_arrays(
         self, images: np.ndarray, *, batch_size: int = 256, description: str = "Embedding"
@@ -92,7 +93,7 @@ class EmbeddingExtractor:
             batch = jax.make_array_from_callback(
                 padded.shape, sharding, functools.partial(_index, padded)
             )
-            embedded = self._embed_replicated(self._state, batch)
+            embedded = self._embed_replicated(self.weights, batch)
             embeddings[start : start + len(chunk)] = np.asarray(embedded)[: len(chunk)]
         return embeddings
 

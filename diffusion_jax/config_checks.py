@@ -92,6 +92,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             lambda ids: all(0 <= i < config.data.num_train_identities for i in ids),
             f"must be training labels in [0, {config.data.num_train_identities})",
         )
+        _require(
+            config,
+            "evaluate.consistency_identities",
+            lambda n: n <= config.data.num_train_identities,
+            f"must be at most data.num_train_identities={config.data.num_train_identities}",
+        )
     elif config.data.source in ("image_folder", "recordio"):
         _require(config, "data.path", lambda p: os.path.exists(os.path.expanduser(p)), "does not exist")
     _require(

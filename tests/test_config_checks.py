@@ -29,6 +29,14 @@ def test_presets_are_valid(preset):
         ("model.attention_resolutions", (3,), "config.model"),
         ("model.channel_mults", (1, 2, 2, 2, 2, 2), "config.model: image_size=32"),
         ("data.source", "lfw", "config.data.source='lfw'"),
+        ("condition.source", "clip", "config.condition.source='clip'"),
+        ("encoder.architecture", "resnet50", "config.encoder.architecture='resnet50'"),
+        ("encoder.head", "sphereface", "config.encoder.head='sphereface'"),
+        ("encoder.margins", (1.0, 0.5), "config.encoder.margins=(1.0, 0.5) must be ()"),
+        ("encoder.margins", (1.0, 4.0, 0.0), "config.encoder.margins: "),
+        ("encoder.input_resolution", 40, "config.encoder: "),
+        ("encoder.checkpoint", "/no/such/encoder", "config.encoder.checkpoint='/no/such/encoder'"),
+        ("evaluate.consistency_identities", 9, "must be at most data.num_train_identities=8"),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):
@@ -57,3 +65,11 @@ def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, override, m
     assert result.returncode != 0
     assert message in result.stderr
     assert not list(tmp_path.iterdir()), "nothing may be written before the config is accepted"
+
+
+def test_an_encoder_trained_by_the_job_must_embed_in_the_condition_dimension():
+    config = load_config("test")
+    config.condition.source = "encoder"
+    config.condition.dim = 16  # the test preset's encoder embeds in 32 dimensions
+    with pytest.raises(config_checks.ConfigError, match="must equal encoder.embedding_dim=32"):
+        config_checks.validate(config)

@@ -19,8 +19,8 @@ from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
 from diffusion_jax.diffusion.schedules import beta_schedule
 from diffusion_jax.models.iresnet import IRESNET_NAMES
-from diffusion_jax.models.margin_heads import MARGIN_PRESETS, margins_for
-from diffusion_jax.recognition.encoder_training import encoder_builder
+from diffusion_jax.models.margin_heads import MARGIN_PRESETS
+from diffusion_jax.recognition.encoder_training import encoder_builder, encoder_margins
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.diffusion_model import unet_graphdef
 from diffusion_jax.train.identity_conditions import CONDITION_SOURCES
@@ -140,10 +140,7 @@ def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> 
 
 def _validate_encoder(config: ml_collections.ConfigDict) -> None:
     _require(config, "encoder.margins", lambda m: len(m) in (0, 3), "must be () or (m1, m2, m3)")
-    _ask(
-        "encoder.margins",
-        lambda: margins_for(config.encoder.head, *(config.encoder.margins or (None,) * 3)),
-    )
+    _ask("encoder.margins", lambda: encoder_margins(config.encoder))
     _ask("encoder", lambda: state_lib.model_graphdef(encoder_builder(config, num_classes=2)))
     if config.encoder.checkpoint:
         _require(

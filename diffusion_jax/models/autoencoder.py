@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from diffusion_jax.models.layers import Upsample, conv3x3
+from diffusion_jax.models.layers import Upsample, conv3x3, group_norm
 
 GROUP_NORM_EPSILON = 1e-6
 LOGVAR_MIN = -30.0
@@ -93,7 +93,8 @@ def sample_latents(rng: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
 
 
 def _group_norm(channels: int, num_groups: int, **precision: Any) -> nnx.GroupNorm:
-    return nnx.GroupNorm(channels, num_groups=num_groups, epsilon=GROUP_NORM_EPSILON, **precision)
+    """diffusers' GroupNorm (epsilon 1e-6, not the UNet's 1e-5)."""
+    return group_norm(channels, num_groups, epsilon=GROUP_NORM_EPSILON, **precision)
 
 
 def _conv1x1(in_channels: int, out_channels: int, **precision: Any) -> nnx.Conv:

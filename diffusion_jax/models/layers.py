@@ -54,13 +54,19 @@ def depth_to_space(x: jax.Array, block: int) -> jax.Array:
 
 
 def group_norm(
-    channels: int, num_groups: int, *, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs
+    channels: int,
+    num_groups: int,
+    *,
+    epsilon: float = GROUP_NORM_EPSILON,
+    dtype: DTypeLike,
+    param_dtype: DTypeLike,
+    rngs: nnx.Rngs,
 ) -> nnx.GroupNorm:
     """GroupNorm with a learned per-channel affine transform; statistics are reduced in float32."""
     return nnx.GroupNorm(
         channels,
         num_groups=num_groups,
-        epsilon=GROUP_NORM_EPSILON,
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

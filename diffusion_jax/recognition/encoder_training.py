@@ -54,9 +54,14 @@ def encoder_architecture(encoder_config: ml_collections.ConfigDict) -> dict[str,
     )
 
 
+def encoder_margins(encoder_config: ml_collections.ConfigDict) -> tuple[float, float, float]:
+    """(m1, m2, m3): the preset of `head`, or `margins` when given."""
+    return margins_for(encoder_config.head, *(encoder_config.margins or (None,) * 3))
+
+
 def encoder_builder(config: ml_collections.ConfigDict, num_classes: int) -> state_lib.BuildModel:
     encoder_config = config.encoder
-    m1, m2, m3 = margins_for(encoder_config.head, *(encoder_config.margins or (None,) * 3))
+    m1, m2, m3 = encoder_margins(encoder_config)
 
     def build(rngs: nnx.Rngs) -> EncoderWithHead:
         head = MarginSoftmaxHead(

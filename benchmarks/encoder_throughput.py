@@ -142,7 +142,7 @@ def measure_jax(
         jitted = jit_train_step(train_step, mesh, parallel.state_shardings(mesh, abstract_state))
         state = state_lib.init_train_state(build_model, optimizer, mesh, rng)
         num_params = state_lib.count_params(state.params)
-        args = [state, parallel.global_batch(batch, mesh), rng]
+        args = [state, parallel.global_batch(batch, mesh), rng, {}]
     else:
         model = IResNet(**encoder_architecture(config.encoder), rngs=nnx.Rngs(rng))
         num_params = state_lib.count_params(nnx.state(model, nnx.Param))

@@ -65,12 +65,12 @@ def default_batch_size(config: ml_collections.ConfigDict, platform: str) -> int:
 
 
 def make_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-    """A training batch: NHWC images uniform in [-1, 1] and unit identity embeddings."""
+    """A training batch: x_0, NHWC images uniform in [-1, 1], and unit identity embeddings."""
     rng = np.random.default_rng(config.seed)
     size = config.data.resolution
     cond = rng.normal(size=(batch_size, config.condition.dim)).astype(np.float32)
     return {
-        "image": rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32),
+        "x0": rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32),
         "cond": cond / np.linalg.norm(cond, axis=-1, keepdims=True),
     }
 
@@ -82,7 +82,7 @@ def forward_inputs(
     condition replaced by the null condition."""
     batch_size = len(batch["cond"])
     t = np.linspace(0, config.diffusion.num_timesteps - 1, batch_size).astype(np.int32)
-    return batch["image"], t, batch["cond"], np.arange(batch_size) % 2 == 0
+    return batch["x0"], t, batch["cond"], np.arange(batch_size) % 2 == 0
 
 
 def peak_rss_mb() -> float:
@@ -210,7 +210,7 @@ def measure_jax(
         )
         jitted = jit_train_step(train_step, mesh, shardings)
         state = state_lib.init_train_state(unet_builder(config), optimizer, mesh, rng)
-        args = [state, parallel.global_batch(batch, mesh), rng]
+        args = [state, parallel.global_batch(batch, mesh), rng, {}]
     else:
         model = unet_builder(config)(nnx.Rngs(config.seed))
         model.eval()
@@ -283,7 +283,7 @@ def measure_torch(
 
     if phase == "train_step":
         train_step = torch_unet.make_train_step(model, alphas_cumprod, config)
-        x0, cond = tensor(batch["image"]), tensor(batch["cond"])
+        x0, cond = tensor(batch["x0"]), tensor(batch["cond"])
 
         def work():
             train_step(x0, cond)

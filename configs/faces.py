@@ -7,6 +7,10 @@ Use as `--config=configs/faces.py` (the `base` preset) or `--config=configs/face
     large  a TPU pod slice or several GPUs: 112x112, parameters sharded over an `fsdp` mesh axis.
     test   the unit tests' tiny shapes (32x32 images, 16x16 features, a few channels).
 
+Each preset runs in its default space (`config.diffusion.space`); `PRESET,latent` or
+`PRESET,pixel` chooses the space, e.g. `--config=configs/faces.py:demo,latent`: latent diffusion
+on the autoencoder of `config.autoencoder`, with the UNet adapted to the latents' size.
+
 Every field can be overridden on the command line, e.g. `--config.train.batch_size=256`; unknown
 keys and values of the wrong type are refused (the config is locked and type-checked).
 """
@@ -16,14 +20,22 @@ import ml_collections
 
 
 def get_config(preset: str = "base") -> ml_collections.ConfigDict:
-    """Returns the config of `preset` (see the module docstring)."""
-    preset = preset or "base"
-    if preset not in _PRESET_EDITS:
+    """Returns the config of `preset` (see the module docstring), e.g. "demo" or "demo,latent"."""
+    name, _, space = (preset or "base").partition(",")
+    if name not in _PRESET_EDITS:
         raise ValueError(
-            f"Unknown preset {preset!r} in configs/faces.py; choose one of {sorted(_PRESET_EDITS)}."
+            f"Unknown preset {name!r} in configs/faces.py; choose one of {sorted(_PRESET_EDITS)}."
+        )
+    if space not in ("", "pixel", "latent"):
+        raise ValueError(
+            f"Unknown space {space!r} in preset {preset!r}; write PRESET,pixel or PRESET,latent."
         )
     config = _base_config()
-    _PRESET_EDITS[preset](config)
+    _PRESET_EDITS[name](config)
+    if space:
+        config.diffusion.space = space
+    if config.diffusion.space == "latent":
+        _LATENT_EDITS[name](config)
     config.preset = preset
     return config
 
@@ -104,6 +116,43 @@ def _base_config() -> ml_collections.ConfigDict:
     config.evaluate.judge_encoder = ""  # an encoder directory other than the conditioning one
     config.evaluate.consistency_identities = 50
     config.evaluate.consistency_samples_per_identity = 4
+    # The real images of those identities the samples' Frechet distance is measured against.
+    config.evaluate.real_images_per_identity = 8
+
+    # The KL autoencoder of latent diffusion (config.diffusion.space == "latent"). `checkpoint`: an
+    # autoencoder directory (from `python -m diffusion_jax.convert autoencoder_kl` or a previous
+    # --mode=train_autoencoder), whose architecture must equal the fields below; empty: the main
+    # job trains one into WORKDIR/autoencoder first. Latents are data.resolution / 2^(number of
+    # blocks - 1) on a side, with latent_channels channels.
+    config.autoencoder = ml_collections.ConfigDict()
+    config.autoencoder.checkpoint = ""
+    config.autoencoder.block_out_channels = (128, 256, 256)  # 64x64 -> 16x16 latents
+    config.autoencoder.layers_per_block = 2
+    config.autoencoder.latent_channels = 4
+    config.autoencoder.norm_num_groups = 32
+    config.autoencoder.mid_block_add_attention = True
+    # Loss (see diffusion_jax/latent/autoencoder_losses.py): L1 + perceptual_weight * identity
+    # perceptual distance (features of the identity encoder) + kl_weight * KL, plus
+    # discriminator_weight * the hinge GAN's generator loss from discriminator_start_step on.
+    config.autoencoder.kl_weight = 1e-6
+    config.autoencoder.perceptual_weight = 1.0  # 0: no perceptual term (and no encoder needed)
+    config.autoencoder.discriminator_weight = 0.5  # 0: no discriminator
+    config.autoencoder.discriminator_start_step = 20_000
+    config.autoencoder.discriminator_layers = 3
+    config.autoencoder.discriminator_channels = 64
+    config.autoencoder.scale_batches = 32  # training batches the latent scale is estimated on
+    config.autoencoder.train = ml_collections.ConfigDict()
+    config.autoencoder.train.batch_size = 64
+    config.autoencoder.train.num_steps = 100_000
+    config.autoencoder.train.learning_rate = 1e-4
+    config.autoencoder.train.lr_decay = "none"
+    config.autoencoder.train.warmup_steps = 1000
+    config.autoencoder.train.weight_decay = 0.0
+    config.autoencoder.train.grad_clip_norm = 1.0
+    config.autoencoder.train.ema_decay = 0.0  # the exported autoencoder uses the raw weights
+    config.autoencoder.train.log_every_steps = 100
+    config.autoencoder.train.checkpoint_every_steps = 5000
+    config.autoencoder.train.keep_checkpoints = 2
 
     config.model = ml_collections.ConfigDict()
     config.model.base_channels = 128
@@ -119,6 +168,9 @@ def _base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
 
     config.diffusion = ml_collections.ConfigDict()
+    # "pixel": the UNet denoises images; "latent": it denoises the scaled latents of
+    # `config.autoencoder` (latent diffusion), and samples are decoded to images.
+    config.diffusion.space = "pixel"
     config.diffusion.num_timesteps = 1000
     config.diffusion.beta_schedule = "linear"
     config.diffusion.prediction_type = "eps"
@@ -195,6 +247,18 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.sample.identities = (0, 1, 2, 3, 4, 5)
     config.sample.samples_per_identity = 6
 
+    config.autoencoder.block_out_channels = (16, 32, 64)  # 32x32 -> 8x8 latents
+    config.autoencoder.layers_per_block = 1
+    config.autoencoder.norm_num_groups = 8
+    config.autoencoder.discriminator_weight = 0.0  # minutes of CPU: L1 + identity perceptual + KL
+    config.autoencoder.scale_batches = 16
+    config.autoencoder.train.batch_size = 32
+    config.autoencoder.train.num_steps = 1000
+    config.autoencoder.train.learning_rate = 1e-3
+    config.autoencoder.train.warmup_steps = 100
+    config.autoencoder.train.log_every_steps = 50
+    config.autoencoder.train.checkpoint_every_steps = 250
+
     config.encoder.architecture = "iresnet_small"
     config.encoder.input_resolution = 32
     config.encoder.head = "cosface"
@@ -238,6 +302,17 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.condition.source = "random_identity_table"  # the encoder's tests opt in
     config.condition.dim = 32
     config.encoder.embedding_dim = 32
+    config.autoencoder.block_out_channels = (8, 16)  # 32x32 -> 16x16 latents
+    config.autoencoder.norm_num_groups = 4
+    config.autoencoder.discriminator_channels = 8
+    config.autoencoder.discriminator_layers = 2
+    config.autoencoder.discriminator_start_step = 2
+    config.autoencoder.scale_batches = 2
+    config.autoencoder.train.batch_size = 8
+    config.autoencoder.train.num_steps = 4
+    config.autoencoder.train.warmup_steps = 2
+    config.autoencoder.train.log_every_steps = 2
+    config.autoencoder.train.checkpoint_every_steps = 2
     config.encoder.train.batch_size = 8
     config.encoder.train.num_steps = 4
     config.encoder.train.warmup_steps = 2
@@ -246,6 +321,7 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.evaluate.batch_size = 16
     config.evaluate.consistency_identities = 4
     config.evaluate.consistency_samples_per_identity = 2
+    config.evaluate.real_images_per_identity = 3
     config.diffusion.num_timesteps = 100
     config.train.batch_size = 8
     config.train.num_steps = 6
@@ -256,6 +332,41 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.sample.identities = (0, 1)
     config.sample.samples_per_identity = 2
 
+
+def _latent_base(config: ml_collections.ConfigDict) -> None:
+    """16x16x4 latents of 64x64 faces."""
+    config.model.attention_resolutions = (8, 4)
+    config.sample.clip_x0 = False
+
+
+def _latent_demo(config: ml_collections.ConfigDict) -> None:
+    """8x8x4 latents of 32x32 faces: a full-resolution stem, attention at 8x8 and 4x4."""
+    config.model.stem = "conv"
+    config.model.attention_resolutions = (8, 4)
+    config.sample.clip_x0 = False
+
+
+def _latent_large(config: ml_collections.ConfigDict) -> None:
+    """28x28x4 latents of 112x112 faces."""
+    config.model.channel_mults = (1, 2, 4)
+    config.model.attention_resolutions = (14, 7)
+    config.sample.clip_x0 = False
+
+
+def _latent_test(config: ml_collections.ConfigDict) -> None:
+    """16x16x4 latents of 32x32 images."""
+    config.model.stem = "conv"
+    config.model.attention_resolutions = (8,)
+    config.sample.clip_x0 = False
+
+
+# How each preset changes in latent space (after its own edits).
+_LATENT_EDITS = {
+    "base": _latent_base,
+    "demo": _latent_demo,
+    "large": _latent_large,
+    "test": _latent_test,
+}
 
 _PRESET_EDITS = {
     "base": lambda config: None,

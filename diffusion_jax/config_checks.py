@@ -18,6 +18,8 @@ from diffusion_jax.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
 from diffusion_jax.diffusion.schedules import beta_schedule
+from diffusion_jax.latent.autoencoder_training import autoencoder_builder
+from diffusion_jax.latent.diffusion_space import SPACES, downsampling_factor
 from diffusion_jax.models.iresnet import IRESNET_NAMES
 from diffusion_jax.models.margin_heads import MARGIN_PRESETS
 from diffusion_jax.recognition.encoder_training import encoder_builder, encoder_margins
@@ -33,6 +35,8 @@ SUPPORTED = {
     "encoder.head": tuple(MARGIN_PRESETS),
     "train.lr_decay": state_lib.LR_DECAYS,
     "encoder.train.lr_decay": state_lib.LR_DECAYS,
+    "autoencoder.train.lr_decay": state_lib.LR_DECAYS,
+    "diffusion.space": SPACES,
     "model.dtype": tuple(state_lib.COMPUTE_DTYPES),
     "diffusion.prediction_type": PREDICTION_TYPES,
     "diffusion.loss_weighting": LOSS_WEIGHTINGS,
@@ -69,9 +73,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "encoder.margin_scale",
         "evaluate.batch_size",
         "evaluate.consistency_samples_per_identity",
+        "evaluate.real_images_per_identity",
     ):
         _require(config, field, lambda v: v > 0, "must be positive")
-    for section in ("train", "encoder.train"):
+    for section in ("train", "encoder.train", "autoencoder.train"):
         _validate_train_section(config, section)
     _require(config, "evaluate.consistency_identities", lambda v: v >= 2, "must be >= 2")
     _require(config, "train.figures_every_steps", lambda v: v >= 0, "must be >= 0 (0 = at the end)")
@@ -108,6 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     _require(config, "mesh.fsdp", lambda v: v == -1 or v > 0, "must be positive or -1")
 
+    _validate_autoencoder(config)  # before the UNet: in latent space it defines x_0's shape
     _ask("diffusion.beta_schedule", lambda: beta_schedule(
         config.diffusion.beta_schedule, config.diffusion.num_timesteps
     ))
@@ -156,6 +162,45 @@ def _validate_encoder(config: ml_collections.ConfigDict) -> None:
             "condition.dim",
             lambda d: d == config.encoder.embedding_dim,
             f"must equal encoder.embedding_dim={config.encoder.embedding_dim}",
+        )
+
+
+def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
+    for field in ("kl_weight", "perceptual_weight", "discriminator_weight", "discriminator_start_step"):
+        _require(config, f"autoencoder.{field}", lambda v: v >= 0, "must be >= 0")
+    _require(config, "autoencoder.scale_batches", lambda v: v > 0, "must be positive")
+    _ask("autoencoder", lambda: state_lib.model_graphdef(autoencoder_builder(config)))
+    if config.autoencoder.discriminator_weight > 0:
+        min_side = 3 * 2**config.autoencoder.discriminator_layers
+        _require(
+            config,
+            "autoencoder.discriminator_layers",
+            lambda _: config.data.resolution >= min_side,
+            f"needs images of at least {min_side} pixels, but data.resolution is "
+            f"{config.data.resolution}",
+        )
+    if config.diffusion.space != "latent":
+        return
+    factor = downsampling_factor(config)
+    _require(
+        config,
+        "data.resolution",
+        lambda r: r % factor == 0,
+        f"must be a multiple of the autoencoder's downsampling factor {factor}",
+    )
+    _require(
+        config,
+        "sample.clip_x0",
+        lambda clip: not clip,
+        "must be False in latent space: latents are not confined to [-1, 1]",
+    )
+    if config.autoencoder.checkpoint:
+        _require(
+            config,
+            "autoencoder.checkpoint",
+            lambda p: os.path.isdir(os.path.expanduser(p)),
+            "is not a directory (an autoencoder written by --mode=train_autoencoder or "
+            "`python -m diffusion_jax.convert autoencoder_kl`)",
         )
 
 

@@ -3,9 +3,14 @@ r"""Entry point: `python -m diffusion_jax.main --config=configs/faces.py:demo --
 Modes:
   train             (default) train the diffusion model (resuming from DIR/checkpoints), then
                     write the figures to DIR/figures. Conditioned on an identity encoder that is
-                    not given by `config.encoder.checkpoint`, it first trains one in DIR/encoder.
+                    not given by `config.encoder.checkpoint`, it first trains one in DIR/encoder;
+                    in latent space without `config.autoencoder.checkpoint`, it then trains the
+                    autoencoder in DIR/autoencoder.
   train_encoder     train the identity encoder of `config.encoder` in DIR/encoder and export it
                     to DIR/encoder/model.
+  train_autoencoder train the latent-diffusion autoencoder of `config.autoencoder` in
+                    DIR/autoencoder, estimate its latent scale, and export it to
+                    DIR/autoencoder/model.
   evaluate_encoder  verification accuracy and identity reports of the encoder (the conditioning
                     one, or `config.encoder.checkpoint`) into DIR/encoder_report.
   sample            load a checkpoint from DIR and write samples and figures for
@@ -26,6 +31,7 @@ from ml_collections import config_flags
 from diffusion_jax import config_checks
 from diffusion_jax.evaluate.encoder_report import evaluate_encoder
 from diffusion_jax.evaluate.sample_report import evaluate_samples
+from diffusion_jax.latent.autoencoder_training import train_autoencoder
 from diffusion_jax.recognition.encoder_training import train_encoder
 from diffusion_jax.sample_mode import sample_from_checkpoint
 from diffusion_jax.train.diffusion_training import train_and_evaluate
@@ -38,6 +44,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figure
 MODES = {
     "train": train_and_evaluate,
     "train_encoder": train_encoder,
+    "train_autoencoder": train_autoencoder,
     "evaluate_encoder": evaluate_encoder,
     "sample": sample_from_checkpoint,
     "evaluate_samples": evaluate_samples,

@@ -18,6 +18,7 @@ from diffusion_jax import parallel
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
 from diffusion_jax.evaluate.figures import to_uint8
+from diffusion_jax.latent.diffusion_space import ARCHITECTURE_FIELDS, diffusion_space
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
 from diffusion_jax.train.diffusion_model import unet_builder, unet_graphdef
@@ -31,6 +32,8 @@ MODEL_DEFINING = (
     "diffusion.",
     "condition.",
     "encoder.checkpoint",
+    "autoencoder.checkpoint",
+    *(f"autoencoder.{field}" for field in ARCHITECTURE_FIELDS),
     "seed",
     "data.resolution",
     "data.num_train_identities",
@@ -89,7 +92,8 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
 
     conditions = identity_conditions(config, workdir, mesh)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config)
+    space = diffusion_space(config, workdir, mesh)
+    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config, space)
     _, samples = figure_writer.write(
         params=params,
         **figure_inputs(config, conditions),

@@ -16,6 +16,7 @@ from diffusion_jax.diffusion.guidance import guided_model_output
 from diffusion_jax.diffusion.parameterization import model_output_to_eps_x0
 from diffusion_jax.diffusion.samplers import Trajectory, get_sampler, make_eps_fn
 from diffusion_jax.diffusion.schedules import DiffusionSchedule
+from diffusion_jax.latent.diffusion_space import diffusion_shape
 
 ModelOutputFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -46,18 +47,19 @@ def make_sample_fn(
     *,
     return_trajectory: bool = False,
 ) -> Callable[..., jax.Array | tuple[jax.Array, Trajectory]]:
-    """A jitted `(params, cond, rng) -> images` (and the trajectory when asked).
+    """A jitted `(params, cond, rng) -> x_0` (and the trajectory when asked).
 
-    One image is drawn per row of `cond` [B, D]; x_T ~ N(0, I) comes from `rng`.
+    One sample is drawn per row of `cond` [B, D]; x_T ~ N(0, I) comes from `rng`. Samples are in
+    the diffusion space: images, or latents for `DiffusionSpace.decode`.
     """
     sample_config = config.sample
     sampler = get_sampler(sample_config.sampler)
     options = sampler_options(sample_config, schedule.num_timesteps)
-    resolution = config.data.resolution
+    side, channels = diffusion_shape(config)
 
     def sample(params: nnx.State, cond: jax.Array, rng: jax.Array):
         noise_rng, sampler_rng = jax.random.split(rng)
-        x_T = jax.random.normal(noise_rng, (cond.shape[0], resolution, resolution, 3), jnp.float32)
+        x_T = jax.random.normal(noise_rng, (cond.shape[0], side, side, channels), jnp.float32)
         denoiser = guided_denoiser(graphdef, params, cond, sample_config.guidance_scale)
         eps_fn = make_eps_fn(denoiser, schedule, config.diffusion.prediction_type)
         return sampler(

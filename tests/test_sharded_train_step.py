@@ -32,7 +32,7 @@ abstract = state_lib.abstract_train_state(build_model, optimizer)
 data_rng = np.random.default_rng(0)
 r = config.data.resolution
 batches = [
-    {"image": data_rng.uniform(-1, 1, (8, r, r, 3)).astype(np.float32),
+    {"x0": data_rng.uniform(-1, 1, (8, r, r, 3)).astype(np.float32),
      "cond": data_rng.normal(size=(8, config.condition.dim)).astype(np.float32)}
     for _ in range(3)
 ]
@@ -42,7 +42,7 @@ def train(mesh):
     state = jax.jit(state_lib.make_init_fn(build_model, optimizer), out_shardings=shardings)(jax.random.key(0))
     step = jit_train_step(step_fn, mesh, shardings)
     for batch in batches:
-        state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
+        state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1), {})
     return jax.device_get(state.params), float(metrics["loss"])
 
 meshes = {

@@ -29,7 +29,7 @@ def test_tiny_model_overfits_a_tiny_batch():
         seed=0, identity_ids=np.arange(4), image_ids=np.zeros(4, int), resolution=config.data.resolution
     )
     images = jnp.asarray(images, jnp.float32) / 127.5 - 1
-    batch = {"image": images, "cond": random_identity_embeddings(4, config.condition.dim, seed=0)}
+    batch = {"x0": images, "cond": random_identity_embeddings(4, config.condition.dim, seed=0)}
 
     optimizer, learning_rate = state_lib.make_optimizer(config.train)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
@@ -45,7 +45,7 @@ def test_tiny_model_overfits_a_tiny_batch():
 
     # A fixed evaluation set of (t, noise) over the batch, so the comparison is noise-free.
     t = jnp.tile(jnp.linspace(0, schedule.num_timesteps - 1, 8).astype(jnp.int32), 4)
-    x0 = jnp.repeat(batch["image"], 8, axis=0)
+    x0 = jnp.repeat(batch["x0"], 8, axis=0)
     cond = jnp.repeat(batch["cond"], 8, axis=0)
     noise = jax.random.normal(jax.random.key(7), x0.shape)
 
@@ -66,7 +66,7 @@ def test_tiny_model_overfits_a_tiny_batch():
     rng = jax.random.key(1)
     with jax.transfer_guard("disallow"):  # the step must not copy anything between host and device
         for _ in range(STEPS):
-            state, _ = step(state, global_batch, rng)
+            state, _ = step(state, global_batch, rng, {})
     after = float(evaluation_loss(state.params))
     assert int(state.step) == STEPS
     assert after * LOSS_DROP_FACTOR < before, (before, after)

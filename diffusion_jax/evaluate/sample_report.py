@@ -4,7 +4,9 @@ For the first `config.evaluate.consistency_identities` training identities it ta
 images of each (the first is the source whose conditioning-encoder embedding is the condition;
 the second gives the real-photo ceiling), draws `consistency_samples_per_identity` samples per
 condition with `config.sample`'s sampler and guidance, and grades them with the judge encoder
-`config.evaluate.judge_encoder` (`evaluate.identity_consistency`). Writes to
+`config.evaluate.judge_encoder` (`evaluate.identity_consistency`). It also gives the Frechet
+distance (`evaluate.frechet_distance`) between the judge's embeddings of all samples and of the
+first `config.evaluate.real_images_per_identity` real images of the same identities. Writes to
 WORKDIR/sample_report/: identity_consistency.json and consistency_grid.png (per row: source,
 second real image, samples).
 """
@@ -22,10 +24,12 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.data.image_decoding import to_model_range
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.evaluate.figures import image_grid, save_figure
+from diffusion_jax.evaluate.frechet_distance import frechet_distance
 from diffusion_jax.evaluate.identity_consistency import (
     generate_for_conditions,
     identity_consistency,
 )
+from diffusion_jax.latent.diffusion_space import diffusion_space
 from diffusion_jax.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.recognition.encoder_store import load_encoder
 from diffusion_jax.sample_mode import restore_sampling_params
@@ -36,33 +40,37 @@ from diffusion_jax.train.identity_conditions import encoder_directory
 GRID_ROWS = 8
 
 
-def two_images_per_label(
-    data_config: ml_collections.ConfigDict, num_labels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The first and second training image of labels 0..num_labels-1, uint8 [N, H, W, 3] each.
-    The procedural faces are indexed directly; other sources are scanned in stored order."""
+def images_per_label(
+    data_config: ml_collections.ConfigDict, num_labels: int, per_label: int
+) -> np.ndarray:
+    """The first `per_label` training images of labels 0..num_labels-1, uint8 [N, per_label, H,
+    W, 3]. The procedural faces are indexed directly; other sources are scanned in stored order."""
     records = pipeline.training_records(data_config)
     if data_config.source == "procedural":
-        if data_config.images_per_train_identity < 2:
-            raise ValueError("identity consistency needs 2 images per training identity")
+        if data_config.images_per_train_identity < per_label:
+            raise ValueError(
+                f"the sample report needs {per_label} images per training identity, but "
+                f"data.images_per_train_identity is {data_config.images_per_train_identity}"
+            )
         first = np.arange(num_labels) * data_config.images_per_train_identity
-        indices = {label: [int(index), int(index) + 1] for label, index in enumerate(first)}
+        indices = {label: list(range(start, start + per_label)) for label, start in enumerate(first)}
     else:
         indices = {}
         for index in range(len(records)):
             label = int(records[index]["label"])
-            if label < num_labels and len(indices.setdefault(label, [])) < 2:
+            if label < num_labels and len(indices.setdefault(label, [])) < per_label:
                 indices[label].append(index)
-            if len(indices) == num_labels and all(len(v) == 2 for v in indices.values()):
+            if len(indices) == num_labels and all(len(v) == per_label for v in indices.values()):
                 break
-        missing = [label for label in range(num_labels) if len(indices.get(label, [])) < 2]
+        missing = [label for label in range(num_labels) if len(indices.get(label, [])) < per_label]
         if missing:
-            raise ValueError(f"training labels {missing[:10]} have fewer than 2 images")
-    images = [
-        [np.asarray(records[index]["image"]) for index in indices[label]]
-        for label in range(num_labels)
-    ]
-    return np.stack([pair[0] for pair in images]), np.stack([pair[1] for pair in images])
+            raise ValueError(f"training labels {missing[:10]} have fewer than {per_label} images")
+    return np.stack(
+        [
+            np.stack([np.asarray(records[index]["image"]) for index in indices[label]])
+            for label in range(num_labels)
+        ]
+    )
 
 
 def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -90,13 +98,19 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
     conditioning = EmbeddingExtractor(conditioning_encoder.model, mesh, flip=False)
     judge = EmbeddingExtractor(judge_encoder.model, mesh, flip=False)
 
-    sources, seconds = two_images_per_label(config.data, evaluate_config.consistency_identities)
+    real = images_per_label(
+        config.data,
+        evaluate_config.consistency_identities,
+        max(2, evaluate_config.real_images_per_identity),
+    )
+    sources, seconds = real[:, 0], real[:, 1]
     conditions = conditioning.embed_arrays(sources, description="Conditions")
     params, step = restore_sampling_params(config, workdir, mesh)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     sample_fn = make_sample_fn(unet_graphdef(config), schedule, config)
+    space = diffusion_space(config, workdir, mesh)
     samples = generate_for_conditions(
-        lambda cond, rng: sample_fn(params, cond, rng),
+        lambda cond, rng: space.decode(sample_fn(params, cond, rng)),
         conditions,
         evaluate_config.consistency_samples_per_identity,
         jax.random.key(config.seed + 2),
@@ -105,12 +119,21 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = identity_consistency(
         samples, sources, seconds, conditions, conditioning=conditioning, judge=judge
     )
+    real_features = judge.embed_arrays(
+        real.reshape((-1,) + real.shape[2:]), description="Judging real images"
+    )
+    sample_features = judge.embed_arrays(
+        samples.reshape((-1,) + samples.shape[2:]), description="Judging samples"
+    )
     report = {
         "diffusion_step": step,
         "conditioning_encoder": conditioning_encoder.directory,
         "judge_encoder": judge_encoder.directory,
         "sampler": config.sample.to_dict(),
         **result.to_json(),
+        "judge_frechet_distance": frechet_distance(sample_features, real_features),
+        "frechet_real_images": int(len(real_features)),
+        "frechet_samples": int(len(sample_features)),
     }
     if jax.process_index() == 0:
         rows = min(GRID_ROWS, len(samples))
@@ -119,7 +142,10 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
         columns = ["source", "real #2"] + [f"sample {k}" for k in range(samples.shape[1])]
         figure = image_grid(
             grid,
-            title=f"Identity consistency (judge similarity {result.judge_similarity_mean:.3f})",
+            title=(
+                f"Identity consistency, {config.diffusion.space} diffusion step {step} "
+                f"(judge similarity {result.judge_similarity_mean:.3f})"
+            ),
             row_labels=[f"id {label}" for label in range(rows)],
             column_labels=columns,
         )

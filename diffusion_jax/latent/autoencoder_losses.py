@@ -24,8 +24,7 @@ reconstruction term over the H W C pixels and averages it over the batch; here i
 pixels too, so the KL weight of that code maps to w_kl = kl_weight / (H W C) (its 1e-6 at
 256x256x3 is 5.1e-12 here) while w_p carries over. It also divides the reconstruction term by a
 learned exp(s) and adds s per pixel; here s stays at 0, its initial value. That changes only the
-balance of reconstruction against KL (and against a fixed adversarial weight: the adaptive one
-below follows the scale of the reconstruction term).
+balance of reconstruction against KL (and against the adversarial weight).
 
 Identity perceptual distance. LPIPS (Zhang et al. 2018) compares activations of a pretrained
 VGG at five layers: each position's feature vector is scaled to unit L2 norm over channels, the
@@ -40,21 +39,15 @@ variant) and a weighted mean over the L layers, a_l = 1 / L by default:
 Each position contributes 2 (1 - cos) of its two feature vectors, in [0, 4]; eps = 1e-10 is
 LPIPS's, moved under the square root so the gradient stays finite at f_l = 0.
 
-Adaptive adversarial weight (Esser et al. 2021, taming-transformers; kept by latent-diffusion):
-w_adv = disc_weight * lambda, with
-
-    lambda = clip(|grad_W L_rec| / (|grad_W G| + 1e-4), 0, 1e4),   no gradient through lambda,
-
-W the decoder's last layer and L_rec = mean_b (l1_b + w_p P_b): the two gradients are balanced
-where they enter the decoder. lambda follows the scale of L_rec by itself, so disc_weight carries
-over from latent-diffusion (0.5) unchanged. A fixed w_adv is the simpler alternative.
+Adversarial weight. w_adv is a fixed number (`config.autoencoder.discriminator_weight`).
+taming-transformers instead rescales it every step by |grad_W L_rec| / |grad_W G| at the
+decoder's last layer W; that balance is not implemented here.
 """
 
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from diffusion_jax.models.iresnet import IResNet
@@ -63,8 +56,6 @@ from diffusion_jax.recognition.embeddings import resize_to
 FeatureFn = Callable[[jax.Array], Sequence[jax.Array]]
 
 FEATURE_NORM_EPSILON = 1e-10  # LPIPS's `normalize_tensor` epsilon
-ADAPTIVE_WEIGHT_EPSILON = 1e-4  # taming's `calculate_adaptive_weight`
-ADAPTIVE_WEIGHT_MAX = 1e4
 
 
 def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -162,33 +153,6 @@ def adversarial_gate(step: int | jax.Array, discriminator_start_step: int) -> ja
     return jnp.where(jnp.asarray(step) >= discriminator_start_step, 1.0, 0.0).astype(jnp.float32)
 
 
-def adaptive_adversarial_weight(
-    reconstruction_grads: jax.Array | optax.Params,
-    generator_grads: jax.Array | optax.Params,
-    *,
-    max_weight: float = ADAPTIVE_WEIGHT_MAX,
-) -> jax.Array:
-    """lambda = clip(|g_rec| / (|g_adv| + 1e-4), 0, max_weight), float32 scalar, gradient stopped.
-
-    The norms are L2 norms over all leaves of the two gradients (pytrees of the same layer's
-    parameters; taming uses the last convolution's kernel alone). Both gradients come from one
-    forward pass through the decoder's last layer:
-
-        def head_losses(kernel):  # h: the decoder's features before its last layer
-            reconstruction = last_layer(kernel, h)
-            return reconstruction_term(reconstruction), generator_term(reconstruction)
-
-        (rec, adv), vjp = jax.vjp(head_losses, kernel)
-        lam = adaptive_adversarial_weight(vjp((1.0, 0.0))[0], vjp((0.0, 1.0))[0])
-
-    rec and adv stay differentiable with respect to everything else.
-    """
-    ratio = optax.tree.norm(reconstruction_grads) / (
-        optax.tree.norm(generator_grads) + ADAPTIVE_WEIGHT_EPSILON
-    )
-    return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, max_weight).astype(jnp.float32))
-
-
 def autoencoder_loss(
     reconstruction: jax.Array,
     images: jax.Array,
@@ -212,8 +176,8 @@ def autoencoder_loss(
       kl_weight: w_kl.
       feature_fn, perceptual_weight: the frozen encoder of P and w_p, given together or not at
         all (no perceptual term).
-      logits_fake, adversarial_weight: D(x_hat) and w_adv (a fixed weight, or disc_weight times
-        `adaptive_adversarial_weight`), given together or not at all (no adversarial term).
+      logits_fake, adversarial_weight: D(x_hat) and w_adv, given together or not at all (no
+        adversarial term).
       step, discriminator_start_step: the gate of the adversarial term.
 
     Returns:

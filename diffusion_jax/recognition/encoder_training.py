@@ -33,7 +33,7 @@ from diffusion_jax.recognition import encoder_store
 from diffusion_jax.recognition.embeddings import resize_to
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.loop import TrainingTask, run_training
-from diffusion_jax.train.step import Batch, LossFn, Metrics
+from diffusion_jax.train.step import Batch, LossContext, LossFn, Metrics
 
 
 class EncoderWithHead(nnx.Module):
@@ -81,9 +81,11 @@ def encoder_builder(config: ml_collections.ConfigDict, num_classes: int) -> stat
 def make_margin_loss() -> LossFn:
     """Mean margin-softmax cross entropy over batches {"image", "label"} (module docstring)."""
 
-    def loss_fn(model: EncoderWithHead, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+    def loss_fn(
+        model: EncoderWithHead, batch: Batch, context: LossContext
+    ) -> tuple[jax.Array, Metrics]:
         images = resize_to(batch["image"], model.backbone.input_resolution)
-        embeddings = model.backbone(images, rngs=nnx.Rngs(dropout=rng))
+        embeddings = model.backbone(images, rngs=nnx.Rngs(dropout=context.rng))
         loss = margin_softmax_loss(model.head(embeddings, batch["label"]), batch["label"]).mean()
         predictions = jnp.argmax(model.head.cosines(embeddings), axis=-1)
         return loss, {"accuracy": jnp.mean(predictions == batch["label"])}

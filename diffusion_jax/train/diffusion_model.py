@@ -16,22 +16,25 @@ from flax import nnx
 from diffusion_jax.diffusion.gaussian import q_sample
 from diffusion_jax.diffusion.losses import diffusion_loss
 from diffusion_jax.diffusion.schedules import DiffusionSchedule
+from diffusion_jax.latent.diffusion_space import diffusion_shape
 from diffusion_jax.models.conditioning import condition_dropout
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.step import Batch, LossFn, Metrics
+from diffusion_jax.train.step import Batch, LossContext, LossFn, Metrics
 
 
 def unet_architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The UNet's architecture arguments for `config` (no dtypes, no RNGs).
 
-    Shared with the PyTorch twin in benchmarks/, so both build the same network.
+    Shared with the PyTorch twin in benchmarks/, so both build the same network. Its input is
+    x_0's shape in `config.diffusion.space`: images, or an autoencoder's latents.
     """
     model_config = config.model
+    side, channels = diffusion_shape(config)
     return dict(
-        image_size=config.data.resolution,
-        in_channels=3,
-        out_channels=3,
+        image_size=side,
+        in_channels=channels,
+        out_channels=channels,
         base_channels=model_config.base_channels,
         channel_mults=tuple(model_config.channel_mults),
         num_res_blocks=model_config.num_res_blocks,
@@ -47,7 +50,7 @@ def unet_architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def unet_builder(config: ml_collections.ConfigDict) -> state_lib.BuildModel:
-    """`rngs -> UNet`: the denoiser of `config.model` for images of `config.data.resolution`."""
+    """`rngs -> UNet`: the denoiser of `config.model` for x_0 of `diffusion_shape(config)`."""
 
     def build(rngs: nnx.Rngs) -> UNet:
         return UNet(
@@ -65,13 +68,13 @@ def unet_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
 
 
 def make_diffusion_loss(schedule: DiffusionSchedule, config: ml_collections.ConfigDict) -> LossFn:
-    """The loss of the module docstring for batches {"image": [B, H, W, C] in [-1, 1],
-    "cond": [B, D] unit vectors}."""
+    """The loss of the module docstring for batches {"x0": [B, H, W, C], "cond": [B, D] unit
+    vectors}, x0 in the diffusion space: images in [-1, 1], or scaled latents."""
     diffusion_config = config.diffusion
 
-    def loss_fn(model: UNet, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
-        x0 = batch["image"]
-        t_rng, noise_rng, cond_rng, dropout_rng = jax.random.split(rng, 4)
+    def loss_fn(model: UNet, batch: Batch, context: LossContext) -> tuple[jax.Array, Metrics]:
+        x0 = batch["x0"]
+        t_rng, noise_rng, cond_rng, dropout_rng = jax.random.split(context.rng, 4)
         t = jax.random.randint(t_rng, (x0.shape[0],), 0, schedule.num_timesteps)
         noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
         x_t = q_sample(schedule, x0, t, noise)

@@ -1,9 +1,12 @@
 """Training the conditional diffusion model: `train_and_evaluate(config, workdir)`.
 
 With `config.condition.source == "encoder"` and no `config.encoder.checkpoint`, the identity
-encoder is trained first into WORKDIR/encoder (skipped when already complete). The diffusion
-model then trains (or resumes) in WORKDIR with the shared loop of `train.loop`, and writes the
-four figures of `evaluate.diffusion_figures` to WORKDIR/figures periodically and at the end.
+encoder is trained first into WORKDIR/encoder (skipped when already complete). In latent space
+(`config.diffusion.space == "latent"`) without `config.autoencoder.checkpoint`, the autoencoder is
+trained next into WORKDIR/autoencoder (likewise). The diffusion model then trains (or resumes) in
+WORKDIR with the shared loop of `train.loop`, on x_0 = each batch's images or their latents
+(`latent.diffusion_space`), and writes the four figures of `evaluate.diffusion_figures` to
+WORKDIR/figures periodically and at the end.
 """
 
 import os
@@ -17,6 +20,8 @@ from diffusion_jax import parallel
 from diffusion_jax.data import pipeline
 from diffusion_jax.diffusion.schedules import schedule_from_config
 from diffusion_jax.evaluate.diffusion_figures import DiffusionFigureWriter
+from diffusion_jax.latent.autoencoder_training import train_autoencoder
+from diffusion_jax.latent.diffusion_space import DiffusionSpace, diffusion_space
 from diffusion_jax.recognition.encoder_training import train_encoder
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder, unet_graphdef
@@ -40,11 +45,17 @@ def figure_inputs(
     }
 
 
+def to_diffusion_batch(batch: dict, space: DiffusionSpace) -> dict:
+    """{"image", "cond"} -> the diffusion loss's {"x0", "cond"}."""
+    return {"x0": space.encode(batch["image"]), "cond": batch["cond"]}
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> state_lib.TrainState | None:
     """Trains (or resumes) the model of `config` in `workdir`, then writes the figures. Returns
-    the final train state, or None when SIGTERM stopped the encoder's training first."""
+    the final train state, or None when SIGTERM stopped the encoder's or the autoencoder's
+    training first."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     mesh = parallel.make_mesh(config.mesh)
     pipeline.ensure_prepared(config.data)
@@ -52,12 +63,17 @@ def train_and_evaluate(
         if train_encoder(config, workdir) is None:
             logging.warning("Stopped while training the identity encoder; run again to resume.")
             return None
+    if config.diffusion.space == "latent" and not config.autoencoder.checkpoint:
+        if train_autoencoder(config, workdir) is None:
+            logging.warning("Stopped while training the autoencoder; run again to resume.")
+            return None
     conditions = identity_conditions(config, workdir, mesh)
+    space = diffusion_space(config, workdir, mesh)
     train_rng, figure_rng = jax.random.split(jax.random.key(config.seed))
 
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     figure_data = figure_inputs(config, conditions)
-    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config)
+    figure_writer = DiffusionFigureWriter(unet_graphdef(config), schedule, config, space)
 
     def figures(step: int, state: state_lib.TrainState, writer) -> None:
         figure_writer.write(
@@ -78,7 +94,7 @@ def train_and_evaluate(
         data_iterator=pipeline.make_train_iterator(
             config.data, global_batch_size=config.train.batch_size, seed=config.seed
         ),
-        prepare_batch=conditions.prepare_batch,
+        prepare_batch=lambda batch: to_diffusion_batch(conditions.prepare_batch(batch), space),
         on_step=figures,
         every_steps=config.train.figures_every_steps,
     )

@@ -10,12 +10,13 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
@@ -38,8 +39,10 @@ class TrainingTask:
     `train_config` is a section like `config.train` (batch_size, num_steps, optimiser, EMA and
     logging fields); `config` is the whole resolved config, saved with every checkpoint.
     `data_iterator` yields host-local {"image", "label"} batches; `prepare_batch` maps the global
-    device batch to the loss function's input (e.g. adds identity conditions). `every_steps`
-    calls `on_step` periodically (figures).
+    device batch to the loss function's input (e.g. adds identity conditions). `frozen` is the
+    pytree of frozen networks the loss reads (`LossContext.frozen`). `make_optimizer` builds the
+    optimiser and its learning-rate schedule from `train_config`. `every_steps` calls `on_step`
+    periodically (figures).
     """
 
     name: str
@@ -49,6 +52,10 @@ class TrainingTask:
     loss_fn: LossFn
     data_iterator: grain.DataLoaderIterator
     prepare_batch: Callable[[Batch], Batch] = lambda batch: batch
+    frozen: Any = dataclasses.field(default_factory=dict)
+    make_optimizer: Callable[
+        [ml_collections.ConfigDict], tuple[optax.GradientTransformation, optax.Schedule]
+    ] = state_lib.make_optimizer
     on_step: StepHook | None = None
     every_steps: int = 0
 
@@ -81,7 +88,7 @@ def run_training(
     init_rng, train_rng = jax.random.split(rng)
 
     # ------------------------------------------------------------------ Model and state
-    optimizer, learning_rate = state_lib.make_optimizer(train_config)
+    optimizer, learning_rate = task.make_optimizer(train_config)
     abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
     shardings = parallel.state_shardings(mesh, abstract_state)
     checkpointer = Checkpointer(
@@ -104,6 +111,7 @@ def run_training(
         mesh,
         shardings,
     )
+    frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
 
     # ------------------------------------------------------------------ Loop
     preempted = _install_sigterm_flag()
@@ -114,7 +122,7 @@ def run_training(
     try:
         for step in range(first_step + 1, num_steps + 1):
             batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
-            state, metrics = train_step(state, batch, train_rng)
+            state, metrics = train_step(state, batch, train_rng, frozen)
             all_finite = jnp.logical_and(all_finite, jnp.isfinite(metrics["loss"]))
             progress(step)
 

@@ -1,0 +1,163 @@
+"""Latent diffusion: the diffusion space (shapes, encoding, decoding, the autoencoder's check
+against the config), config checks, and one run of the main job in latent space on the `test`
+preset (encoder, autoencoder, UNet on latents, figures) followed by `--mode=sample`."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from diffusion_jax import config_checks, parallel
+from diffusion_jax.latent import autoencoder_store
+from diffusion_jax.latent.diffusion_space import (
+    DiffusionSpace,
+    configured_autoencoder_architecture,
+    diffusion_shape,
+    diffusion_space,
+)
+from diffusion_jax.main import MODES
+from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.train.checkpointing import Checkpointer
+from diffusion_jax.train.diffusion_model import unet_builder
+from tests.helpers import REPO_ROOT, load_config, tiny_config
+
+LATENT_SCALE = 0.7
+
+
+def latent_config(data_dir: str | None = None):
+    config = load_config("test,latent")
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    return config
+
+
+@pytest.fixture(scope="module")
+def saved_autoencoder(tmp_path_factory):
+    """The `test,latent` preset's autoencoder, randomly initialised, saved with LATENT_SCALE."""
+    config = latent_config()
+    architecture = configured_autoencoder_architecture(config)
+    directory = str(tmp_path_factory.mktemp("autoencoder") / "model")
+    model = AutoencoderKL(**architecture, rngs=nnx.Rngs(0))
+    autoencoder_store.save_autoencoder(
+        directory, model, architecture, latent_scale=LATENT_SCALE, provenance={"test": True}
+    )
+    return directory
+
+
+def test_the_unet_sees_images_in_pixel_space_and_latents_in_latent_space():
+    assert diffusion_shape(tiny_config()) == (32, 3)
+    config = latent_config()
+    assert diffusion_shape(config) == (16, config.autoencoder.latent_channels)  # f = 2
+    config.autoencoder.block_out_channels = (8, 16, 16)
+    assert diffusion_shape(config) == (8, config.autoencoder.latent_channels)  # f = 4
+    unet = nnx.eval_shape(lambda: unet_builder(latent_config())(nnx.Rngs(0)))
+    assert unet.image_size == 16 and unet.in_channels == 4
+
+
+def test_latent_space_encodes_scaled_posterior_means_and_decodes_clipped_images(saved_autoencoder):
+    config = latent_config()
+    config.autoencoder.checkpoint = saved_autoencoder
+    mesh = parallel.make_mesh(config.mesh)
+    space = diffusion_space(config, "unused", mesh)
+    model = autoencoder_store.load_autoencoder(saved_autoencoder).model
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+
+    mean, _ = model.encode(jnp.asarray(images))
+    x0 = space.encode(parallel.global_batch({"image": images}, mesh)["image"])
+    np.testing.assert_allclose(x0, LATENT_SCALE * np.asarray(mean), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(space.encode_arrays(images), x0, rtol=1e-5, atol=1e-6)
+
+    decoded = np.asarray(space.decode(x0))
+    expected = np.clip(np.asarray(model.decode(mean)), -1, 1)
+    np.testing.assert_allclose(decoded, expected, rtol=1e-4, atol=1e-5)
+    assert decoded.shape == images.shape and decoded.min() >= -1 and decoded.max() <= 1
+
+    pixel = DiffusionSpace(mesh)
+    assert not pixel.is_latent
+    assert pixel.encode_arrays(images) is images and pixel.decode(images) is images
+
+
+def test_an_autoencoder_of_another_shape_is_refused_naming_the_fields(saved_autoencoder):
+    config = latent_config()
+    config.autoencoder.checkpoint = saved_autoencoder
+    config.autoencoder.latent_channels = 8
+    config.autoencoder.layers_per_block = 2
+    mesh = parallel.make_mesh(config.mesh)
+    with pytest.raises(ValueError) as error:
+        diffusion_space(config, "unused", mesh)
+    message = str(error.value)
+    assert saved_autoencoder in message
+    assert "latent_channels: the autoencoder has 4, config.autoencoder has 8" in message
+    assert "layers_per_block: the autoencoder has 1, config.autoencoder has 2" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sample.clip_x0": True}, r"sample.clip_x0=True must be False in latent space"),
+        ({"data.resolution": 33}, r"data.resolution=33 must be a multiple of .* factor 2"),
+        ({"diffusion.space": "voxel"}, r"diffusion.space='voxel' is not one of"),
+        ({"autoencoder.kl_weight": -1.0}, r"autoencoder.kl_weight=-1.0 must be >= 0"),
+        ({"autoencoder.norm_num_groups": 3}, r"config.autoencoder: norm_num_groups=3"),
+        ({"autoencoder.checkpoint": "/nonexistent"}, r"autoencoder.checkpoint='/nonexistent'"),
+    ],
+)
+def test_config_checks_refuse_inconsistent_latent_settings(overrides, message):
+    config = latent_config()
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(config_checks.ConfigError, match=message):
+        config_checks.validate(config)
+
+
+def test_the_presets_take_a_space_suffix():
+    assert load_config("demo").diffusion.space == "pixel"
+    demo_latent = load_config("demo,latent")
+    assert demo_latent.diffusion.space == "latent" and not demo_latent.sample.clip_x0
+    config_checks.validate(demo_latent)
+    with pytest.raises(ValueError, match="Unknown space 'voxel'"):
+        load_config("demo,voxel")
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory, prepared_data_dir):
+    """One run of the main job in latent space through its command line: the perceptual
+    encoder, the autoencoder and the latent UNet, 4 + 4 + 6 steps."""
+    workdir = str(tmp_path_factory.mktemp("latent_run"))
+    command = [
+        sys.executable, "-m", "diffusion_jax.main",
+        "--config=configs/faces.py:test,latent",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={prepared_data_dir}",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_latent_training_leaves_an_autoencoder_checkpoints_and_decoded_figures(latent_run):
+    assert autoencoder_store.is_complete(os.path.join(latent_run, "autoencoder", "model"))
+    checkpoints = Checkpointer(os.path.join(latent_run, "checkpoints"), read_only=True)
+    assert checkpoints.all_steps() == [3, 6]
+    for name in ("forward_process", "x0_estimates", "reverse_process", "identities"):
+        assert os.path.getsize(os.path.join(latent_run, "figures", f"{name}.png")) > 1000
+
+
+def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_dir):
+    config = latent_config(prepared_data_dir)
+    out_dir = MODES["sample"](config, latent_run)
+    for label in config.sample.identities:
+        identity_dir = os.path.join(out_dir, f"identity_{label}")
+        files = sorted(os.listdir(identity_dir))
+        assert len(files) == config.sample.samples_per_identity
+        image = np.asarray(Image.open(os.path.join(identity_dir, files[0])))
+        assert image.shape == (32, 32, 3)  # decoded, not a 16x16x4 latent
+
+    other = latent_config(prepared_data_dir)
+    other.autoencoder.latent_channels = 8
+    with pytest.raises(ValueError, match="autoencoder.latent_channels: checkpoint has 4, config has 8"):
+        MODES["sample"](other, latent_run)

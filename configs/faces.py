@@ -253,7 +253,7 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.discriminator_weight = 0.0  # minutes of CPU: L1 + identity perceptual + KL
     config.autoencoder.scale_batches = 16
     config.autoencoder.train.batch_size = 32
-    config.autoencoder.train.num_steps = 1000
+    config.autoencoder.train.num_steps = 600
     config.autoencoder.train.learning_rate = 1e-3
     config.autoencoder.train.warmup_steps = 100
     config.autoencoder.train.log_every_steps = 50

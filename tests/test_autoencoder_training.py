@@ -177,6 +177,8 @@ def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trai
     loaded = autoencoder_store.load_autoencoder(os.path.join(workdir, "autoencoder", "model"))
     assert loaded.provenance["step"] == config.autoencoder.train.num_steps
     assert loaded.provenance["perceptual_encoder"] == os.path.join(workdir, "encoder", "model")
+    assert 0 < loaded.provenance["reconstruction_mean_absolute_error"] < 2
+    assert os.path.getsize(os.path.join(workdir, "autoencoder", "reconstructions.png")) > 1000
     # The scale's definition, recomputed: 1 / std (Bessel) of the posterior means of the first
     # `scale_batches` batches of the estimate's data stream.
     iterator = pipeline.make_train_iterator(

@@ -20,7 +20,9 @@ settings of `config.autoencoder.train`, each with its own gradient clipping and 
 When training completes, the latent scale s = 1 / std of the posterior means of
 `config.autoencoder.scale_batches` training batches is estimated (`latent.latent_scale`), and the
 autoencoder is exported with it to WORKDIR/autoencoder/model (`latent.autoencoder_store`), the
-directory latent diffusion reads. A complete export is not trained again.
+directory latent diffusion reads. WORKDIR/autoencoder/reconstructions.png shows the first image
+of each of `config.sample.identities` above its decoded posterior mean, with their mean absolute
+error (also in the export's provenance). A complete export is not trained again.
 """
 
 import os
@@ -29,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tqdm
 from absl import logging
@@ -36,6 +39,7 @@ from flax import nnx
 
 from diffusion_jax import parallel
 from diffusion_jax.data import pipeline
+from diffusion_jax.evaluate.figures import image_grid, save_figure
 from diffusion_jax.latent import autoencoder_store
 from diffusion_jax.latent.autoencoder_losses import (
     autoencoder_loss,
@@ -192,6 +196,24 @@ def estimate_posterior_scale(
     return moments.scale()
 
 
+def write_reconstructions(
+    autoencoder: AutoencoderKL, config: ml_collections.ConfigDict, out_path: str
+) -> float:
+    """Draws real images above their reconstructions D(mu(x)); returns the mean |x - D(mu(x))|."""
+    images, _ = pipeline.first_images_of_labels(config.data, config.sample.identities)
+    reconstruct = nnx.jit(lambda model, x: model.decode(model.encode(x)[0]))
+    reconstructions = np.clip(np.asarray(reconstruct(autoencoder, jnp.asarray(images))), -1, 1)
+    error = float(np.mean(np.abs(reconstructions - images)))
+    if jax.process_index() == 0:
+        figure = image_grid(
+            np.stack([images, reconstructions]),
+            title=f"Autoencoder reconstructions (mean absolute error {error:.4f})",
+            row_labels=["image", "D(mu(x))"],
+        )
+        save_figure(figure, out_path)
+    return error
+
+
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     """Trains (or resumes, or finds complete) the autoencoder of `config`; returns its directory,
     or None when SIGTERM stopped training early (the next run resumes it)."""
@@ -235,7 +257,12 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
         return None
     model = nnx.merge(state_lib.model_graphdef(build_model), result.state.params).autoencoder
     latent_scale = estimate_posterior_scale(model, config, mesh)
-    logging.info("Latent scale: %.5f.", latent_scale)
+    reconstruction_error = write_reconstructions(
+        model, config, os.path.join(autoencoder_workdir(workdir), "reconstructions.png")
+    )
+    logging.info(
+        "Latent scale: %.5f; reconstruction error %.4f.", latent_scale, reconstruction_error
+    )
     autoencoder_store.save_autoencoder(
         export_directory,
         model,
@@ -244,6 +271,7 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
         provenance={
             "trained_in": autoencoder_workdir(workdir),
             "step": int(result.state.step),
+            "reconstruction_mean_absolute_error": reconstruction_error,
             "perceptual_encoder": encoder_directory(config, workdir)
             if perceptual_graphdef is not None
             else None,

@@ -67,7 +67,8 @@ def train_for(command: list[str], budget_seconds: float, log_path: str) -> float
 
 
 def last_checkpoint_step(workdir: str) -> int:
-    steps = [int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()]
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    steps = [int(name) for name in names if name.isdigit()]
     if not steps:
         raise RuntimeError(f"no checkpoint in {workdir}: the budget ended before training began")
     return max(steps)
@@ -110,8 +111,9 @@ def main(argv: list[str]) -> None:
         preset = f"{args.preset},{space}"
         arm_workdir = os.path.join(workdir, space)
         common = {"encoder.checkpoint": encoder, "seed": 0}
+        train = {**common, "train.num_steps": UNREACHABLE_STEPS}
         seconds = train_for(
-            main_job(preset, arm_workdir, "train", {**common, "train.num_steps": UNREACHABLE_STEPS}),
+            main_job(preset, arm_workdir, "train", train),
             args.budget_minutes * 60,
             f"{arm_workdir}.log",
         )

@@ -134,6 +134,8 @@ def _base_config() -> ml_collections.ConfigDict:
     # Loss (see diffusion_jax/latent/autoencoder_losses.py): L1 + perceptual_weight * identity
     # perceptual distance (features of the identity encoder) + kl_weight * KL, plus
     # discriminator_weight * the hinge GAN's generator loss from discriminator_start_step on.
+    # The L1 term is averaged over pixels, so latent-diffusion's kl_weight (L1 summed over
+    # pixels) would be kl_weight / (H W C) here; 1e-6 here is a stronger, still small, pull.
     config.autoencoder.kl_weight = 1e-6
     config.autoencoder.perceptual_weight = 1.0  # 0: no perceptual term (and no encoder needed)
     config.autoencoder.discriminator_weight = 0.5  # 0: no discriminator

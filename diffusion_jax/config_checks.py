@@ -166,7 +166,8 @@ def _validate_encoder(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
-    for field in ("kl_weight", "perceptual_weight", "discriminator_weight", "discriminator_start_step"):
+    weights = ("kl_weight", "perceptual_weight", "discriminator_weight", "discriminator_start_step")
+    for field in weights:
         _require(config, f"autoencoder.{field}", lambda v: v >= 0, "must be >= 0")
     _require(config, "autoencoder.scale_batches", lambda v: v > 0, "must be positive")
     _ask("autoencoder", lambda: state_lib.model_graphdef(autoencoder_builder(config)))

@@ -335,6 +335,7 @@ def test_evaluate_samples_mode_grades_samples_with_a_different_judge(run, tmp_pa
         assert -1.0 <= report[key] <= 1.0, (key, report[key])
     assert 0.0 <= report["judge_rank1"] <= 1.0
     evaluate = config.evaluate
-    assert report["frechet_samples"] == evaluate.consistency_identities * evaluate.consistency_samples_per_identity
-    assert report["frechet_real_images"] == evaluate.consistency_identities * evaluate.real_images_per_identity
+    identities = evaluate.consistency_identities
+    assert report["frechet_samples"] == identities * evaluate.consistency_samples_per_identity
+    assert report["frechet_real_images"] == identities * evaluate.real_images_per_identity
     assert report["judge_frechet_distance"] > 0

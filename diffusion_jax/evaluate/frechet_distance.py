@@ -21,7 +21,8 @@ import numpy as np
 
 
 def gaussian_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], covariance [D, D]) of features [N, D], Bessel-corrected as FID's reference code."""
+    """(mean [D], covariance [D, D]) of features [N, D]; the covariance Bessel-corrected, as in
+    FID's reference code."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be [N >= 2, D], got shape {features.shape}")

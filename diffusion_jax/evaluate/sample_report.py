@@ -53,7 +53,9 @@ def images_per_label(
                 f"data.images_per_train_identity is {data_config.images_per_train_identity}"
             )
         first = np.arange(num_labels) * data_config.images_per_train_identity
-        indices = {label: list(range(start, start + per_label)) for label, start in enumerate(first)}
+        indices = {
+            label: list(range(start, start + per_label)) for label, start in enumerate(first)
+        }
     else:
         indices = {}
         for index in range(len(records)):

@@ -63,7 +63,8 @@ def diffusion_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
     if config.diffusion.space == "pixel":
         return config.data.resolution, IMAGE_CHANNELS
     if config.diffusion.space == "latent":
-        return config.data.resolution // downsampling_factor(config), config.autoencoder.latent_channels
+        side = config.data.resolution // downsampling_factor(config)
+        return side, config.autoencoder.latent_channels
     raise ValueError(f"diffusion.space must be one of {SPACES}, got {config.diffusion.space!r}")
 
 
@@ -132,10 +133,10 @@ class DiffusionSpace:
         return self._encode_sharded(self.weights, images) if self.is_latent else images
 
     def encode_arrays(self, images: np.ndarray | jax.Array) -> jax.Array:
-        return self._encode(self.weights, jnp.asarray(images)) if self.is_latent else images
+        return self._encode(self.weights, images) if self.is_latent else images
 
     def decode(self, x0: np.ndarray | jax.Array) -> jax.Array:
-        return self._decode(self.weights, jnp.asarray(x0)) if self.is_latent else x0
+        return self._decode(self.weights, x0) if self.is_latent else x0
 
 
 def diffusion_space(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> DiffusionSpace:

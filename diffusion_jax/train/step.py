@@ -3,9 +3,10 @@ donated state.
 
 A model's objective is a `LossFn(model, batch, context) -> (loss, metrics)` called on the model
 merged from the state in train mode; the `LossContext` gives it the step's random key, the step
-number and the frozen networks it reads but does not train (a perceptual loss's encoder). The step differentiates it with respect to the parameters,
-keeps the non-trainable state the forward pass updated (BatchNorm statistics), applies the
-optimiser, and lets the EMA follow: ema <- d * ema + (1 - d) * params.
+number and the frozen networks it reads but does not train (a perceptual loss's encoder). The
+step differentiates it with respect to the parameters, keeps the non-trainable state the forward
+pass updated (BatchNorm statistics), applies the optimiser, and lets the EMA follow:
+ema <- d * ema + (1 - d) * params.
 """
 
 import dataclasses
@@ -60,8 +61,8 @@ def make_train_step(
 
     `rng` is the run's base key; the step folds in `state.step`, so a resumed run draws exactly
     the randomness an uninterrupted one would have. `frozen` is passed on in the `LossContext`
-    (an empty dict when the loss reads nothing frozen). Metrics are the loss, the gradient norm, the
-    learning rate and whatever `loss_fn` reports.
+    (an empty dict when the loss reads nothing frozen). Metrics are the loss, the gradient norm,
+    the learning rate and whatever `loss_fn` reports.
     """
 
     def objective(params, model_state, batch, context):
@@ -75,7 +76,9 @@ def make_train_step(
     def train_step(
         state: TrainState, batch: Batch, rng: jax.Array, frozen: Any
     ) -> tuple[TrainState, Metrics]:
-        context = LossContext(rng=jax.random.fold_in(rng, state.step), step=state.step, frozen=frozen)
+        context = LossContext(
+            rng=jax.random.fold_in(rng, state.step), step=state.step, frozen=frozen
+        )
         (loss, (model_state, loss_metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, state.model_state, batch, context
         )

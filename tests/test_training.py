@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
 from diffusion_jax.train.diffusion_model import unet_builder
 from diffusion_jax import parallel, sample_mode
+from diffusion_jax.data import pipeline
+from diffusion_jax.recognition.encoder_training import encoder_builder, make_margin_loss
 from tests.helpers import REPO_ROOT, tiny_config
 
 
@@ -130,3 +133,33 @@ def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepa
     other.model.base_channels = 24
     with pytest.raises(ValueError, match="model.base_channels: checkpoint has 16, config has 24"):
         sample_mode.sample_from_checkpoint(other, cli_run)
+
+
+def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(tmp_path, prepared_data_dir):
+    """SIGTERM arriving after the step's save decision (here: from the per-step hook) must not
+    stop training unsaved: the next step is taken, saved, and training stops there."""
+    config = tiny_config(data_dir=prepared_data_dir)
+    config.encoder.train.num_steps = 50
+    config.encoder.train.checkpoint_every_steps = 100
+
+    def send_sigterm(step, state, writer):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    task = loop.TrainingTask(
+        name="preempted encoder",
+        config=config,
+        train_config=config.encoder.train,
+        build_model=encoder_builder(config, pipeline.num_train_identities(config.data)),
+        loss_fn=make_margin_loss(),
+        data_iterator=pipeline.make_train_iterator(
+            config.data, global_batch_size=config.encoder.train.batch_size, seed=0
+        ),
+        on_step=send_sigterm,
+        every_steps=1,
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    result = loop.run_training(task, str(tmp_path), parallel.make_mesh(config.mesh), jax.random.key(0))
+    assert not result.completed and int(result.state.step) == 4
+    assert Checkpointer(os.path.join(tmp_path, "checkpoints"), read_only=True).all_steps() == [4]
+    assert signal.getsignal(signal.SIGTERM) is before  # the loop's handler is removed again

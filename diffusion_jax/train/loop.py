@@ -114,7 +114,7 @@ def run_training(
     frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
 
     # ------------------------------------------------------------------ Loop
-    preempted = _install_sigterm_flag()
+    preempted, previous_handler = _install_sigterm_flag()
     first_step, num_steps = int(state.step), train_config.num_steps
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     all_finite = jnp.array(True)
@@ -126,7 +126,10 @@ def run_training(
             all_finite = jnp.logical_and(all_finite, jnp.isfinite(metrics["loss"]))
             progress(step)
 
-            is_last = step == num_steps or preempted["flag"]
+            # Read the flag once: a SIGTERM arriving later in this iteration is handled after
+            # the next step, which is then saved before stopping.
+            stop = preempted["flag"]
+            is_last = step == num_steps or stop
             if step % train_config.log_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
                 now = time.perf_counter()
@@ -141,11 +144,12 @@ def run_training(
                 checkpointer.save(step, state, task.config, task.data_iterator)
             if task.on_step is not None and task.every_steps and step % task.every_steps == 0:
                 task.on_step(step, state, writer)
-            if preempted["flag"]:
+            if stop:
                 logging.warning("SIGTERM received: saved step %d and stopping.", step)
                 break
     finally:
         checkpointer.close()  # waits for any save in flight, also when the loop raised
+        signal.signal(signal.SIGTERM, previous_handler)
     writer.flush()
     return TrainingResult(
         state=state,
@@ -165,12 +169,12 @@ def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) 
         )
 
 
-def _install_sigterm_flag() -> dict[str, bool]:
-    """Turns SIGTERM (preemption) into a flag the loop checks: save, then exit cleanly."""
+def _install_sigterm_flag() -> tuple[dict[str, bool], Any]:
+    """Turns SIGTERM (preemption) into a flag the loop checks: save, then exit cleanly. Returns
+    the flag and the handler it replaced (restored when training ends)."""
     preempted = {"flag": False}
 
     def handler(signum, frame):
         preempted["flag"] = True
 
-    signal.signal(signal.SIGTERM, handler)
-    return preempted
+    return preempted, signal.signal(signal.SIGTERM, handler)

@@ -15,6 +15,9 @@ identities. Writes JSON (the numbers, steps reached, settings) and a PNG with bo
 
     python benchmarks/pixel_vs_latent.py --budget_minutes=12
     python benchmarks/pixel_vs_latent.py --budget_minutes=1 --workdir=/tmp/pvl   # a smoke run
+    python benchmarks/pixel_vs_latent.py --spaces=latent   # re-run one arm, keep the other's
+
+Re-running an arm starts it from scratch (its workdir is removed first); the encoders are kept.
 """
 
 import argparse
@@ -22,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,9 +78,9 @@ def last_checkpoint_step(workdir: str) -> int:
     return max(steps)
 
 
-def side_by_side(paths: dict[str, str], out_path: str) -> None:
+def side_by_side(paths: list[str], out_path: str) -> None:
     """The arms' consistency grids, one above the other."""
-    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths.values()]
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     width = max(image.shape[1] for image in images)
     padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)
               for image in images]
@@ -90,6 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", default=str(REPO_ROOT / "runs" / "pixel_vs_latent"))
     parser.add_argument("--samples_per_identity", type=int, default=8)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument(
+        "--spaces",
+        default=",".join(SPACES),
+        help="the arms to run; the others are taken from an existing --output",
+    )
     return parser.parse_args(argv)
 
 
@@ -106,10 +115,15 @@ def main(argv: list[str]) -> None:
     encoder = os.path.join(encoder_workdir, "encoder", "model")
     judge = os.path.join(judge_workdir, "encoder", "model")
 
-    arms, grids = {}, {}
-    for space in SPACES:
+    spaces = args.spaces.split(",")
+    arms = {}
+    if set(spaces) != set(SPACES):
+        with open(args.output) as f:
+            arms = json.load(f)["arms"]
+    for space in spaces:
         preset = f"{args.preset},{space}"
         arm_workdir = os.path.join(workdir, space)
+        shutil.rmtree(arm_workdir, ignore_errors=True)
         common = {"encoder.checkpoint": encoder, "seed": 0}
         train = {**common, "train.num_steps": UNREACHABLE_STEPS}
         seconds = train_for(
@@ -130,6 +144,7 @@ def main(argv: list[str]) -> None:
             config = json.load(f)
         autoencoder_steps = config["autoencoder"]["train"]["num_steps"] if space == "latent" else 0
         arms[space] = {
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_seconds": seconds,
             "unet_steps": step,
             "unet_images_seen": step * config["train"]["batch_size"],
@@ -143,7 +158,6 @@ def main(argv: list[str]) -> None:
             "frechet_samples": report["frechet_samples"],
             "frechet_real_images": report["frechet_real_images"],
         }
-        grids[space] = os.path.join(arm_workdir, "sample_report", "consistency_grid.png")
 
     result = {
         "benchmark": "pixel_vs_latent",
@@ -160,6 +174,8 @@ def main(argv: list[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)
+    grid = "sample_report/consistency_grid.png"
+    grids = [os.path.join(workdir, space, grid) for space in SPACES]
     side_by_side(grids, os.path.splitext(args.output)[0] + ".png")
     print(json.dumps(result, indent=2))
 

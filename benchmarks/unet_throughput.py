@@ -49,12 +49,13 @@ CPU_BATCH_PIXELS = 32 * 32 * 32
 
 
 def load_preset(preset: str) -> ml_collections.ConfigDict:
-    """`configs/faces.py:<preset>`, loaded the way `config_flags` loads a config file."""
+    """`configs/faces.py:<preset>,pixel`, loaded the way `config_flags` loads a config file: the
+    UNet is timed on images (in pixel space), whatever space the preset defaults to."""
     path = REPO_ROOT / "configs" / "faces.py"
     spec = importlib.util.spec_from_file_location("faces_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return module.get_config(f"{preset},pixel")
 
 
 def default_batch_size(config: ml_collections.ConfigDict, platform: str) -> int:

@@ -115,10 +115,14 @@ def test_config_checks_refuse_inconsistent_latent_settings(overrides, message):
 
 
 def test_the_presets_take_a_space_suffix():
-    assert load_config("demo").diffusion.space == "pixel"
-    demo_latent = load_config("demo,latent")
-    assert demo_latent.diffusion.space == "latent" and not demo_latent.sample.clip_x0
-    config_checks.validate(demo_latent)
+    demo = load_config("demo")  # the demo runs in latent space
+    assert demo.diffusion.space == "latent" and not demo.sample.clip_x0
+    assert demo.to_dict() == load_config("demo,latent").to_dict() | {"preset": "demo"}
+    demo_pixel = load_config("demo,pixel")
+    assert demo_pixel.diffusion.space == "pixel" and demo_pixel.sample.clip_x0
+    assert demo_pixel.model.stem == "space_to_depth"
+    for config in (demo, demo_pixel):
+        config_checks.validate(config)
     with pytest.raises(ValueError, match="Unknown space 'voxel'"):
         load_config("demo,voxel")
 

@@ -28,7 +28,10 @@ _STORE = ModelStore(
     description_file=AUTOENCODER_JSON,
     format_version=FORMAT_VERSION,
     model_class=AutoencoderKL,
-    written_by="Autoencoders are written by `python -m diffusion_jax.convert autoencoder_kl`.",
+    written_by=(
+        "Autoencoders are written by --mode=train_autoencoder and by "
+        "`python -m diffusion_jax.convert autoencoder_kl`."
+    ),
 )
 
 

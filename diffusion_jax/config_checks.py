@@ -73,12 +73,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "encoder.margin_scale",
         "evaluate.batch_size",
         "evaluate.consistency_samples_per_identity",
-        "evaluate.real_images_per_identity",
     ):
         _require(config, field, lambda v: v > 0, "must be positive")
     for section in ("train", "encoder.train", "autoencoder.train"):
         _validate_train_section(config, section)
     _require(config, "evaluate.consistency_identities", lambda v: v >= 2, "must be >= 2")
+    _require(
+        config,
+        "evaluate.real_images_per_identity",
+        lambda v: v >= 2,
+        "must be >= 2 (the source image and a second real one)",
+    )
     _require(config, "train.figures_every_steps", lambda v: v >= 0, "must be >= 0 (0 = at the end)")
     _require(config, "condition.p_uncond", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
     _require(config, "condition.partial_dropout", lambda v: 0 <= v < 1, "must lie in [0, 1)")

@@ -37,6 +37,7 @@ def test_presets_are_valid(preset):
         ("encoder.input_resolution", 40, "config.encoder: "),
         ("encoder.checkpoint", "/no/such/encoder", "config.encoder.checkpoint='/no/such/encoder'"),
         ("evaluate.consistency_identities", 9, "must be at most data.num_train_identities=8"),
+        ("evaluate.real_images_per_identity", 1, "real_images_per_identity=1 must be >= 2"),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):

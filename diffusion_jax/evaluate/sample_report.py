@@ -101,9 +101,7 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
     judge = EmbeddingExtractor(judge_encoder.model, mesh, flip=False)
 
     real = images_per_label(
-        config.data,
-        evaluate_config.consistency_identities,
-        max(2, evaluate_config.real_images_per_identity),
+        config.data, evaluate_config.consistency_identities, evaluate_config.real_images_per_identity
     )
     sources, seconds = real[:, 0], real[:, 1]
     conditions = conditioning.embed_arrays(sources, description="Conditions")

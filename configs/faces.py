@@ -36,6 +36,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
     if space:
         config.diffusion.space = space
     if config.diffusion.space == "latent":
+        config.sample.clip_x0 = False  # latents are not confined to [-1, 1]
         _LATENT_EDITS[name](config)
     config.preset = preset
     return config
@@ -343,31 +344,27 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
 def _latent_base(config: ml_collections.ConfigDict) -> None:
     """16x16x4 latents of 64x64 faces."""
     config.model.attention_resolutions = (8, 4)
-    config.sample.clip_x0 = False
 
 
 def _latent_demo(config: ml_collections.ConfigDict) -> None:
     """8x8x4 latents of 32x32 faces: a full-resolution stem, attention at 8x8 and 4x4."""
     config.model.stem = "conv"
     config.model.attention_resolutions = (8, 4)
-    config.sample.clip_x0 = False
 
 
 def _latent_large(config: ml_collections.ConfigDict) -> None:
     """28x28x4 latents of 112x112 faces."""
     config.model.channel_mults = (1, 2, 4)
     config.model.attention_resolutions = (14, 7)
-    config.sample.clip_x0 = False
 
 
 def _latent_test(config: ml_collections.ConfigDict) -> None:
     """16x16x4 latents of 32x32 images."""
     config.model.stem = "conv"
     config.model.attention_resolutions = (8,)
-    config.sample.clip_x0 = False
 
 
-# How each preset changes in latent space (after its own edits).
+# How each preset's UNet changes in latent space (after the preset's own edits).
 _LATENT_EDITS = {
     "base": _latent_base,
     "demo": _latent_demo,

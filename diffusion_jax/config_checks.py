@@ -154,12 +154,9 @@ def _validate_encoder(config: ml_collections.ConfigDict) -> None:
     _ask("encoder.margins", lambda: encoder_margins(config.encoder))
     _ask("encoder", lambda: state_lib.model_graphdef(encoder_builder(config, num_classes=2)))
     if config.encoder.checkpoint:
-        _require(
-            config,
-            "encoder.checkpoint",
-            lambda p: os.path.isdir(os.path.expanduser(p)),
-            "is not a directory (an encoder written by --mode=train_encoder or "
-            "`python -m diffusion_jax.convert`)",
+        _require_directory(
+            config, "encoder.checkpoint", "an encoder written by --mode=train_encoder or "
+            "`python -m diffusion_jax.convert arcface_torch`"
         )
     elif config.condition.source == "encoder":
         _require(
@@ -201,12 +198,9 @@ def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
         "must be False in latent space: latents are not confined to [-1, 1]",
     )
     if config.autoencoder.checkpoint:
-        _require(
-            config,
-            "autoencoder.checkpoint",
-            lambda p: os.path.isdir(os.path.expanduser(p)),
-            "is not a directory (an autoencoder written by --mode=train_autoencoder or "
-            "`python -m diffusion_jax.convert autoencoder_kl`)",
+        _require_directory(
+            config, "autoencoder.checkpoint", "an autoencoder written by "
+            "--mode=train_autoencoder or `python -m diffusion_jax.convert autoencoder_kl`"
         )
 
 
@@ -223,6 +217,15 @@ def _require(
     value = _get(config, field)
     if not predicate(value):
         raise ConfigError(f"config.{field}={value!r} {rule}.")
+
+
+def _require_directory(config: ml_collections.ConfigDict, field: str, expected: str) -> None:
+    _require(
+        config,
+        field,
+        lambda path: os.path.isdir(os.path.expanduser(path)),
+        f"is not a directory ({expected})",
+    )
 
 
 def _ask(field: str, check: Callable[[], Any]) -> None:

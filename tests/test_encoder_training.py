@@ -7,8 +7,6 @@ through `main.MODES`, as the command line dispatches them)."""
 import copy
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -26,7 +24,7 @@ from diffusion_jax.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.train import state as state_lib
 from diffusion_jax.train.checkpointing import Checkpointer
 from diffusion_jax.train.identity_conditions import identity_conditions
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.helpers import run_main_job, tiny_config
 
 # The `test` preset's encoder (iresnet_small at 32x32, CosFace head) trained long enough to
 # separate the preset's 8 training identities: 40 steps at batch 16, 20 epochs of its 32 images.
@@ -54,21 +52,7 @@ def run(tmp_path_factory, prepared_data_dir):
     """(config, workdir) of one run of the main job: the encoder (40 steps), then the diffusion
     model (6 steps). It shares the tests' persistent compilation cache."""
     workdir = str(tmp_path_factory.mktemp("encoder_conditioned"))
-    command = [
-        sys.executable, "-m", "diffusion_jax.main",
-        "--config=configs/faces.py:test",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={prepared_data_dir}",
-    ] + [f"--config.{field}={value}" for field, value in OVERRIDES.items()]
-    environment = {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    }
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_main_job("test", workdir, prepared_data_dir, OVERRIDES)
     return run_config(prepared_data_dir), workdir
 
 

@@ -3,8 +3,6 @@ against the config), config checks, and one run of the main job in latent space 
 preset (encoder, autoencoder, UNet on latents, figures) followed by `--mode=sample`."""
 
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +22,7 @@ from diffusion_jax.main import MODES
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.train.checkpointing import Checkpointer
 from diffusion_jax.train.diffusion_model import unet_builder
-from tests.helpers import REPO_ROOT, load_config, tiny_config
+from tests.helpers import load_config, run_main_job, tiny_config
 
 LATENT_SCALE = 0.7
 
@@ -132,14 +130,7 @@ def latent_run(tmp_path_factory, prepared_data_dir):
     """One run of the main job in latent space through its command line: the perceptual
     encoder, the autoencoder and the latent UNet, 4 + 4 + 6 steps."""
     workdir = str(tmp_path_factory.mktemp("latent_run"))
-    command = [
-        sys.executable, "-m", "diffusion_jax.main",
-        "--config=configs/faces.py:test,latent",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={prepared_data_dir}",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_main_job("test,latent", workdir, prepared_data_dir, timeout=900)
     return workdir
 
 

@@ -4,8 +4,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,7 +16,7 @@ from diffusion_jax.train.diffusion_model import unet_builder
 from diffusion_jax import parallel, sample_mode
 from diffusion_jax.data import pipeline
 from diffusion_jax.recognition.encoder_training import encoder_builder, make_margin_loss
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.helpers import run_main_job, tiny_config
 
 
 def restore_params(workdir: str, config, step: int | None = None):
@@ -35,14 +33,7 @@ def restore_params(workdir: str, config, step: int | None = None):
 def cli_run(tmp_path_factory, prepared_data_dir):
     """One uninterrupted run of the main job through its command line (6 steps)."""
     workdir = str(tmp_path_factory.mktemp("cli_run"))
-    command = [
-        sys.executable, "-m", "diffusion_jax.main",
-        "--config=configs/faces.py:test",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={prepared_data_dir}",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_main_job("test", workdir, prepared_data_dir)
     return workdir
 
 

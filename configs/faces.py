@@ -207,6 +207,44 @@ def _base_config() -> ml_collections.ConfigDict:
     config.sample.samples_per_identity = 8
     config.sample.checkpoint_step = -1  # -1: the latest checkpoint
 
+    # --mode=generate: a synthetic dataset of new identities (diffusion_jax/generate/), sampled
+    # with config.sample's sampler, steps, guidance and EMA choice.
+    config.generate = ml_collections.ConfigDict()
+    config.generate.output_dir = ""  # empty: WORKDIR/generated
+    config.generate.seed = 0
+    config.generate.num_identities = 10_000
+    config.generate.images_per_identity = 50
+    config.generate.identities_per_shard = 100
+    config.generate.batch_size = 64  # images per sampler call, split over the local devices
+    # Where identities come from: "random" (unit vectors in the conditioning encoder's space),
+    # "unconditional" (its embeddings of unconditional samples, candidates_per_identity each),
+    # or "images" (its embeddings of the images under identity_images, one candidate per image).
+    config.generate.identity_source = "random"
+    config.generate.identity_images = ""
+    config.generate.candidates_per_identity = 4
+    config.generate.max_identity_similarity = 0.3  # cos between any two generated identities
+    # Leakage: cos to every training identity's mean embedding must stay at or below this.
+    config.generate.max_training_similarity = 0.3
+    # Filtering. The judge is another encoder (empty: WORKDIR/judge/encoder/model, trained with
+    # encoder.seed + 1 when missing). An image is kept when its judge similarity to the other
+    # first-round images of its identity is at least min_judge_similarity and it is no closer
+    # than max_duplicate_similarity to an image already kept; otherwise it is redrawn with a new
+    # seed, at most max_resample_rounds times, then dropped.
+    config.generate.judge_encoder = ""
+    config.generate.min_judge_similarity = 0.3
+    config.generate.max_duplicate_similarity = 0.95
+    config.generate.max_resample_rounds = 2
+    # Outputs: any of "folders" (identity folders), "tfds" (ArrayRecord), "recordio" (InsightFace).
+    config.generate.formats = ("folders", "tfds", "recordio")
+    config.generate.image_format = "png"  # or "jpeg"
+    config.generate.jpeg_quality = 95
+    # This worker's share (see diffusion_jax/generate/worker_index.py): -1 takes it from the
+    # scheduler's variables (SLURM, Kubernetes, Cloud Batch...) or from jax.process_index().
+    config.generate.task_index = -1
+    config.generate.task_count = -1
+    # Workers other than 0 wait this long for worker 0 to write the dataset's identities.
+    config.generate.identities_timeout_minutes = 120.0
+
     # Device mesh: `data` shards the batch, `fsdp` shards parameters too. -1 = all remaining devices.
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
@@ -265,6 +303,10 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.train.warmup_steps = 100
     config.autoencoder.train.log_every_steps = 50
     config.autoencoder.train.checkpoint_every_steps = 250
+
+    config.generate.num_identities = 200
+    config.generate.images_per_identity = 20
+    config.generate.identities_per_shard = 25
 
     config.encoder.architecture = "iresnet_small"
     config.encoder.input_resolution = 32
@@ -326,6 +368,12 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.encoder.train.warmup_steps = 2
     config.encoder.train.log_every_steps = 2
     config.encoder.train.checkpoint_every_steps = 2
+    config.generate.num_identities = 6
+    config.generate.images_per_identity = 3
+    config.generate.identities_per_shard = 2
+    config.generate.batch_size = 8
+    config.generate.max_identity_similarity = 0.5  # 32 dimensions
+    config.generate.max_training_similarity = 0.9
     config.evaluate.batch_size = 16
     config.evaluate.consistency_identities = 4
     config.evaluate.consistency_samples_per_identity = 2

@@ -17,6 +17,8 @@ from diffusion_jax.data import image_decoding, pipeline, procedural_faces
 from diffusion_jax.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.diffusion.samplers import get_sampler
+from diffusion_jax.generate import dataset_writers
+from diffusion_jax.generate.identity_sources import IDENTITY_SOURCES
 from diffusion_jax.diffusion.schedules import beta_schedule
 from diffusion_jax.latent.autoencoder_training import autoencoder_builder
 from diffusion_jax.latent.diffusion_space import SPACES, downsampling_factor
@@ -125,6 +127,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _ask("sample.sampler", lambda: get_sampler(config.sample.sampler))
     _ask("model", lambda: unet_graphdef(config))
     _validate_encoder(config)
+    _validate_generate(config)
+
+
+def _validate_generate(config: ml_collections.ConfigDict) -> None:
+    for field in ("num_identities", "identities_per_shard", "batch_size",
+                  "candidates_per_identity", "identities_timeout_minutes"):
+        _require(config, f"generate.{field}", lambda v: v > 0, "must be positive")
+    _require(config, "generate.images_per_identity", lambda v: v >= 2,
+             "must be >= 2 (an image is judged against the identity's other images)")
+    _require(config, "generate.max_resample_rounds", lambda v: v >= 0, "must be >= 0")
+    _require(
+        config,
+        "generate.batch_size",
+        lambda v: v % jax.local_device_count() == 0,
+        f"must be divisible by the {jax.local_device_count()} local devices",
+    )
+    for field in ("max_identity_similarity", "max_training_similarity", "min_judge_similarity",
+                  "max_duplicate_similarity"):
+        _require(config, f"generate.{field}", lambda v: -1 <= v <= 1, "must lie in [-1, 1]")
+    _require(config, "generate.identity_source", lambda v: v in IDENTITY_SOURCES,
+             f"is not one of {list(IDENTITY_SOURCES)}")
+    _require(config, "generate.image_format", lambda v: v in dataset_writers.IMAGE_FORMATS,
+             f"is not one of {list(dataset_writers.IMAGE_FORMATS)}")
+    _require(config, "generate.jpeg_quality", lambda v: 1 <= v <= 100, "must lie in [1, 100]")
+    _require(
+        config,
+        "generate.formats",
+        lambda formats: formats and set(formats) <= set(dataset_writers.FORMATS),
+        f"must be a non-empty tuple of {list(dataset_writers.FORMATS)}",
+    )
+    if config.generate.identity_source == "images":
+        _require_directory(config, "generate.identity_images", "a folder of identity images")
+    if config.generate.judge_encoder:
+        _require_directory(config, "generate.judge_encoder", "an encoder directory")
 
 
 def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> None:

@@ -17,6 +17,9 @@ Modes:
                     `config.sample.identities` to DIR/samples.
   evaluate_samples  identity consistency of samples under `config.evaluate.judge_encoder`, into
                     DIR/sample_report.
+  generate          this worker's share of a synthetic dataset of `config.generate`'s new
+                    identities, into `config.generate.output_dir` (default DIR/generated).
+  validate_dataset  check a generated dataset against its manifest and print a summary.
 
 Config fields are overridden as `--config.train.batch_size=64`; unknown keys and values of the
 wrong type are refused by the locked config, and `diffusion_jax.config_checks` refuses
@@ -31,6 +34,8 @@ from ml_collections import config_flags
 from diffusion_jax import config_checks
 from diffusion_jax.evaluate.encoder_report import evaluate_encoder
 from diffusion_jax.evaluate.sample_report import evaluate_samples
+from diffusion_jax.generate.dataset_validation import validate_generated_dataset
+from diffusion_jax.generate.generation_job import generate_dataset
 from diffusion_jax.latent.autoencoder_training import train_autoencoder
 from diffusion_jax.recognition.encoder_training import train_encoder
 from diffusion_jax.sample_mode import sample_from_checkpoint
@@ -48,6 +53,8 @@ MODES = {
     "evaluate_encoder": evaluate_encoder,
     "sample": sample_from_checkpoint,
     "evaluate_samples": evaluate_samples,
+    "generate": generate_dataset,
+    "validate_dataset": validate_generated_dataset,
 }
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_bool(

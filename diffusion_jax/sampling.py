@@ -46,21 +46,33 @@ def make_sample_fn(
     config: ml_collections.ConfigDict,
     *,
     return_trajectory: bool = False,
+    guidance_scale: float | None = None,
 ) -> Callable[..., jax.Array | tuple[jax.Array, Trajectory]]:
     """A jitted `(params, cond, rng) -> x_0` (and the trajectory when asked).
 
-    One sample is drawn per row of `cond` [B, D]; x_T ~ N(0, I) comes from `rng`. Samples are in
-    the diffusion space: images, or latents for `DiffusionSpace.decode`.
+    One sample is drawn per row of `cond` [B, D]. `rng` is one key, from which x_T ~ N(0, I) and
+    the sampler's noise are drawn for the whole batch, or a batch of keys [B]: example b then
+    depends on rng[b] alone (x_T from split(rng[b])[0], its sampler noise from split(rng[b])[1]),
+    whatever else is in its batch. Samples are in the diffusion space: images, or latents for
+    `DiffusionSpace.decode`. `guidance_scale` overrides `config.sample.guidance_scale` (0:
+    unconditional samples).
     """
     sample_config = config.sample
     sampler = get_sampler(sample_config.sampler)
     options = sampler_options(sample_config, schedule.num_timesteps)
     side, channels = diffusion_shape(config)
+    if guidance_scale is None:
+        guidance_scale = sample_config.guidance_scale
 
     def sample(params: nnx.State, cond: jax.Array, rng: jax.Array):
-        noise_rng, sampler_rng = jax.random.split(rng)
-        x_T = jax.random.normal(noise_rng, (cond.shape[0], side, side, channels), jnp.float32)
-        denoiser = guided_denoiser(graphdef, params, cond, sample_config.guidance_scale)
+        shape = (side, side, channels)
+        if rng.ndim == 0:
+            noise_rng, sampler_rng = jax.random.split(rng)
+            x_T = jax.random.normal(noise_rng, (cond.shape[0],) + shape, jnp.float32)
+        else:
+            noise_rng, sampler_rng = jax.vmap(jax.random.split)(rng).T
+            x_T = jax.vmap(lambda key: jax.random.normal(key, shape, jnp.float32))(noise_rng)
+        denoiser = guided_denoiser(graphdef, params, cond, guidance_scale)
         eps_fn = make_eps_fn(denoiser, schedule, config.diffusion.prediction_type)
         return sampler(
             eps_fn,

@@ -1,5 +1,6 @@
 """The identity sampler: the separation guarantee and the reference (leakage) threshold on
-thousands of identities, determinism, and a clear error when the sphere is full."""
+thousands of identities, determinism, a clear error when the sphere is full, and the same rule
+applied to given candidates."""
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ from diffusion_jax.generate.identity_sampling import (
     max_similarity_to,
     random_unit_vectors,
     sample_separated_identities,
+    select_separated,
 )
 
 
@@ -101,3 +103,22 @@ def test_bad_arguments_are_refused(kwargs, message):
     arguments = {"num_identities": 10, "dim": 8, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         sample_separated_identities(**arguments)
+
+
+def test_given_candidates_are_selected_by_the_same_rule_as_a_plain_loop():
+    # Clustered candidates (30 directions, each with 40 noisy copies), so most are rejected,
+    # across blocks (block 256) and within them; a reference direction is excluded entirely.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 48))
+    candidates = np.repeat(centres, 40, axis=0) + 0.4 * rng.normal(size=(1200, 48))
+    candidates = rng.permutation(candidates / np.linalg.norm(candidates, axis=1, keepdims=True))
+    references = centres[:1] / np.linalg.norm(centres[:1])
+    chosen = select_separated(candidates, 20, max_similarity=0.5, references=references,
+                              max_reference_similarity=0.6, block_size=256)
+    allowed = candidates[(candidates @ references.T).max(axis=1) <= 0.6]
+    expected = plain_greedy(allowed, 20, 0.5)
+    np.testing.assert_allclose(candidates[chosen], expected, rtol=1e-6)
+    assert np.all(np.diff(chosen) > 0)
+    assert off_diagonal_max(candidates[chosen]) <= 0.5 + 1e-6
+    with pytest.raises(ValueError, match=r"Only \d+ of 1200 candidates"):
+        select_separated(candidates, 40, max_similarity=0.5, block_size=256)

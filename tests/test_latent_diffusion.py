@@ -1,9 +1,11 @@
 """Latent diffusion: the diffusion space (shapes, encoding, decoding, the autoencoder's check
 against the config), config checks, and one run of the main job in latent space on the `test`
-preset (encoder, autoencoder, UNet on latents, figures) followed by `--mode=sample`."""
+preset (encoder, autoencoder, UNet on latents, figures) followed by `--mode=sample` and
+`--mode=generate`."""
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from flax import nnx
 from PIL import Image
 
 from diffusion_jax import config_checks, parallel
+from diffusion_jax.generate import dataset_validation, dataset_writers, generation_job, manifest
+from diffusion_jax.generate.generation_models import GenerationModels
 from diffusion_jax.latent import autoencoder_store
 from diffusion_jax.latent.diffusion_space import (
     DiffusionSpace,
@@ -27,8 +31,14 @@ from tests.helpers import load_config, run_main_job, tiny_config
 LATENT_SCALE = 0.7
 
 
+# The latent run conditions on the encoder it trains for the perceptual loss anyway, so that the
+# generation job (which needs a conditioning encoder) can run on it too.
+LATENT_RUN_OVERRIDES = {"condition.source": "encoder"}
+
+
 def latent_config(data_dir: str | None = None):
     config = load_config("test,latent")
+    config.update_from_flattened_dict(LATENT_RUN_OVERRIDES)
     if data_dir is not None:
         config.data.data_dir = data_dir
     return config
@@ -130,7 +140,7 @@ def latent_run(tmp_path_factory, prepared_data_dir):
     """One run of the main job in latent space through its command line: the perceptual
     encoder, the autoencoder and the latent UNet, 4 + 4 + 6 steps."""
     workdir = str(tmp_path_factory.mktemp("latent_run"))
-    run_main_job("test,latent", workdir, prepared_data_dir, timeout=900)
+    run_main_job("test,latent", workdir, prepared_data_dir, LATENT_RUN_OVERRIDES, timeout=900)
     return workdir
 
 
@@ -156,3 +166,33 @@ def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_
     other.autoencoder.latent_channels = 8
     with pytest.raises(ValueError, match="autoencoder.latent_channels: checkpoint has 4, config has 8"):
         MODES["sample"](other, latent_run)
+
+
+def test_the_generation_job_decodes_latent_samples_to_images(latent_run, prepared_data_dir):
+    workdir = latent_run
+    config = latent_config(prepared_data_dir)
+    config.update_from_flattened_dict({
+        "generate.num_identities": 4, "generate.identities_per_shard": 2,
+        "generate.formats": ("folders", "recordio"), "generate.image_format": "jpeg",
+    })
+    summary = generation_job.generate_dataset(config, workdir)
+    out_dir = summary["out_dir"]
+    assert dataset_validation.validate(out_dir)["format_lengths"] == {
+        "recordio": summary["counts"]["images"]
+    }
+    plan = manifest.read_json(os.path.join(out_dir, manifest.PLAN_FILE))
+    autoencoder = autoencoder_store.read_description(os.path.join(workdir, "autoencoder", "model"))
+    assert plan["networks"]["autoencoder"] == autoencoder["weights_sha256"]
+    record = manifest.read_shard_record(out_dir, 1)
+    image = next(image for image in record["images"] if image["decision"] == "kept")
+    assert image["path"].endswith(".jpg")
+    stored = np.asarray(Image.open(os.path.join(out_dir, image["path"])))
+    assert stored.shape == (32, 32, 3)  # decoded from 16x16x4 latents
+
+    models = GenerationModels(config, workdir, os.path.join(workdir, "judge", "encoder", "model"),
+                              parallel.make_mesh(config.mesh, jax.local_devices()))
+    identities = np.load(os.path.join(out_dir, manifest.IDENTITIES_FILE))
+    job = generation_job.ImageJob(image["identity"], image["image_index"], image["attempt"])
+    alone = generation_job.regenerate_image(models, identities, config.generate, job)
+    assert dataset_writers.encode_image(alone, "jpeg", 95) == open(
+        os.path.join(out_dir, image["path"]), "rb").read()

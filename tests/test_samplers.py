@@ -274,3 +274,21 @@ def test_bad_sampler_options_are_rejected(small_schedule, small_x_T):
         )
     with pytest.raises(ValueError, match="prediction_type='noise'"):
         samplers.make_eps_fn(lambda x, t: x, small_schedule, "noise")
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_per_example_keys_make_each_sample_independent_of_its_batch(small_schedule, name):
+    """With a key per example, example b depends on its key (and x_T row) alone: drawn in a
+    batch of four or alone, it is the same; with one key for the batch, the same rows differ."""
+    eps_fn = _optimal_eps_fn(small_schedule, np.full(3, 0.3), np.full(3, 0.5))
+    options = {"eta": 1.0, "num_steps": 10} if name == "ddim" else {}
+    sampler = jax.jit(functools.partial(samplers.get_sampler(name), eps_fn, **options))
+    keys = jax.random.split(jax.random.key(8), 4)
+    x_T = jax.random.normal(jax.random.key(9), (4, 3))
+    batch = sampler(small_schedule, x_T, keys)
+    alone = sampler(small_schedule, x_T[2:3], keys[2:3])
+    np.testing.assert_allclose(batch[2:3], alone, rtol=1e-6, atol=1e-6)
+    shared = sampler(small_schedule, x_T, keys[0])
+    assert np.abs(np.asarray(shared[1:]) - np.asarray(batch[1:])).max() > 1e-3
+    with pytest.raises(ValueError, match="keys of shape"):
+        sampler(small_schedule, x_T, keys[:3])

@@ -9,8 +9,10 @@ to a sample x_0 with one `lax.scan` over its steps, and shares one signature:
 Samplers are pure; callers jit them with `eps_fn` closed over, for example
 `jax.jit(functools.partial(ddim_sample, eps_fn, num_steps=50))(schedule, x_T, rng)`.
 `make_eps_fn` adapts a network that predicts x_0 or v. Step i draws its noise from
-`jax.random.fold_in(rng, i)`. With `clip_x0`, the x_0 estimate is clipped to [-1, 1] and eps
-is recomputed from it, as is usual for pixel-space models in [-1, 1].
+`jax.random.fold_in(rng, i)`; `rng` is one key, or a batch of keys [B], one per example, so
+that an example's noise does not depend on the other examples of its batch (see `step_noise`).
+With `clip_x0`, the x_0 estimate is clipped to [-1, 1] and eps is recomputed from it, as is usual
+for pixel-space models in [-1, 1].
 
 DDIM and DPM-Solver++ run on S <= T respaced timesteps t_0 > ... > t_{S-1} (see
 `sampling_timesteps`) and end with a step to abar = 1, so their last step returns the x_0
@@ -142,6 +144,18 @@ def _run(
     return x_0, trajectory
 
 
+def step_noise(rng: jax.Array, step: jax.Array, like: jax.Array) -> jax.Array:
+    """z ~ N(0, I) shaped like `like` [B, ...] for sampler step `step`: from fold_in(rng, step)
+    for one key, or, for a batch of keys rng [B], example b's from fold_in(rng[b], step)."""
+    if rng.ndim == 0:
+        return jax.random.normal(jax.random.fold_in(rng, step), like.shape, like.dtype)
+    if rng.shape != like.shape[:1]:
+        raise ValueError(f"expected one key or {like.shape[0]} keys, got keys of shape {rng.shape}")
+    return jax.vmap(
+        lambda key: jax.random.normal(jax.random.fold_in(key, step), like.shape[1:], like.dtype)
+    )(rng)
+
+
 def _resolve_num_steps(num_steps: int | None, schedule: DiffusionSchedule) -> int:
     return schedule.num_timesteps if num_steps is None else num_steps
 
@@ -183,7 +197,7 @@ def ddpm_sample(
         _, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
         t_batch = jnp.full((x.shape[0],), inputs["t"], jnp.int32)
         mean, _, _ = q_posterior_mean_variance(schedule, x0, x, t_batch)
-        z = jax.random.normal(jax.random.fold_in(rng, inputs["step"]), x.shape, mean.dtype)
+        z = step_noise(rng, inputs["step"], mean)
         x_next = mean + inputs["noise_scale"] * z
         return (x_next,), (x_next, x0)
 
@@ -240,7 +254,7 @@ def ddim_sample(
     def step(carry, inputs):
         (x,) = carry
         eps, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
-        z = jax.random.normal(jax.random.fold_in(rng, inputs["step"]), x.shape, x0.dtype)
+        z = step_noise(rng, inputs["step"], x0)
         x_next = inputs["x0_scale"] * x0 + inputs["eps_scale"] * eps + inputs["noise_scale"] * z
         return (x_next,), (x_next, x0)
 

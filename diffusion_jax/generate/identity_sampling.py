@@ -17,6 +17,9 @@ accepted so far (held in an array of the final size, so one compilation serves t
 the same block accepted before each. A candidate costs O((N + M) D) multiply-adds, no Python
 loop touches a pair, and 100k identities of dimension 512 fit in 200 MB.
 
+`select_separated` applies the same rule to given candidates (the embeddings of unconditional
+samples, or of an image set), in their order, and returns which were kept.
+
 How many identities fit: the cosine similarity of two random directions in D dimensions has
 standard deviation 1 / sqrt(D). At D = 512 a threshold of 0.3 is 6.8 standard deviations and
 nearly every candidate is accepted; at D = 32 it is 1.7, and the acceptance rate falls as the
@@ -36,16 +39,18 @@ def _accept_block(
     identities: jax.Array,
     count: jax.Array,
     candidates: jax.Array,
+    valid: jax.Array,
     references: jax.Array,
     max_similarity: jax.Array,
     max_reference_similarity: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Appends the block's accepted candidates to `identities` [capacity, D] after row `count`;
-    returns (identities, new count, accepted mask [B]). Rows past the capacity are dropped."""
+    returns (identities, new count, accepted mask [B]). Rows where `valid` [B] is False (the
+    padding of a last block) are never accepted; rows past the capacity are dropped."""
     capacity, block = identities.shape[0], candidates.shape[0]
     filled = jnp.arange(capacity) < count
     to_accepted = jnp.where(filled, candidates @ identities.T, -jnp.inf)
-    allowed = jnp.max(to_accepted, axis=1, initial=-jnp.inf) <= max_similarity
+    allowed = valid & (jnp.max(to_accepted, axis=1, initial=-jnp.inf) <= max_similarity)
     if references.shape[0]:
         allowed &= jnp.max(candidates @ references.T, axis=1) <= max_reference_similarity
     within_block = candidates @ candidates.T
@@ -92,13 +97,7 @@ def sample_separated_identities(
             f"num_identities, dim and block_size must be positive, got {num_identities}, {dim}, "
             f"{block_size}"
         )
-    if not -1.0 <= max_similarity <= 1.0:
-        raise ValueError(f"max_similarity must lie in [-1, 1], got {max_similarity}")
-    if references is None:
-        references = np.zeros((0, dim), np.float32)
-    references = np.asarray(references, np.float32)
-    if references.ndim != 2 or references.shape[1] != dim:
-        raise ValueError(f"references must be [M, {dim}], got shape {references.shape}")
+    references = _checked_references(references, dim, max_similarity)
     max_candidates = max_candidates or 100 * num_identities
 
     key = jax.random.key(seed)
@@ -116,11 +115,71 @@ def sample_separated_identities(
             )
         candidates = random_unit_vectors(jax.random.fold_in(key, block_index), block_size, dim)
         identities, count, _ = _accept_block(
-            identities, count, candidates, jnp.asarray(references), *thresholds
+            identities, count, candidates, jnp.ones(block_size, bool), references, *thresholds
         )
         drawn += block_size
         block_index += 1
     return np.asarray(identities), drawn
+
+
+def _checked_references(
+    references: np.ndarray | None, dim: int, max_similarity: float
+) -> jax.Array:
+    if not -1.0 <= max_similarity <= 1.0:
+        raise ValueError(f"max_similarity must lie in [-1, 1], got {max_similarity}")
+    if references is None:
+        references = np.zeros((0, dim), np.float32)
+    references = np.asarray(references, np.float32)
+    if references.ndim != 2 or references.shape[1] != dim:
+        raise ValueError(f"references must be [M, {dim}], got shape {references.shape}")
+    return jnp.asarray(references)
+
+
+def select_separated(
+    candidates: np.ndarray,
+    num_identities: int,
+    *,
+    max_similarity: float = 0.3,
+    references: np.ndarray | None = None,
+    max_reference_similarity: float = 0.3,
+    block_size: int = 4096,
+) -> np.ndarray:
+    """The indices (int64, increasing) of the first `num_identities` rows of `candidates` [C, D]
+    (unit vectors) that the module docstring's rule accepts, in candidate order.
+
+    Raises ValueError, naming how many were accepted, when the candidates run out first.
+    """
+    candidates = np.asarray(candidates, np.float32)
+    if candidates.ndim != 2 or num_identities < 1 or block_size < 1:
+        raise ValueError(
+            f"candidates must be [C, D] and num_identities, block_size positive; got shape "
+            f"{candidates.shape}, {num_identities}, {block_size}"
+        )
+    dim = candidates.shape[1]
+    references = _checked_references(references, dim, max_similarity)
+    identities = jnp.zeros((num_identities, dim), jnp.float32)
+    count = jnp.zeros((), jnp.int32)
+    thresholds = jnp.float32(max_similarity), jnp.float32(max_reference_similarity)
+    selected = []
+    for start in range(0, len(candidates), block_size):
+        block = candidates[start : start + block_size]
+        padded = np.zeros((block_size, dim), np.float32)
+        padded[: len(block)] = block
+        valid = np.arange(block_size) < len(block)
+        identities, count, kept = _accept_block(
+            identities, count, jnp.asarray(padded), jnp.asarray(valid), references, *thresholds
+        )
+        selected.append(start + np.flatnonzero(np.asarray(kept)))
+        if int(count) == num_identities:
+            break
+    if int(count) < num_identities:
+        raise ValueError(
+            f"Only {int(count)} of {len(candidates)} candidates have cosine similarity at most "
+            f"{max_similarity} to each other (and at most {max_reference_similarity} to "
+            f"{len(references)} references); {num_identities} were asked for. Give more "
+            "candidates or raise the thresholds."
+        )
+    return np.concatenate(selected).astype(np.int64)
 
 
 @jax.jit

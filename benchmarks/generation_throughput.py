@@ -1,0 +1,160 @@
+"""Throughput of the generation job (`--mode=generate`) for a trained demo model, per sampler,
+and where its time goes; prints JSON.
+
+For each sampler the job first runs once on one shard (compiling everything), then generates
+`--identities` identities x the preset's images per identity into a fresh directory, and
+reports from the job's own counters: images drawn and kept per second, and the time of the
+shard loop (drawing, judging, writing). The same run then times, on the job's batch, each stage
+alone on the device (median of `--repeats` calls): the denoiser (the sampler's reverse process
+with classifier-free guidance), the autoencoder's decoding, and the two encoders' embeddings.
+From those:
+
+    denoiser share   = batches x t(denoiser) / shard-loop seconds
+    decode share     = batches x t(decode) / shard-loop seconds
+    embedding share  = batches x t(judge + conditioning embeddings) / shard-loop seconds
+    host share       = the rest: filtering, PNG/TFDS/RecordIO encoding, writing, hashing, moving
+
+and the share outside the denoiser, 1 - denoiser share. The peer is DDPM with all of the
+schedule's steps, IDiff-Face's sampler, measured in the same run: `speedup_vs_ddpm` is the
+ratio of images drawn per second.
+
+    python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=runs/demo
+    python benchmarks/generation_throughput.py --workdir=runs/demo
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from diffusion_jax import parallel  # noqa: E402
+from diffusion_jax.generate import generation_job  # noqa: E402
+from diffusion_jax.generate.generation_models import GenerationModels, judge_directory  # noqa: E402
+from diffusion_jax.generate.image_seeds import image_keys  # noqa: E402
+
+
+def load_preset(preset: str):
+    spec = importlib.util.spec_from_file_location("faces", REPO_ROOT / "configs" / "faces.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compiled already by the job; one more call to be sure
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def stage_seconds(models: GenerationModels, batch_size: int, dim: int, repeats: int) -> dict:
+    """Median seconds per batch of each stage alone."""
+    cond = np.random.default_rng(0).normal(size=(batch_size, dim)).astype(np.float32)
+    cond /= np.linalg.norm(cond, axis=1, keepdims=True)
+    cond = jax.device_put(cond, parallel.batch_sharding(models.mesh))
+    indices = np.arange(batch_size)
+    keys = jax.device_put(image_keys(0, indices, indices, indices),
+                          parallel.batch_sharding(models.mesh))
+    x0 = models.sample_fn(models.params, cond, keys)
+    images = models.space.decode(x0)
+    return {
+        "denoiser": median_seconds(lambda: models.sample_fn(models.params, cond, keys), repeats),
+        "decode": median_seconds(lambda: models.space.decode(x0), repeats)
+        if models.space.is_latent else 0.0,
+        "embedding": median_seconds(lambda: (models.judge(images), models.conditioning(images)),
+                                    repeats),
+    }
+
+
+def measure(args, sampler: str, num_identities: int) -> dict:
+    config = load_preset(args.preset)
+    config.sample.sampler = sampler
+    config.generate.images_per_identity = args.images_per_identity
+    config.generate.identities_per_shard = args.identities_per_shard
+    config.generate.num_identities = args.identities_per_shard  # the warm-up: one shard
+    with tempfile.TemporaryDirectory() as scratch:
+        config.generate.output_dir = os.path.join(scratch, "warm_up")
+        generation_job.generate_dataset(config, args.workdir)
+        config.generate.num_identities = num_identities
+        config.generate.output_dir = os.path.join(scratch, "timed")
+        summary = generation_job.generate_dataset(config, args.workdir)
+    mesh = parallel.make_mesh(config.mesh, jax.local_devices())
+    models = GenerationModels(config, args.workdir, judge_directory(config, args.workdir), mesh)
+    stages = stage_seconds(models, config.generate.batch_size, config.condition.dim, args.repeats)
+    loop = summary["shard_seconds"]
+    shares = {name: summary["batches"] * seconds / loop for name, seconds in stages.items()}
+    shares["host"] = 1.0 - sum(shares.values())
+    return {
+        "sampler": sampler,
+        "num_steps": config.sample.num_steps if sampler != "ddpm" else
+        config.diffusion.num_timesteps,
+        "guidance_scale": config.sample.guidance_scale,
+        "identities": num_identities,
+        "images_drawn": summary["images_drawn"],
+        "images_kept": summary["images_kept"],
+        "batches": summary["batches"],
+        "batch_size": config.generate.batch_size,
+        "padding_fraction": 1 - summary["images_drawn"] /
+        (summary["batches"] * config.generate.batch_size),
+        "shard_loop_seconds": loop,
+        "drawn_per_second": summary["images_drawn"] / loop,
+        "kept_per_second": summary["images_kept"] / loop,
+        "stage_seconds_per_batch": stages,
+        "time_shares": shares,
+        "share_outside_denoiser": 1.0 - shares["denoiser"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/demo", help="a trained run of the preset")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--samplers", default="ddim,dpm_solver_pp_2m,ddpm")
+    parser.add_argument("--identities", type=int, default=50)
+    parser.add_argument("--ddpm_identities", type=int, default=4)
+    parser.add_argument("--identities_per_shard", type=int, default=10)
+    parser.add_argument("--images_per_identity", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default="")
+    args = parser.parse_args()
+    results = []
+    for sampler in args.samplers.split(","):
+        identities = args.ddpm_identities if sampler == "ddpm" else args.identities
+        results.append(measure(args, sampler, identities))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    ddpm = next((r for r in results if r["sampler"] == "ddpm"), None)
+    for result in results:
+        if ddpm is not None:
+            result["speedup_vs_ddpm"] = result["drawn_per_second"] / ddpm["drawn_per_second"]
+    report = {
+        "benchmark": "generation_throughput",
+        "preset": args.preset,
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        pathlib.Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

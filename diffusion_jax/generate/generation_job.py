@@ -1,0 +1,482 @@
+"""`--mode=generate`: a synthetic face-recognition dataset of new identities.
+
+    1. identities   worker 0 chooses `num_identities` identities (`identity_sources`: separated
+                    from each other and from the training identities) and writes the plan and
+                    the identities (`manifest`); the other workers wait for them and check that
+                    their own config and networks give the same plan.
+    2. shards       identities are cut into shards of `identities_per_shard` consecutive labels;
+                    shard s belongs to worker s mod task_count (`worker_index`). For each shard
+                    it owns and that has no record yet, a worker draws `images_per_identity`
+                    images per identity, image k of identity i from its own key (`image_seeds`),
+                    judges them (`image_filter`), redraws the rejected ones with the next attempt
+                    up to `max_resample_rounds` times, stages the kept images in every format
+                    (`dataset_writers`), moves them into place and writes the shard's record.
+    3. manifest     the worker that finds every shard complete writes the dataset-level files
+                    and `manifest.json`, under an OS file lock, once; then it deletes the RecordIO
+                    shard fragments that `train.rec` was assembled from.
+
+A worker killed at any point (even SIGKILL) leaves only files under temporary names or the
+complete files of a shard without its record; running it again redoes that shard and writes the
+same bytes, so the dataset equals that of an uninterrupted run. Sampling is batched
+(`generate.batch_size` images, split over the local devices) and pipelined: the next batch is
+queued on the device before the previous one is judged and written.
+"""
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import io
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from diffusion_jax import parallel
+from diffusion_jax.generate import dataset_writers, manifest
+from diffusion_jax.generate.generation_models import GenerationModels, ensure_judge
+from diffusion_jax.generate.identity_sampling import max_similarity_to
+from diffusion_jax.generate.identity_sources import choose_identities
+from diffusion_jax.generate.image_filter import IdentityFilter
+from diffusion_jax.generate.image_seeds import image_keys
+from diffusion_jax.generate.training_identities import cached_identity_centres
+from diffusion_jax.generate.worker_index import Worker, find_worker
+
+# config.generate fields that say who runs the job and where, not what it makes.
+WORKER_FIELDS = ("output_dir", "task_index", "task_count", "identities_timeout_minutes",
+                 "judge_encoder")
+SAMPLER_FIELDS = ("sampler", "num_steps", "eta", "guidance_scale", "clip_x0", "use_ema")
+_POLL_SECONDS = 5.0
+
+
+def num_shards(generate_config: ml_collections.ConfigDict) -> int:
+    return dataset_writers.shard_count(
+        generate_config.num_identities, generate_config.identities_per_shard
+    )
+
+
+def shard_labels(generate_config: ml_collections.ConfigDict, shard: int) -> range:
+    """The identity labels of `shard`: a block of consecutive labels."""
+    return dataset_writers.shard_labels(
+        shard, generate_config.identities_per_shard, generate_config.num_identities
+    )
+
+
+def dataset_plan(config: ml_collections.ConfigDict, models: GenerationModels) -> dict:
+    """What defines the dataset (module `manifest`), without the identities' description."""
+    generate = {
+        key: value for key, value in config.generate.to_dict().items() if key not in WORKER_FIELDS
+    }
+    plan = {
+        "format_version": manifest.FORMAT_VERSION,
+        "generate": generate,
+        "sample": {field: config.sample[field] for field in SAMPLER_FIELDS},
+        "diffusion": config.diffusion.to_dict(),
+        "resolution": config.data.resolution,
+        "networks": models.identity,
+        "platform": jax.devices()[0].platform,  # other hardware may round differently
+    }
+    return manifest.as_json(plan)
+
+
+# ----------------------------------------------------------------------------------- identities
+
+
+def _choose_and_write_identities(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, models: GenerationModels,
+    plan: dict,
+) -> None:
+    centres = cached_identity_centres(
+        config, models.conditioning, models.identity["conditioning_encoder"],
+        cache_dir=os.path.join(workdir, "cache"),
+    )
+    identities, description = choose_identities(
+        config.generate,
+        dim=config.condition.dim,
+        training_centres=centres,
+        conditioning=models.conditioning,
+        resolution=config.data.resolution,
+        draw_unconditional=models.draw_unconditional,
+    )
+    nearest, _ = max_similarity_to(identities, centres)
+    buffer = io.BytesIO()
+    np.save(buffer, identities.astype(np.float32))
+    identities_path = os.path.join(out_dir, manifest.IDENTITIES_FILE)
+    manifest.write_bytes_atomically(identities_path, buffer.getvalue())
+    description.update(
+        file=manifest.IDENTITIES_FILE,
+        sha256=manifest.sha256_of(identities_path),
+        training_identities=len(centres),
+        max_similarity_to_training_identity=float(nearest.max()),
+    )
+    manifest.write_json_atomically(
+        os.path.join(out_dir, manifest.PLAN_FILE), {**plan, "identities": description}
+    )
+    logging.info("Chose %d identities (%s); nearest training identity at cos %.3f.",
+                 len(identities), description["source"], nearest.max())
+
+
+def _check_plan(saved: dict, plan: dict, path: str) -> None:
+    differing = [
+        f"{key}: {path} has {saved.get(key)!r}, this worker has {plan.get(key)!r}"
+        for key in sorted((set(plan) | set(saved)) - {"identities"})
+        if saved.get(key) != plan.get(key)
+    ]
+    if differing:
+        raise ValueError(
+            f"{os.path.dirname(path)} holds a dataset of another config or other networks; "
+            "use another config.generate.output_dir or the same config:\n  "
+            + "\n  ".join(differing)
+        )
+
+
+def load_identities(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, models: GenerationModels,
+    worker: Worker,
+) -> tuple[np.ndarray, dict]:
+    """The dataset's identities [N, D] and its saved plan; worker 0 makes them if missing."""
+    plan = dataset_plan(config, models)
+    plan_path = os.path.join(out_dir, manifest.PLAN_FILE)
+    if worker.index == 0 and not os.path.isfile(plan_path):
+        _choose_and_write_identities(config, workdir, out_dir, models, plan)
+    deadline = time.monotonic() + 60 * config.generate.identities_timeout_minutes
+    while not os.path.isfile(plan_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker 0 wrote no {plan_path} within "
+                               f"{config.generate.identities_timeout_minutes} minutes")
+        logging.log_every_n_seconds(logging.INFO, "Waiting for worker 0 to write %s.", 60,
+                                    plan_path)
+        time.sleep(_POLL_SECONDS)
+    saved = manifest.read_json(plan_path)
+    _check_plan(saved, plan, plan_path)
+    identities_path = os.path.join(out_dir, manifest.IDENTITIES_FILE)
+    if manifest.sha256_of(identities_path) != saved["identities"]["sha256"]:
+        raise ValueError(f"{identities_path} does not match the hash in {plan_path}")
+    return np.load(identities_path), saved
+
+
+# ---------------------------------------------------------------------------------- drawing
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageJob:
+    identity: int
+    image_index: int
+    attempt: int
+
+
+@dataclasses.dataclass
+class Throughput:
+    """What a worker did and where its time went."""
+
+    images_drawn: int = 0
+    images_kept: int = 0
+    batches: int = 0  # sampler calls of batch_size images, padding included
+    shard_seconds: float = 0.0  # drawing, judging and writing shards
+    device_wait_seconds: float = 0.0  # blocked on the device (sampling, decoding, embedding)
+    write_seconds: float = 0.0  # encoding, writing, hashing and moving files
+
+    def to_json(self, seconds: float) -> dict:
+        return {
+            **dataclasses.asdict(self),
+            "seconds": seconds,
+            "drawn_per_second": self.images_drawn / max(seconds, 1e-9),
+            "kept_per_second": self.images_kept / max(seconds, 1e-9),
+        }
+
+
+def draw_images(
+    models: GenerationModels,
+    identities: np.ndarray,
+    seed: int,
+    jobs: list[ImageJob],
+    batch_size: int,
+    throughput: Throughput,
+) -> Iterator[tuple[ImageJob, np.ndarray, np.ndarray, np.ndarray]]:
+    """(job, pixels uint8 [R, R, 3], judge embedding, conditioning embedding) per job, in order.
+
+    Batches are padded to `batch_size` with copies of their first job (one compilation), and
+    batch b + 1 is queued on the device before batch b is fetched.
+    """
+
+    def dispatch(batch: list[ImageJob]):
+        padded = batch + [batch[0]] * (batch_size - len(batch))
+        columns = np.asarray([(j.identity, j.image_index, j.attempt) for j in padded]).T
+        keys = image_keys(seed, *columns)
+        return batch, models.draw(identities[columns[0]], keys)
+
+    in_flight = None
+    for start in range(0, len(jobs) + batch_size, batch_size):
+        queued = dispatch(jobs[start : start + batch_size]) if start < len(jobs) else None
+        if in_flight is not None:
+            batch, result = in_flight
+            waited = time.perf_counter()
+            pixels, judge, condition = result.fetch()
+            throughput.device_wait_seconds += time.perf_counter() - waited
+            throughput.images_drawn += len(batch)
+            throughput.batches += 1
+            for row, job in enumerate(batch):
+                yield job, pixels[row], judge[row], condition[row]
+        in_flight = queued
+
+
+def regenerate_image(
+    models: GenerationModels, identities: np.ndarray, generate_config: ml_collections.ConfigDict,
+    job: ImageJob,
+) -> np.ndarray:
+    """The image of `job` drawn alone (in an otherwise padded batch): equal to its copy in the
+    dataset, since its noise depends on its key only."""
+    (_, pixels, _, _), = draw_images(
+        models, identities, generate_config.seed, [job], generate_config.batch_size, Throughput()
+    )
+    return pixels
+
+
+# ------------------------------------------------------------------------------------- shards
+
+
+def _judge_shard(
+    config: ml_collections.ConfigDict, models: GenerationModels, identities: np.ndarray,
+    labels: range, throughput: Throughput, progress: tqdm.tqdm,
+) -> tuple[list[dict], dict[tuple[int, int], np.ndarray]]:
+    """Draws and judges a shard: (decision records in judging order, {(identity, image index):
+    pixels} of the kept images)."""
+    generate = config.generate
+    per_identity = generate.images_per_identity
+
+    def draw(jobs: list[ImageJob]):
+        for item in draw_images(models, identities, generate.seed, jobs, generate.batch_size,
+                                throughput):
+            progress.update(1)
+            yield item
+
+    first_round = {
+        (job.identity, job.image_index): (pixels, judge, condition)
+        for job, pixels, judge, condition in draw(
+            [ImageJob(i, k, 0) for i in labels for k in range(per_identity)]
+        )
+    }
+    filters = {
+        i: IdentityFilter(
+            np.stack([first_round[(i, k)][1] for k in range(per_identity)]),
+            min_similarity=generate.min_judge_similarity,
+            max_duplicate_similarity=generate.max_duplicate_similarity,
+        )
+        for i in labels
+    }
+    records, kept, rejected = [], {}, []
+
+    def judge(job: ImageJob, pixels, judge_embedding, condition_embedding) -> None:
+        decision, similarity, nearest = filters[job.identity].decide(
+            judge_embedding, job.image_index, job.attempt
+        )
+        record = {
+            "identity": job.identity,
+            "image_index": job.image_index,
+            "attempt": job.attempt,
+            "seed": [generate.seed, job.identity, job.image_index, job.attempt],
+            "judge_similarity": similarity,
+            "nearest_kept_similarity": nearest,
+            "condition_similarity": float(
+                np.dot(condition_embedding.astype(np.float64), identities[job.identity])
+            ),
+            "decision": decision,
+        }
+        if decision == "kept":
+            kept[(job.identity, job.image_index)] = pixels
+            if "folders" in generate.formats:
+                record["path"] = dataset_writers.folder_image_path(
+                    job.identity, job.image_index, generate.image_format
+                )
+        else:
+            rejected.append(job)
+        records.append(record)
+
+    for i in labels:
+        for k in range(per_identity):
+            judge(ImageJob(i, k, 0), *first_round.pop((i, k)))
+    for attempt in range(1, generate.max_resample_rounds + 1):
+        if not rejected:
+            break
+        jobs = [ImageJob(job.identity, job.image_index, attempt) for job in rejected]
+        rejected.clear()
+        progress.total += len(jobs)
+        progress.refresh()
+        for item in draw(jobs):
+            judge(*item)
+    return records, kept
+
+
+def _encode_all(generate_config, kept: dict[tuple[int, int], np.ndarray]):
+    """The kept images as `dataset_writers.ShardImage`s in (identity, image index) order,
+    encoded by a thread pool (PIL releases the GIL)."""
+    order = sorted(kept)
+
+    def encode(key):
+        return dataset_writers.encode_image(
+            kept[key], image_format=generate_config.image_format,
+            jpeg_quality=generate_config.jpeg_quality,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        encoded = list(pool.map(encode, order))
+    return [
+        dataset_writers.ShardImage(label=i, image_index=k, encoded=data)
+        for (i, k), data in zip(order, encoded)
+    ]
+
+
+def write_shard(
+    config: ml_collections.ConfigDict, out_dir: str, shard: int, records: list[dict],
+    kept: dict[tuple[int, int], np.ndarray],
+) -> dict:
+    """Stages the shard's files, moves them into place and writes its record (the commit)."""
+    generate = config.generate
+    staging = manifest.staging_dir(out_dir, shard)
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier attempt's
+    os.makedirs(staging)
+    relative_paths = dataset_writers.write_shard(
+        formats=tuple(generate.formats),
+        staging_dir=staging,
+        shard=shard,
+        num_shards=num_shards(generate),
+        identities_per_shard=generate.identities_per_shard,
+        num_identities=generate.num_identities,
+        image_format=generate.image_format,
+        resolution=config.data.resolution,
+        images=_encode_all(generate, kept),
+    )
+    # RecordIO fragments are inputs of `finalize`, deleted once the manifest is written.
+    files = {
+        path: manifest.sha256_of(os.path.join(staging, path))
+        for path in relative_paths
+        if not path.startswith(dataset_writers.FRAGMENT_DIR + "/")
+    }
+    for path in relative_paths:
+        destination = os.path.join(out_dir, path)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        os.replace(os.path.join(staging, path), destination)
+    labels = shard_labels(generate, shard)
+    record = {
+        "shard": shard,
+        "identities": [labels.start, labels.stop],
+        "counts": manifest.count_decisions(records),
+        "images": records,
+        "files": files,
+    }
+    manifest.write_json_atomically(manifest.shard_record_path(out_dir, shard), record)
+    shutil.rmtree(staging)
+    return record
+
+
+# ----------------------------------------------------------------------------------- manifest
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: str):
+    """An OS file lock, released when the process exits however it exits."""
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict) -> dict | None:
+    """Writes the dataset-level files and the manifest once every shard is complete; returns
+    the manifest, or None while shards are missing."""
+    generate = config.generate
+    records = [manifest.read_shard_record(out_dir, s) for s in range(num_shards(generate))]
+    if any(record is None for record in records):
+        return None
+    manifest_path = os.path.join(out_dir, manifest.MANIFEST_FILE)
+    with _exclusive_lock(os.path.join(out_dir, manifest.SHARDS_DIR, ".finalize.lock")):
+        if os.path.isfile(manifest_path):
+            dataset_writers.remove_shard_fragments(generate.formats, out_dir)  # if killed before
+            return manifest.read_json(manifest_path)
+        relative_paths = dataset_writers.finalize(
+            formats=tuple(generate.formats),
+            out_dir=out_dir,
+            num_shards=len(records),
+            num_identities=generate.num_identities,
+            image_format=generate.image_format,
+            resolution=config.data.resolution,
+            shard_lengths=[record["counts"].get("kept", 0) for record in records],
+        )
+        relative_paths = list(relative_paths) + [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
+        files = {path: manifest.sha256_of(os.path.join(out_dir, path)) for path in relative_paths}
+        result = manifest.build_manifest(plan, records, files, out_dir)
+        manifest.write_json_atomically(manifest_path, result)
+        dataset_writers.remove_shard_fragments(generate.formats, out_dir)
+    logging.info("Wrote %s: %s", manifest_path, result["counts"])
+    return result
+
+
+# ---------------------------------------------------------------------------------------- job
+
+
+def generate_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """Runs this worker's share of the job of the module docstring; returns its throughput
+    summary (with the manifest's counts once the dataset is complete), or None when SIGTERM
+    stopped the judge's training."""
+    if config.condition.source != "encoder":
+        raise ValueError(
+            "--mode=generate needs a diffusion model conditioned on an identity encoder "
+            f"(config.condition.source='encoder'), got {config.condition.source!r}"
+        )
+    started = time.perf_counter()
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    generate = config.generate
+    out_dir = manifest.output_directory(config, workdir)
+    worker = find_worker(generate.task_index, generate.task_count)
+    logging.info("Worker %d of %d (from %s) generates into %s.", worker.index, worker.count,
+                 worker.source, out_dir)
+    judge_dir = ensure_judge(config, workdir, may_train=worker.count == 1)
+    if judge_dir is None:
+        return None
+    mesh = parallel.make_mesh(config.mesh, jax.local_devices())
+    models = GenerationModels(config, workdir, judge_dir, mesh)
+    os.makedirs(os.path.join(out_dir, manifest.SHARDS_DIR), exist_ok=True)
+    identities, plan = load_identities(config, workdir, out_dir, models, worker)
+
+    todo = [s for s in worker.shards(num_shards(generate))
+            if manifest.read_shard_record(out_dir, s) is None]
+    skipped = len(worker.shards(num_shards(generate))) - len(todo)
+    if skipped:
+        logging.info("%d of this worker's shards are complete already.", skipped)
+    throughput = Throughput()
+    planned = sum(len(shard_labels(generate, s)) for s in todo) * generate.images_per_identity
+    with tqdm.tqdm(total=planned, unit="img", desc=f"Worker {worker.index}/{worker.count}",
+                   disable=planned == 0, smoothing=0.1) as progress:
+        for shard in todo:
+            shard_started = time.perf_counter()
+            records, kept = _judge_shard(
+                config, models, identities, shard_labels(generate, shard), throughput, progress
+            )
+            writing = time.perf_counter()
+            write_shard(config, out_dir, shard, records, kept)
+            throughput.write_seconds += time.perf_counter() - writing
+            throughput.images_kept += len(kept)
+            throughput.shard_seconds += time.perf_counter() - shard_started
+            kept_fraction = throughput.images_kept / max(1, throughput.images_drawn)
+            progress.set_postfix(kept=f"{kept_fraction:.0%}")
+    final = finalize_dataset(config, out_dir, plan)
+    summary = {
+        "worker": dataclasses.asdict(worker),
+        "out_dir": out_dir,
+        "shards_written": todo,
+        "shards_already_complete": skipped,
+        **throughput.to_json(time.perf_counter() - started),
+        "dataset_complete": final is not None,
+    }
+    if final is not None:
+        summary["counts"] = final["counts"]
+    logging.info("Generation summary: %s", summary)
+    return summary

@@ -38,6 +38,15 @@ def test_presets_are_valid(preset):
         ("encoder.checkpoint", "/no/such/encoder", "config.encoder.checkpoint='/no/such/encoder'"),
         ("evaluate.consistency_identities", 9, "must be at most data.num_train_identities=8"),
         ("evaluate.real_images_per_identity", 1, "real_images_per_identity=1 must be >= 2"),
+        ("generate.images_per_identity", 1, "config.generate.images_per_identity=1 must be >= 2"),
+        ("generate.formats", ("folders", "lmdb"), "config.generate.formats=('folders', 'lmdb')"),
+        ("generate.formats", (), "must be a non-empty tuple"),
+        ("generate.image_format", "webp", "config.generate.image_format='webp'"),
+        ("generate.identity_source", "gan", "config.generate.identity_source='gan'"),
+        ("generate.max_identity_similarity", 1.5, "must lie in [-1, 1]"),
+        ("generate.max_resample_rounds", -1, "config.generate.max_resample_rounds=-1"),
+        ("generate.identities_per_shard", 0, "config.generate.identities_per_shard=0"),
+        ("generate.judge_encoder", "/no/such/judge", "config.generate.judge_encoder="),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):

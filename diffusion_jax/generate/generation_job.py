@@ -12,7 +12,7 @@
                     up to `max_resample_rounds` times, stages the kept images in every format
                     (`dataset_writers`), moves them into place and writes the shard's record.
     3. manifest     the worker that finds every shard complete writes the dataset-level files
-                    and `manifest.json`, under an OS file lock, once; then it deletes the RecordIO
+                    (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, under an OS file lock, once; then it deletes the RecordIO
                     shard fragments that `train.rec` was assembled from.
 
 A worker killed at any point (even SIGKILL) leaves only files under temporary names or the
@@ -40,6 +40,7 @@ from absl import logging
 
 from diffusion_jax import parallel
 from diffusion_jax.generate import dataset_writers, manifest
+from diffusion_jax.generate.dataset_figures import write_dataset_figures
 from diffusion_jax.generate.generation_models import GenerationModels, ensure_judge
 from diffusion_jax.generate.identity_sampling import max_similarity_to
 from diffusion_jax.generate.identity_sources import choose_identities
@@ -410,7 +411,8 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
             resolution=config.data.resolution,
             shard_lengths=[record["counts"].get("kept", 0) for record in records],
         )
-        relative_paths = list(relative_paths) + [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
+        relative_paths = list(relative_paths) + write_dataset_figures(out_dir, plan, records)
+        relative_paths += [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
         files = {path: manifest.sha256_of(os.path.join(out_dir, path)) for path in relative_paths}
         result = manifest.build_manifest(plan, records, files, out_dir)
         manifest.write_json_atomically(manifest_path, result)

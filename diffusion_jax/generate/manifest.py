@@ -13,6 +13,7 @@
                                  decision, and the identity-folder path of a kept image), counts,
                                  and the SHA-256 of every file the shard wrote
     OUT/<format files>           see `dataset_writers`
+    OUT/figures/                 see `dataset_figures`
     OUT/manifest.json            written once every shard is complete: the plan, counts, the
                                  SHA-256 of every shard record and of every dataset-level file
 

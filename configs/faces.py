@@ -245,6 +245,25 @@ def _base_config() -> ml_collections.ConfigDict:
     # Workers other than 0 wait this long for worker 0 to write the dataset's identities.
     config.generate.identities_timeout_minutes = 120.0
 
+    # Recognisers that test the claim (--mode=pipeline, train_recognizer, evaluate): trained with
+    # the identity encoder's recipe (config.encoder: architecture, head, train) and this seed,
+    # one on the generated dataset and one on the real training data, then verified on held-out
+    # real identities (config.evaluate.verification_sets).
+    config.recognizer = ml_collections.ConfigDict()
+    config.recognizer.seed = 2  # neither the conditioning encoder's nor the judge's
+    # The real-trained recogniser sees as many images per identity as were generated (the first
+    # ones of each identity; the procedural source only: other sources are used whole).
+    config.recognizer.match_images_per_identity = True
+    # --mode=train_recognizer: WORKDIR/recognizers/<name>, on data.source/data.path of its own
+    # ("image_folder", "recordio" or "tfds"; empty: config.data).
+    config.recognizer.name = "custom"
+    config.recognizer.data_source = ""
+    config.recognizer.data_path = ""
+    config.recognizer.data_dir = ""  # image_folder/tfds: where it is prepared; empty: data.data_dir
+    # --mode=evaluate: recogniser directories to verify, as "NAME=DIR" or DIR; empty: every
+    # recogniser under WORKDIR/recognizers.
+    config.recognizer.evaluate = ()
+
     # Device mesh: `data` shards the batch, `fsdp` shards parameters too. -1 = all remaining devices.
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1

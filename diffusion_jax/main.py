@@ -1,7 +1,11 @@
 r"""Entry point: `python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=DIR`.
 
 Modes:
-  train             (default) train the diffusion model (resuming from DIR/checkpoints), then
+  pipeline          (default) test the claim end to end (`pipeline_mode`): encoder, judge,
+                    diffusion model, generated dataset, a recogniser trained on it and one on the
+                    real data, their verification on held-out real identities, and
+                    DIR/report/report.md.
+  train             train the diffusion model (resuming from DIR/checkpoints), then
                     write the figures to DIR/figures. Conditioned on an identity encoder that is
                     not given by `config.encoder.checkpoint`, it first trains one in DIR/encoder;
                     in latent space without `config.autoencoder.checkpoint`, it then trains the
@@ -20,6 +24,10 @@ Modes:
   generate          this worker's share of a synthetic dataset of `config.generate`'s new
                     identities, into `config.generate.output_dir` (default DIR/generated).
   validate_dataset  check a generated dataset against its manifest and print a summary.
+  train_recognizer  train a recogniser with the encoder's recipe on `config.recognizer`'s data
+                    into DIR/recognizers/<config.recognizer.name>.
+  evaluate          verification of recognisers (`config.recognizer.evaluate`, default every
+                    one in DIR/recognizers) into DIR/evaluation.
 
 Config fields are overridden as `--config.train.batch_size=64`; unknown keys and values of the
 wrong type are refused by the locked config, and `diffusion_jax.config_checks` refuses
@@ -33,11 +41,14 @@ from ml_collections import config_flags
 
 from diffusion_jax import config_checks
 from diffusion_jax.evaluate.encoder_report import evaluate_encoder
+from diffusion_jax.evaluate.recognizer_evaluation import evaluate_recognizers
 from diffusion_jax.evaluate.sample_report import evaluate_samples
 from diffusion_jax.generate.dataset_validation import validate_generated_dataset
 from diffusion_jax.generate.generation_job import generate_dataset
 from diffusion_jax.latent.autoencoder_training import train_autoencoder
+from diffusion_jax.pipeline_mode import run_pipeline
 from diffusion_jax.recognition.encoder_training import train_encoder
+from diffusion_jax.recognition.recognizer_training import train_recognizer_mode
 from diffusion_jax.sample_mode import sample_from_checkpoint
 from diffusion_jax.train.diffusion_training import train_and_evaluate
 
@@ -47,6 +58,7 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
 MODES = {
+    "pipeline": run_pipeline,
     "train": train_and_evaluate,
     "train_encoder": train_encoder,
     "train_autoencoder": train_autoencoder,
@@ -55,8 +67,10 @@ MODES = {
     "evaluate_samples": evaluate_samples,
     "generate": generate_dataset,
     "validate_dataset": validate_generated_dataset,
+    "train_recognizer": train_recognizer_mode,
+    "evaluate": evaluate_recognizers,
 }
-flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_enum("mode", "pipeline", list(MODES), "What to run.")
 flags.DEFINE_bool(
     "distributed",
     False,

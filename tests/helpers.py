@@ -28,14 +28,21 @@ def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
 
 
 def run_main_job(
-    preset: str, workdir: str, data_dir: str, overrides: dict | None = None, timeout: int = 600
+    preset: str,
+    workdir: str,
+    data_dir: str,
+    overrides: dict | None = None,
+    timeout: int = 600,
+    mode: str = "train",
 ) -> None:
-    """Runs `python -m diffusion_jax.main --config=configs/faces.py:<preset>` in a subprocess that
-    shares the tests' persistent compilation cache; fails the test with its stderr if it fails."""
+    """Runs `python -m diffusion_jax.main --config=configs/faces.py:<preset> --mode=<mode>` in a
+    subprocess that shares the tests' persistent compilation cache; fails the test with its
+    stderr if it fails."""
     command = [
         sys.executable, "-m", "diffusion_jax.main",
         f"--config=configs/faces.py:{preset}",
         f"--workdir={workdir}",
+        f"--mode={mode}",
         f"--config.data.data_dir={data_dir}",
     ] + [f"--config.{field}={value}" for field, value in (overrides or {}).items()]
     environment = {

@@ -1,0 +1,88 @@
+"""`--mode=pipeline` on the `test` preset: every stage runs, the report has every section with
+finite numbers, and a pipeline interrupted between stages skips, when restarted, the stages it
+had completed (checked by their outputs' modification times)."""
+
+import json
+import math
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import run_main_job
+
+OVERRIDES = {"condition.source": "encoder", "generate.identities_per_shard": 3}
+# One output of each stage, relative to the workdir.
+STAGE_OUTPUTS = {
+    "encoder": "encoder/model/encoder.json",
+    "judge": "judge/encoder/model/encoder.json",
+    "diffusion": "figures/identities.png",
+    "generate": "generated/manifest.json",
+    "recognizers": "recognizers/synthetic/encoder/model/encoder.json",
+    "report": "report/report.json",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, prepared_data_dir):
+    workdir = str(tmp_path_factory.mktemp("claim_pipeline"))
+    run_main_job("test", workdir, prepared_data_dir, OVERRIDES, timeout=1200, mode="pipeline")
+    return workdir
+
+
+def numbers(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def test_the_report_has_every_section_with_finite_numbers(pipeline_run):
+    with open(os.path.join(pipeline_run, "report", "report.json")) as file:
+        report = json.load(file)
+    assert set(report["verification"]) == {"real", "synthetic"}
+    real = report["verification"]["real"]["heldout"]["accuracy_mean"]
+    synthetic = report["verification"]["synthetic"]["heldout"]["accuracy_mean"]
+    claim = report["claim"]["heldout"]
+    assert claim["gap"] == pytest.approx(real - synthetic)
+    if real != 0.5:
+        assert claim["ratio_above_chance"] == pytest.approx((synthetic - 0.5) / (real - 0.5))
+    for name in ("generated", "real"):
+        measures = report["dataset"][name]
+        assert {"separation", "embedding_diversity", "pixel_diversity"} <= set(measures)
+        assert measures["images"] > 0 and measures["identities"] >= 2
+    assert "nearest_real_identity" in report["dataset"]["generated"]
+    values = list(numbers({key: value for key, value in report.items() if key != "claim"}))
+    assert values and all(math.isfinite(value) for value in values if value is not None)
+    with open(os.path.join(pipeline_run, "report", "report.md")) as file:
+        markdown = file.read()
+    for section in ("real-trained acc", "## The datasets", "Frechet distance", "roc.png",
+                    "generated_vs_real.png", "../figures/reverse_process.png"):
+        assert section in markdown
+    for name in ("roc.png", "similarity_histograms.png", "generated_vs_real.png"):
+        assert os.path.getsize(os.path.join(pipeline_run, "report", name)) > 1000
+
+
+def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepared_data_dir):
+    def modified(stage):
+        return os.stat(os.path.join(pipeline_run, STAGE_OUTPUTS[stage])).st_mtime_ns
+
+    before = {stage: modified(stage) for stage in STAGE_OUTPUTS}
+    # As if the first run had been interrupted after the `generate` stage.
+    shutil.rmtree(os.path.join(pipeline_run, "recognizers", "synthetic"))
+    shutil.rmtree(os.path.join(pipeline_run, "report"))
+    for stage in ("recognizers", "report"):
+        os.remove(os.path.join(pipeline_run, "pipeline", f"{stage}.json"))
+    run_main_job("test", pipeline_run, prepared_data_dir, OVERRIDES, timeout=1200,
+                 mode="pipeline")
+    after = {stage: modified(stage) for stage in STAGE_OUTPUTS}
+    for stage in ("encoder", "judge", "diffusion", "generate"):
+        assert after[stage] == before[stage], f"stage {stage} was redone"
+    for stage in ("recognizers", "report"):
+        assert after[stage] > before[stage], f"stage {stage} was not redone"
+    real = os.path.join(pipeline_run, "recognizers", "real", "encoder", "model", "encoder.json")
+    assert os.stat(real).st_mtime_ns < after["recognizers"]  # complete, so not retrained

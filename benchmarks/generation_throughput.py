@@ -95,14 +95,14 @@ def measure(args, sampler: str) -> dict:
         config.generate.images_per_identity = args.images_per_identity
         config.generate.identities_per_shard = args.identities_per_shard
     config.generate.num_identities = config.generate.identities_per_shard  # warm-up: one shard
-    with tempfile.TemporaryDirectory() as scratch:
-        config.generate.output_dir = os.path.join(scratch, "warm_up")
-        generation_job.generate_dataset(config, args.workdir)
-        config.generate.num_identities = num_identities
-        config.generate.output_dir = os.path.join(scratch, "timed")
-        summary = generation_job.generate_dataset(config, args.workdir)
     mesh = parallel.make_mesh(config.mesh, jax.local_devices())
     models = GenerationModels(config, args.workdir, judge_directory(config, args.workdir), mesh)
+    with tempfile.TemporaryDirectory() as scratch:
+        config.generate.output_dir = os.path.join(scratch, "warm_up")  # compiles everything
+        generation_job.generate_dataset(config, args.workdir, models)
+        config.generate.num_identities = num_identities
+        config.generate.output_dir = os.path.join(scratch, "timed")
+        summary = generation_job.generate_dataset(config, args.workdir, models)
     stages = stage_seconds(models, config.generate.batch_size, config.condition.dim, args.repeats)
     loop = summary["shard_seconds"]
     shares = {name: summary["batches"] * seconds / loop for name, seconds in stages.items()}

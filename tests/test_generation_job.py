@@ -17,7 +17,13 @@ from PIL import Image
 
 from diffusion_jax.data import image_folders
 from diffusion_jax.data.recordio import RecordIOReader
-from diffusion_jax.generate import dataset_validation, dataset_writers, generation_job, manifest
+from diffusion_jax.generate import (
+    dataset_validation,
+    dataset_writers,
+    generation_job,
+    manifest,
+    shard_drawing,
+)
 from diffusion_jax.generate.generation_models import GenerationModels
 from diffusion_jax.generate.identity_sampling import max_similarity_to
 from tests.helpers import REPO_ROOT, run_main_job, tiny_config
@@ -165,8 +171,8 @@ def test_one_image_regenerated_alone_equals_its_copy(generated, trained, prepare
     identities = np.load(os.path.join(out_dir, manifest.IDENTITIES_FILE))
     record = manifest.read_shard_record(out_dir, 4)
     image = [image for image in record["images"] if image["decision"] == "kept"][-1]
-    job = generation_job.ImageJob(image["identity"], image["image_index"], image["attempt"])
-    alone = generation_job.regenerate_image(models, identities, config.generate, job)
+    job = shard_drawing.ImageJob(image["identity"], image["image_index"], image["attempt"])
+    alone = shard_drawing.regenerate_image(models, identities, config.generate, job)
     np.testing.assert_array_equal(alone, np.asarray(Image.open(os.path.join(out_dir,
                                                                             image["path"]))))
 

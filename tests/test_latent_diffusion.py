@@ -13,7 +13,13 @@ from flax import nnx
 from PIL import Image
 
 from diffusion_jax import config_checks, parallel
-from diffusion_jax.generate import dataset_validation, dataset_writers, generation_job, manifest
+from diffusion_jax.generate import (
+    dataset_validation,
+    dataset_writers,
+    generation_job,
+    manifest,
+    shard_drawing,
+)
 from diffusion_jax.generate.generation_models import GenerationModels
 from diffusion_jax.latent import autoencoder_store
 from diffusion_jax.latent.diffusion_space import (
@@ -192,7 +198,7 @@ def test_the_generation_job_decodes_latent_samples_to_images(latent_run, prepare
     models = GenerationModels(config, workdir, os.path.join(workdir, "judge", "encoder", "model"),
                               parallel.make_mesh(config.mesh, jax.local_devices()))
     identities = np.load(os.path.join(out_dir, manifest.IDENTITIES_FILE))
-    job = generation_job.ImageJob(image["identity"], image["image_index"], image["attempt"])
-    alone = generation_job.regenerate_image(models, identities, config.generate, job)
+    job = shard_drawing.ImageJob(image["identity"], image["image_index"], image["attempt"])
+    alone = shard_drawing.regenerate_image(models, identities, config.generate, job)
     assert dataset_writers.encode_image(alone, "jpeg", 95) == open(
         os.path.join(out_dir, image["path"]), "rb").read()

@@ -5,15 +5,17 @@
                     the identities (`manifest`); the other workers wait for them and check that
                     their own config and networks give the same plan.
     2. shards       identities are cut into shards of `identities_per_shard` consecutive labels;
-                    shard s belongs to worker s mod task_count (`worker_index`). For each shard
-                    it owns and that has no record yet, a worker draws `images_per_identity`
-                    images per identity, image k of identity i from its own key (`image_seeds`),
-                    judges them (`image_filter`), redraws the rejected ones with the next attempt
-                    up to `max_resample_rounds` times, stages the kept images in every format
-                    (`dataset_writers`), moves them into place and writes the shard's record.
+                    shard s belongs to worker s mod task_count (`worker_index`). For the shards
+                    it owns that have no record yet, a worker draws `images_per_identity` images
+                    per identity, image k of identity i from its own key (`image_seeds`), judges
+                    them (`image_filter`) and redraws the rejected ones with the next attempt up
+                    to `max_resample_rounds` times, in full batches across shards
+                    (`shard_drawing`); as each shard completes it stages the kept images in every
+                    format (`dataset_writers`), moves them into place and writes its record.
     3. manifest     the worker that finds every shard complete writes the dataset-level files
-                    (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, under an OS file lock, once; then it deletes the RecordIO
-                    shard fragments that `train.rec` was assembled from.
+                    (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, under
+                    an OS file lock, once; then it deletes the RecordIO shard fragments that
+                    `train.rec` was assembled from.
 
 A worker killed at any point (even SIGKILL) leaves only files under temporary names or the
 complete files of a shard without its record; running it again redoes that shard and writes the
@@ -30,7 +32,6 @@ import io
 import os
 import shutil
 import time
-from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -44,8 +45,7 @@ from diffusion_jax.generate.dataset_figures import write_dataset_figures
 from diffusion_jax.generate.generation_models import GenerationModels, ensure_judge
 from diffusion_jax.generate.identity_sampling import max_similarity_to
 from diffusion_jax.generate.identity_sources import choose_identities
-from diffusion_jax.generate.image_filter import IdentityFilter
-from diffusion_jax.generate.image_seeds import image_keys
+from diffusion_jax.generate.shard_drawing import Throughput, draw_shards
 from diffusion_jax.generate.training_identities import cached_identity_centres
 from diffusion_jax.generate.worker_index import Worker, find_worker
 
@@ -162,156 +162,7 @@ def load_identities(
     return np.load(identities_path), saved
 
 
-# ---------------------------------------------------------------------------------- drawing
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageJob:
-    identity: int
-    image_index: int
-    attempt: int
-
-
-@dataclasses.dataclass
-class Throughput:
-    """What a worker did and where its time went."""
-
-    images_drawn: int = 0
-    images_kept: int = 0
-    batches: int = 0  # sampler calls of batch_size images, padding included
-    shard_seconds: float = 0.0  # drawing, judging and writing shards
-    device_wait_seconds: float = 0.0  # blocked on the device (sampling, decoding, embedding)
-    write_seconds: float = 0.0  # encoding, writing, hashing and moving files
-
-    def to_json(self, seconds: float) -> dict:
-        return {
-            **dataclasses.asdict(self),
-            "seconds": seconds,
-            "drawn_per_second": self.images_drawn / max(seconds, 1e-9),
-            "kept_per_second": self.images_kept / max(seconds, 1e-9),
-        }
-
-
-def draw_images(
-    models: GenerationModels,
-    identities: np.ndarray,
-    seed: int,
-    jobs: list[ImageJob],
-    batch_size: int,
-    throughput: Throughput,
-) -> Iterator[tuple[ImageJob, np.ndarray, np.ndarray, np.ndarray]]:
-    """(job, pixels uint8 [R, R, 3], judge embedding, conditioning embedding) per job, in order.
-
-    Batches are padded to `batch_size` with copies of their first job (one compilation), and
-    batch b + 1 is queued on the device before batch b is fetched.
-    """
-
-    def dispatch(batch: list[ImageJob]):
-        padded = batch + [batch[0]] * (batch_size - len(batch))
-        columns = np.asarray([(j.identity, j.image_index, j.attempt) for j in padded]).T
-        keys = image_keys(seed, *columns)
-        return batch, models.draw(identities[columns[0]], keys)
-
-    in_flight = None
-    for start in range(0, len(jobs) + batch_size, batch_size):
-        queued = dispatch(jobs[start : start + batch_size]) if start < len(jobs) else None
-        if in_flight is not None:
-            batch, result = in_flight
-            waited = time.perf_counter()
-            pixels, judge, condition = result.fetch()
-            throughput.device_wait_seconds += time.perf_counter() - waited
-            throughput.images_drawn += len(batch)
-            throughput.batches += 1
-            for row, job in enumerate(batch):
-                yield job, pixels[row], judge[row], condition[row]
-        in_flight = queued
-
-
-def regenerate_image(
-    models: GenerationModels, identities: np.ndarray, generate_config: ml_collections.ConfigDict,
-    job: ImageJob,
-) -> np.ndarray:
-    """The image of `job` drawn alone (in an otherwise padded batch): equal to its copy in the
-    dataset, since its noise depends on its key only."""
-    (_, pixels, _, _), = draw_images(
-        models, identities, generate_config.seed, [job], generate_config.batch_size, Throughput()
-    )
-    return pixels
-
-
 # ------------------------------------------------------------------------------------- shards
-
-
-def _judge_shard(
-    config: ml_collections.ConfigDict, models: GenerationModels, identities: np.ndarray,
-    labels: range, throughput: Throughput, progress: tqdm.tqdm,
-) -> tuple[list[dict], dict[tuple[int, int], np.ndarray]]:
-    """Draws and judges a shard: (decision records in judging order, {(identity, image index):
-    pixels} of the kept images)."""
-    generate = config.generate
-    per_identity = generate.images_per_identity
-
-    def draw(jobs: list[ImageJob]):
-        for item in draw_images(models, identities, generate.seed, jobs, generate.batch_size,
-                                throughput):
-            progress.update(1)
-            yield item
-
-    first_round = {
-        (job.identity, job.image_index): (pixels, judge, condition)
-        for job, pixels, judge, condition in draw(
-            [ImageJob(i, k, 0) for i in labels for k in range(per_identity)]
-        )
-    }
-    filters = {
-        i: IdentityFilter(
-            np.stack([first_round[(i, k)][1] for k in range(per_identity)]),
-            min_similarity=generate.min_judge_similarity,
-            max_duplicate_similarity=generate.max_duplicate_similarity,
-        )
-        for i in labels
-    }
-    records, kept, rejected = [], {}, []
-
-    def judge(job: ImageJob, pixels, judge_embedding, condition_embedding) -> None:
-        decision, similarity, nearest = filters[job.identity].decide(
-            judge_embedding, job.image_index, job.attempt
-        )
-        record = {
-            "identity": job.identity,
-            "image_index": job.image_index,
-            "attempt": job.attempt,
-            "seed": [generate.seed, job.identity, job.image_index, job.attempt],
-            "judge_similarity": similarity,
-            "nearest_kept_similarity": nearest,
-            "condition_similarity": float(
-                np.dot(condition_embedding.astype(np.float64), identities[job.identity])
-            ),
-            "decision": decision,
-        }
-        if decision == "kept":
-            kept[(job.identity, job.image_index)] = pixels
-            if "folders" in generate.formats:
-                record["path"] = dataset_writers.folder_image_path(
-                    job.identity, job.image_index, generate.image_format
-                )
-        else:
-            rejected.append(job)
-        records.append(record)
-
-    for i in labels:
-        for k in range(per_identity):
-            judge(ImageJob(i, k, 0), *first_round.pop((i, k)))
-    for attempt in range(1, generate.max_resample_rounds + 1):
-        if not rejected:
-            break
-        jobs = [ImageJob(job.identity, job.image_index, attempt) for job in rejected]
-        rejected.clear()
-        progress.total += len(jobs)
-        progress.refresh()
-        for item in draw(jobs):
-            judge(*item)
-    return records, kept
 
 
 def _encode_all(generate_config, kept: dict[tuple[int, int], np.ndarray]):
@@ -424,10 +275,13 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
 # ---------------------------------------------------------------------------------------- job
 
 
-def generate_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def generate_dataset(
+    config: ml_collections.ConfigDict, workdir: str, models: GenerationModels | None = None
+) -> dict | None:
     """Runs this worker's share of the job of the module docstring; returns its throughput
     summary (with the manifest's counts once the dataset is complete), or None when SIGTERM
-    stopped the judge's training."""
+    stopped the judge's training. `models`: the networks, when already loaded (a benchmark
+    reuses their compiled functions); by default they are loaded from `workdir`."""
     if config.condition.source != "encoder":
         raise ValueError(
             "--mode=generate needs a diffusion model conditioned on an identity encoder "
@@ -443,8 +297,9 @@ def generate_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict | 
     judge_dir = ensure_judge(config, workdir, may_train=worker.count == 1)
     if judge_dir is None:
         return None
-    mesh = parallel.make_mesh(config.mesh, jax.local_devices())
-    models = GenerationModels(config, workdir, judge_dir, mesh)
+    if models is None:
+        mesh = parallel.make_mesh(config.mesh, jax.local_devices())
+        models = GenerationModels(config, workdir, judge_dir, mesh)
     os.makedirs(os.path.join(out_dir, manifest.SHARDS_DIR), exist_ok=True)
     identities, plan = load_identities(config, workdir, out_dir, models, worker)
 
@@ -455,20 +310,18 @@ def generate_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict | 
         logging.info("%d of this worker's shards are complete already.", skipped)
     throughput = Throughput()
     planned = sum(len(shard_labels(generate, s)) for s in todo) * generate.images_per_identity
+    shards_started = time.perf_counter()
     with tqdm.tqdm(total=planned, unit="img", desc=f"Worker {worker.index}/{worker.count}",
                    disable=planned == 0, smoothing=0.1) as progress:
-        for shard in todo:
-            shard_started = time.perf_counter()
-            records, kept = _judge_shard(
-                config, models, identities, shard_labels(generate, shard), throughput, progress
-            )
+        for shard, records, kept in draw_shards(config, models, identities, todo, throughput,
+                                                progress):
             writing = time.perf_counter()
             write_shard(config, out_dir, shard, records, kept)
             throughput.write_seconds += time.perf_counter() - writing
             throughput.images_kept += len(kept)
-            throughput.shard_seconds += time.perf_counter() - shard_started
             kept_fraction = throughput.images_kept / max(1, throughput.images_drawn)
             progress.set_postfix(kept=f"{kept_fraction:.0%}")
+    throughput.shard_seconds = time.perf_counter() - shards_started
     final = finalize_dataset(config, out_dir, plan)
     summary = {
         "worker": dataclasses.asdict(worker),

@@ -251,6 +251,7 @@ def _base_config() -> ml_collections.ConfigDict:
     # real identities (config.evaluate.verification_sets).
     config.recognizer = ml_collections.ConfigDict()
     config.recognizer.seed = 2  # neither the conditioning encoder's nor the judge's
+    config.recognizer.num_steps = -1  # the training budget of both; -1: encoder.train.num_steps
     # The real-trained recogniser sees as many images per identity as were generated (the first
     # ones of each identity; the procedural source only: other sources are used whole).
     config.recognizer.match_images_per_identity = True
@@ -326,6 +327,8 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.train.log_every_steps = 50
     config.autoencoder.train.checkpoint_every_steps = 250
 
+    config.recognizer.num_steps = 500  # both recognisers: 16 epochs of 200 x 10 images
+
     config.generate.num_identities = 200  # as many as the real training identities
     config.generate.images_per_identity = 10
     config.generate.identities_per_shard = 25
@@ -390,6 +393,7 @@ def _apply_test(config: ml_collections.ConfigDict) -> None:
     config.encoder.train.warmup_steps = 2
     config.encoder.train.log_every_steps = 2
     config.encoder.train.checkpoint_every_steps = 2
+    config.recognizer.num_steps = 4
     config.generate.num_identities = 6
     config.generate.images_per_identity = 3
     config.generate.identities_per_shard = 2

@@ -161,6 +161,12 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         _require_directory(config, "generate.identity_images", "a folder of identity images")
     if config.generate.judge_encoder:
         _require_directory(config, "generate.judge_encoder", "an encoder directory")
+    _require(
+        config,
+        "recognizer.data_source",
+        lambda v: v in ("",) + pipeline.SOURCES,
+        f"is not '' (config.data) or one of {list(pipeline.SOURCES)}",
+    )
 
 
 def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> None:

@@ -1,4 +1,6 @@
-"""Shared test setup: a persistent XLA compilation cache, so reruns of the suite skip compiles."""
+"""Shared test setup: a persistent XLA compilation cache, so reruns of the suite skip compiles, and
+with pytest-xdist (`-n 2`) each module's tests on one worker, so a module's expensive fixtures
+(a trained model, a generated dataset, a pipeline run) are built once, not once per worker."""
 
 import os
 
@@ -12,6 +14,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "load":  # what -n N chooses by default
+        config.option.dist = "loadscope"
 
 
 @pytest.fixture(scope="session")

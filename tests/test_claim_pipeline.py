@@ -86,3 +86,41 @@ def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepa
         assert after[stage] > before[stage], f"stage {stage} was not redone"
     real = os.path.join(pipeline_run, "recognizers", "real", "encoder", "model", "encoder.json")
     assert os.stat(real).st_mtime_ns < after["recognizers"]  # complete, so not retrained
+
+
+def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_run,
+                                                                     prepared_data_dir):
+    from diffusion_jax.evaluate.recognizer_evaluation import evaluate_recognizers
+    from tests.helpers import tiny_config
+
+    config = tiny_config(prepared_data_dir)
+    config.update_from_flattened_dict(OVERRIDES)
+    synthetic = os.path.join(pipeline_run, "recognizers", "synthetic", "encoder", "model")
+    config.recognizer.evaluate = (f"mine={synthetic}",)
+    report = evaluate_recognizers(config, pipeline_run)
+    with open(os.path.join(pipeline_run, "report", "report.json")) as file:
+        pipeline_report = json.load(file)
+    assert report["recognizers"] == {"mine": synthetic}
+    assert (report["verification"]["mine"]["heldout"]
+            == pipeline_report["verification"]["synthetic"]["heldout"])
+    assert os.path.getsize(os.path.join(pipeline_run, "evaluation", "roc.png")) > 1000
+    config.recognizer.evaluate = ()  # every recogniser under WORKDIR/recognizers
+    assert set(evaluate_recognizers(config, pipeline_run)["recognizers"]) == {"real", "synthetic"}
+
+
+def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_run,
+                                                                      prepared_data_dir):
+    from diffusion_jax.data.recordio import RecordIOReader
+    from diffusion_jax.recognition import encoder_store
+    from diffusion_jax.recognition.recognizer_training import train_recognizer_mode
+    from tests.helpers import tiny_config
+
+    config = tiny_config(prepared_data_dir)
+    config.update_from_flattened_dict(OVERRIDES)
+    rec = os.path.join(pipeline_run, "generated", "recordio", "train.rec")
+    config.recognizer.update(name="from_rec", data_source="recordio", data_path=rec)
+    directory = train_recognizer_mode(config, pipeline_run)
+    assert directory == os.path.join(pipeline_run, "recognizers", "from_rec", "encoder", "model")
+    provenance = encoder_store.read_description(directory)["provenance"]
+    assert provenance["data"]["path"] == rec and provenance["seed"] == config.recognizer.seed
+    assert provenance["num_training_identities"] == len(RecordIOReader(rec).identity_ranges)

@@ -47,6 +47,7 @@ def test_presets_are_valid(preset):
         ("generate.max_resample_rounds", -1, "config.generate.max_resample_rounds=-1"),
         ("generate.identities_per_shard", 0, "config.generate.identities_per_shard=0"),
         ("generate.judge_encoder", "/no/such/judge", "config.generate.judge_encoder="),
+        ("recognizer.data_source", "lmdb", "config.recognizer.data_source='lmdb'"),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):

@@ -1,8 +1,8 @@
 """Face recognisers that test the claim: the encoder's recipe trained on a chosen dataset.
 
 `train_recognizer(config, workdir, name, data_config)` trains `config.encoder`'s architecture,
-margin head and training section (the same budget: batch size and steps) with seed
-`config.recognizer.seed` on `data_config`, in WORKDIR/recognizers/<name>, and exports it to
+margin head and training section (optimiser, batch size; steps: `config.recognizer.num_steps`
+when positive) with seed `config.recognizer.seed` on `data_config`, in WORKDIR/recognizers/<name>, and exports it to
 WORKDIR/recognizers/<name>/encoder/model (`encoder_training`, which resumes an interrupted run and
 never retrains a complete one). The pipeline trains `synthetic` on the generated dataset and
 `real` on the real training data (`real_data_config`: as many images per identity as were
@@ -72,6 +72,8 @@ def train_recognizer(
     recipe = ml_collections.ConfigDict(config.to_dict())
     recipe.data = ml_collections.ConfigDict(data_config.to_dict())
     recipe.encoder.seed = config.recognizer.seed
+    if config.recognizer.num_steps > 0:
+        recipe.encoder.train.num_steps = config.recognizer.num_steps
     return train_encoder(recipe, recognizer_workdir(workdir, name))
 
 

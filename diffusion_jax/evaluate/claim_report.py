@@ -23,6 +23,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
@@ -58,10 +59,15 @@ def load_generated(out_dir: str, max_images: int) -> dict[str, np.ndarray]:
     formats = contents["plan"]["generate"]["formats"]
     if "folders" in formats:
         images = [np.asarray(Image.open(os.path.join(out_dir, image["path"]))) for image in kept]
-    else:
+    elif "recordio" in formats:
         reader = RecordIOReader(os.path.join(out_dir, dataset_writers.RECORDIO_REC))
         images = [np.asarray(Image.open(io.BytesIO(reader[p]["image_bytes"])))
                   for p in range(len(kept))]
+    else:  # the TFDS dataset, stored in the same (identity, image index) order
+        records = tfds.builder_from_directory(
+            os.path.join(out_dir, dataset_writers.TFDS_DIR)
+        ).as_data_source(dataset_writers.TFDS_SPLIT)
+        images = [np.asarray(records[p]["image"]) for p in range(len(kept))]
     return {
         "image": np.stack(images),
         "label": np.asarray([image["identity"] for image in kept]),
@@ -114,6 +120,10 @@ def _grid(generated: dict, real: dict) -> np.ndarray:
     return np.stack(rows)
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a (real at chance)" if value is None else f"{value:.3f}"
+
+
 def _markdown(report: dict) -> str:
     lines = ["# Synthetic versus real training data", "",
              f"Generated dataset: `{report['generated_dataset']}`", "",
@@ -126,7 +136,7 @@ def _markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {100 * real['accuracy_mean']:.2f} ± {100 * real['accuracy_std']:.2f} "
             f"| {100 * synthetic['accuracy_mean']:.2f} ± {100 * synthetic['accuracy_std']:.2f} "
-            f"| {100 * claim['gap']:.2f} | {claim['ratio_above_chance']:.3f} "
+            f"| {100 * claim['gap']:.2f} | {_ratio(claim['ratio_above_chance'])} "
             f"| {real['auc']:.4f} | {synthetic['auc']:.4f} |")
     generated, real = report["dataset"]["generated"], report["dataset"]["real"]
     lines += ["", "## The datasets, under the judge encoder", "",

@@ -19,6 +19,7 @@ from PIL import Image
 
 from diffusion_jax.data import image_folders
 from diffusion_jax.data.recordio import RecordIOReader
+from diffusion_jax.fingerprint import file_sha256
 from diffusion_jax.generate import (
     dataset_validation,
     dataset_writers,
@@ -74,7 +75,7 @@ def dataset_files(out_dir: str) -> dict[str, str]:
     """{relative path: sha256} of every file under out_dir."""
     return {
         os.path.relpath(os.path.join(directory, name), out_dir):
-            manifest.sha256_of(os.path.join(directory, name))
+            file_sha256(os.path.join(directory, name))
         for directory, _, names in os.walk(out_dir) for name in names
     }
 
@@ -279,9 +280,16 @@ def test_identities_from_unconditional_samples_and_from_an_image_set(
     arguments = dict(dim=32, training_centres=centres, conditioning=models.conditioning,
                      resolution=32, draw_unconditional=models.draw_unconditional)
 
+    def check_separated_and_far_from_training(found):
+        similarity = found @ found.T
+        np.fill_diagonal(similarity, -1)
+        assert similarity.max() <= config.generate.max_identity_similarity + 1e-6
+        assert (found @ centres.T).max() <= config.generate.max_training_similarity + 1e-6
+
     config.generate.identity_source = "images"
     config.generate.identity_images = str(tmp_path)
     identities, info = choose_identities(config.generate, **arguments)
+    check_separated_and_far_from_training(identities)
     chosen = [np.asarray(Image.open(tmp_path / path)) for path in info["images"]]
     np.testing.assert_allclose(
         identities, models.conditioning.embed_arrays(np.stack(chosen)), atol=1e-5
@@ -298,9 +306,5 @@ def test_identities_from_unconditional_samples_and_from_an_image_set(
         identities[in_first_batch],
         first_batch[[info["candidate_indices"][i] for i in in_first_batch]], atol=1e-5,
     )
-    for found in (identities,):
-        similarity = found @ found.T
-        np.fill_diagonal(similarity, -1)
-        assert similarity.max() <= config.generate.max_identity_similarity + 1e-6
-        assert (found @ centres.T).max() <= config.generate.max_training_similarity + 1e-6
+    check_separated_and_far_from_training(identities)
 

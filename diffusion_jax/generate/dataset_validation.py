@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_jax.data.recordio import RecordIOReader
+from diffusion_jax.fingerprint import file_sha256
 from diffusion_jax.generate import dataset_writers, manifest
 
 
@@ -28,7 +29,7 @@ def _check_files(out_dir: str, files: dict[str, str], problems: list[str]) -> No
         full_path = os.path.join(out_dir, path)
         if not os.path.isfile(full_path):
             problems.append(f"{full_path} is missing")
-        elif manifest.sha256_of(full_path) != expected:
+        elif file_sha256(full_path) != expected:
             problems.append(f"{full_path} does not match its SHA-256 {expected[:12]}...")
 
 

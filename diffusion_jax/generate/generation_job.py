@@ -40,6 +40,7 @@ import tqdm
 from absl import logging
 
 from diffusion_jax import parallel
+from diffusion_jax.fingerprint import file_sha256
 from diffusion_jax.generate import dataset_writers, manifest
 from diffusion_jax.generate.dataset_figures import write_dataset_figures
 from diffusion_jax.generate.generation_models import GenerationModels, ensure_judge
@@ -112,7 +113,7 @@ def _choose_and_write_identities(
     manifest.write_bytes_atomically(identities_path, buffer.getvalue())
     description.update(
         file=manifest.IDENTITIES_FILE,
-        sha256=manifest.sha256_of(identities_path),
+        sha256=file_sha256(identities_path),
         training_identities=len(centres),
         max_similarity_to_training_identity=float(nearest.max()),
     )
@@ -157,7 +158,7 @@ def load_identities(
     saved = manifest.read_json(plan_path)
     _check_plan(saved, plan, plan_path)
     identities_path = os.path.join(out_dir, manifest.IDENTITIES_FILE)
-    if manifest.sha256_of(identities_path) != saved["identities"]["sha256"]:
+    if file_sha256(identities_path) != saved["identities"]["sha256"]:
         raise ValueError(f"{identities_path} does not match the hash in {plan_path}")
     return np.load(identities_path), saved
 
@@ -206,7 +207,7 @@ def write_shard(
     )
     # RecordIO fragments are inputs of `finalize`, deleted once the manifest is written.
     files = {
-        path: manifest.sha256_of(os.path.join(staging, path))
+        path: file_sha256(os.path.join(staging, path))
         for path in relative_paths
         if not path.startswith(dataset_writers.FRAGMENT_DIR + "/")
     }
@@ -264,7 +265,7 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
         )
         relative_paths = list(relative_paths) + write_dataset_figures(out_dir, plan, records)
         relative_paths += [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
-        files = {path: manifest.sha256_of(os.path.join(out_dir, path)) for path in relative_paths}
+        files = {path: file_sha256(os.path.join(out_dir, path)) for path in relative_paths}
         result = manifest.build_manifest(plan, records, files, out_dir)
         manifest.write_json_atomically(manifest_path, result)
         dataset_writers.remove_shard_fragments(generate.formats, out_dir)

@@ -23,12 +23,13 @@ the same bytes. A shard's files are staged in `shards/shard_SSSSS.partial/` and 
 before its record is written.
 """
 
-import hashlib
 import json
 import os
 from typing import Any
 
 import ml_collections
+
+from diffusion_jax.fingerprint import file_sha256
 
 PLAN_FILE = "generation.json"
 IDENTITIES_FILE = "identities.npy"
@@ -95,14 +96,6 @@ def read_shard_record(out_dir: str, shard: int) -> dict | None:
     return read_json(path) if os.path.isfile(path) else None
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def count_decisions(images: list[dict]) -> dict[str, int]:
     """{decision: number of judged images} over image decision records."""
     counts: dict[str, int] = {}
@@ -136,7 +129,7 @@ def build_manifest(
             "files": len(dataset_files) + sum(len(record["files"]) for record in records),
         },
         "shards": {
-            os.path.relpath(shard_record_path(out_dir, record["shard"]), out_dir): sha256_of(
+            os.path.relpath(shard_record_path(out_dir, record["shard"]), out_dir): file_sha256(
                 shard_record_path(out_dir, record["shard"])
             )
             for record in records

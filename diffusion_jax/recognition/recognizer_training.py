@@ -2,7 +2,8 @@
 
 `train_recognizer(config, workdir, name, data_config)` trains `config.encoder`'s architecture,
 margin head and training section (optimiser, batch size; steps: `config.recognizer.num_steps`
-when positive) with seed `config.recognizer.seed` on `data_config`, in WORKDIR/recognizers/<name>, and exports it to
+when positive) with seed `config.recognizer.seed` on `data_config`, in
+WORKDIR/recognizers/<name>, and exports it to
 WORKDIR/recognizers/<name>/encoder/model (`encoder_training`, which resumes an interrupted run and
 never retrains a complete one). The pipeline trains `synthetic` on the generated dataset and
 `real` on the real training data (`real_data_config`: as many images per identity as were

@@ -58,6 +58,10 @@ def _base_config() -> ml_collections.ConfigDict:
     config.data.resolution = 64
     config.data.image_policy = "resize"  # or "center_crop"; see diffusion_jax/data/image_decoding.py
     config.data.strict = False  # image_folder: a bad file stops preparation instead of being skipped
+    # Any source: train on the first identity labels only, and on the first images (in stored
+    # order) of each; -1: all.
+    config.data.max_identities = -1
+    config.data.max_images_per_identity = -1
     # The procedural source only: its seed and sizes.
     config.data.seed = 0
     config.data.num_train_identities = 2000
@@ -217,6 +221,8 @@ def _base_config() -> ml_collections.ConfigDict:
     config.generate.identities_per_shard = 100
     config.generate.batch_size = 64  # images per sampler call, split over the local devices
     # Where identities come from: "random" (unit vectors in the conditioning encoder's space),
+    # "gaussian" (unit vectors from a Gaussian fitted to the training identities' centres,
+    # candidates_per_identity each),
     # "unconditional" (its embeddings of unconditional samples, candidates_per_identity each),
     # or "images" (its embeddings of the images under identity_images, one candidate per image).
     config.generate.identity_source = "random"
@@ -253,8 +259,12 @@ def _base_config() -> ml_collections.ConfigDict:
     config.recognizer.seed = 2  # neither the conditioning encoder's nor the judge's
     config.recognizer.num_steps = -1  # the training budget of both; -1: encoder.train.num_steps
     # The real-trained recogniser sees as many images per identity as were generated (the first
-    # ones of each identity; the procedural source only: other sources are used whole).
+    # ones of each identity, any source).
     config.recognizer.match_images_per_identity = True
+    # Fix both training sets instead: the first num_identities identities and the first
+    # images_per_identity images of each, of the real and of the generated data (-1: as above).
+    config.recognizer.num_identities = -1
+    config.recognizer.images_per_identity = -1
     # --mode=train_recognizer: WORKDIR/recognizers/<name>, on data.source/data.path of its own
     # ("image_folder", "recordio" or "tfds"; empty: config.data).
     config.recognizer.name = "custom"

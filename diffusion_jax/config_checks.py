@@ -161,6 +161,9 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         _require_directory(config, "generate.identity_images", "a folder of identity images")
     if config.generate.judge_encoder:
         _require_directory(config, "generate.judge_encoder", "an encoder directory")
+    for field in ("data.max_identities", "data.max_images_per_identity",
+                  "recognizer.num_identities", "recognizer.images_per_identity"):
+        _require(config, field, lambda v: v == -1 or v > 0, "must be -1 (all) or positive")
     _require(
         config,
         "recognizer.data_source",

@@ -36,6 +36,7 @@ from diffusion_jax.generate.generation_models import ensure_judge
 from diffusion_jax.generate.manifest import output_directory
 from diffusion_jax.recognition.encoder_training import train_encoder
 from diffusion_jax.recognition.recognizer_training import (
+    check_same_identities,
     generated_data_config,
     real_data_config,
     recognizer_directory,
@@ -104,10 +105,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict | None
         return config.encoder.checkpoint or train_encoder(config, workdir)
 
     def recognizers_stage():
-        synthetic_data = generated_data_config(config, generated_dir)
-        if train_recognizer(config, workdir, "synthetic", synthetic_data) is None:
+        data = {"synthetic": generated_data_config(config, generated_dir),
+                "real": real_data_config(config)}
+        check_same_identities(config, data)
+        if train_recognizer(config, workdir, "synthetic", data["synthetic"]) is None:
             return None
-        return train_recognizer(config, workdir, "real", real_data_config(config))
+        return train_recognizer(config, workdir, "real", data["real"])
 
     report = {}
 

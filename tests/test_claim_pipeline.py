@@ -124,3 +124,40 @@ def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_r
     provenance = encoder_store.read_description(directory)["provenance"]
     assert provenance["data"]["path"] == rec and provenance["seed"] == config.recognizer.seed
     assert provenance["num_training_identities"] == len(RecordIOReader(rec).identity_ranges)
+
+
+def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir):
+    from diffusion_jax.data import pipeline
+    from diffusion_jax.data.recordio import RecordIOReader
+    from diffusion_jax.recognition.recognizer_training import (
+        check_same_identities,
+        generated_data_config,
+        real_data_config,
+    )
+    from tests.helpers import tiny_config
+
+    config = tiny_config(prepared_data_dir)
+    config.update_from_flattened_dict(OVERRIDES)
+    out_dir = os.path.join(pipeline_run, "generated")
+
+    def labels(data):
+        records = pipeline.training_records(data)
+        return sorted(int(records[index]["label"]) for index in range(len(records)))
+
+    # By default the real set is matched to the generated images per identity.
+    per_identity = config.generate.images_per_identity
+    assert labels(real_data_config(config)) == sorted(
+        list(range(config.data.num_train_identities)) * per_identity)
+
+    config.recognizer.num_identities, config.recognizer.images_per_identity = 2, 2
+    real, generated = real_data_config(config), generated_data_config(config, out_dir)
+    assert labels(real) == [0, 0, 1, 1]
+    ranges = RecordIOReader(os.path.join(out_dir, "recordio", "train.rec")).identity_ranges
+    kept = [min(2, int(end - start)) for start, end in ranges[:2]]
+    assert labels(generated) == [0] * kept[0] + [1] * kept[1]
+    check_same_identities(config, {"real": real, "synthetic": generated})
+
+    config.recognizer.num_identities = len(ranges) + 1
+    with pytest.raises(ValueError, match=rf"num_identities={len(ranges) + 1}.*synthetic"):
+        check_same_identities(config, {"real": real_data_config(config),
+                                       "synthetic": generated_data_config(config, out_dir)})

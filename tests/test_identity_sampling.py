@@ -122,3 +122,27 @@ def test_given_candidates_are_selected_by_the_same_rule_as_a_plain_loop():
     assert off_diagonal_max(candidates[chosen]) <= 0.5 + 1e-6
     with pytest.raises(ValueError, match=r"Only \d+ of 1200 candidates"):
         select_separated(candidates, 40, max_similarity=0.5, block_size=256)
+
+
+def test_gaussian_candidates_follow_the_training_centres_mean_and_covariance():
+    from diffusion_jax.generate.identity_sources import gaussian_candidates
+
+    rng = np.random.default_rng(0)
+    # Centres in a 3-D subspace of R^16, around a mean far from the origin.
+    basis = np.linalg.qr(rng.standard_normal((16, 4)))[0]
+    mean = 5.0 * basis[:, 3]
+    centres = mean + rng.standard_normal((50, 3)) * [1.0, 0.5, 0.2] @ basis[:, :3].T
+    found = gaussian_candidates(centres, 20_000, seed=1)
+    np.testing.assert_allclose(np.linalg.norm(found, axis=1), 1.0, atol=1e-5)
+    # Every candidate lies in the span of the centres (an isotropic draw would not).
+    outside = found - found @ basis @ basis.T
+    assert np.abs(outside).max() < 1e-5
+    # Scaled back to the mean's length the draws have the centres' mean and covariance.
+    scale = (mean @ mean) / (found @ mean)
+    unnormalised = found * scale[:, None]  # y / |y| * |y|, since y . mean = |mean|^2 exactly
+    np.testing.assert_allclose(unnormalised.mean(0), centres.mean(0), atol=0.03)
+    np.testing.assert_allclose(np.cov(unnormalised.T), np.cov(centres.T), atol=0.03)
+    np.testing.assert_array_equal(found, gaussian_candidates(centres, 20_000, seed=1))
+    assert not np.array_equal(found[:5], gaussian_candidates(centres, 5, seed=2))
+    with pytest.raises(ValueError, match="at least 2 training identity centres"):
+        gaussian_candidates(centres[:1], 5, seed=0)

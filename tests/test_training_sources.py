@@ -112,3 +112,49 @@ def test_training_loop_runs_on_recordio(recordio_config, tmp_path):
     state = diffusion_training.train_and_evaluate(recordio_config, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert os.path.exists(tmp_path / "run" / "figures" / "identities.png")
+
+
+def test_subset_indices_keeps_first_images_of_first_labels_in_stored_order():
+    labels = np.array([1, 0, 1, 2, 0, 1, 0])
+    np.testing.assert_array_equal(pipeline.subset_indices(labels, 2, 2), [0, 1, 2, 4])
+    np.testing.assert_array_equal(pipeline.subset_indices(labels, -1, 1), [0, 1, 3])
+    np.testing.assert_array_equal(pipeline.subset_indices(labels, 1, -1), [1, 4, 6])
+
+
+@pytest.mark.parametrize("config_fixture", ["folder_config", "recordio_config"])
+def test_max_identities_and_images_cut_every_file_source(config_fixture, request, faces):
+    config = request.getfixturevalue(config_fixture)
+    config.data.max_identities, config.data.max_images_per_identity = 2, 2
+    config_checks.validate(config)
+    pipeline.ensure_prepared(config.data)
+    assert pipeline.num_train_identities(config.data) == 2
+    records = pipeline.training_records(config.data)
+    got = sorted((int(records[i]["label"]), i) for i in range(len(records)))
+    assert [label for label, _ in got] == [0, 0, 1, 1]
+    # Each identity's kept images are its first two, whatever the source's stored order.
+    for label in (0, 1):
+        kept = [np.asarray(records[i]["image"], np.float32) / 127.5 - 1
+                for other, i in got if other == label]
+        for image, encoded in zip(kept, faces[label][:2]):
+            np.testing.assert_allclose(image, expected_image(encoded), atol=1.5 / 127.5)
+    batch = next(pipeline.make_train_iterator(config.data, global_batch_size=4, seed=0))
+    np.testing.assert_array_equal(np.bincount(batch["label"], minlength=3), [2, 2, 0])
+
+
+def test_max_images_per_identity_on_procedural_faces_are_the_first_ones(tmp_path):
+    config = tiny_config(data_dir=str(tmp_path / "tfds"))
+    full = pipeline.training_records(config.data)
+    config.data.max_identities, config.data.max_images_per_identity = 3, 1
+    cut = pipeline.training_records(config.data)
+    per_identity = config.data.images_per_train_identity
+    assert len(cut) == 3 and pipeline.num_train_identities(config.data) == 3
+    for position, label in enumerate(range(3)):
+        assert int(cut[position]["label"]) == label
+        np.testing.assert_array_equal(cut[position]["image"], full[label * per_identity]["image"])
+
+
+def test_bad_subset_sizes_are_refused_naming_the_field(tmp_path):
+    config = tiny_config(data_dir=str(tmp_path / "tfds"))
+    config.data.max_images_per_identity = 0
+    with pytest.raises(config_checks.ConfigError, match="data.max_images_per_identity"):
+        config_checks.validate(config)

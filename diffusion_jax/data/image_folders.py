@@ -337,8 +337,16 @@ class ImageLabelSource:
     prepared identity-folder dataset, in stored order."""
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = SPLIT):
-        self._dataset_dir = os.fspath(dataset_dir)
+        self._dataset_dir, self._split = os.fspath(dataset_dir), split
         self._records = tfds.builder_from_directory(self._dataset_dir).as_data_source(split)
+
+    @property
+    def record_labels(self) -> np.ndarray:
+        """The label of every record, int32 [len(self)] (one pass, images left encoded)."""
+        encoded = tfds.builder_from_directory(self._dataset_dir).as_data_source(
+            self._split, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        return np.asarray([encoded[index]["label"] for index in range(len(encoded))], np.int32)
 
     def __len__(self) -> int:
         return len(self._records)

@@ -4,7 +4,9 @@ Every function takes the `config.data` ConfigDict of configs/faces.py and reads 
 source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
 num_train_identities, images_per_train_identity, num_heldout_identities,
 images_per_heldout_identity, pairs_per_fold, horizontal_flip and worker_count (0 reads in the
-calling process).
+calling process). For every source, `max_identities` and `max_images_per_identity` (-1: all) cut
+the training records to the first identity labels and the first records of each
+(`training_records`).
 """
 
 from __future__ import annotations
@@ -140,8 +142,7 @@ class _DecodedRecordIO:
         return {"image": image, "label": np.int32(record["label"])}
 
 
-def training_records(data_config: ml_collections.ConfigDict):
-    """The random-access training records {"image": uint8 [R, R, 3], "label": int} of any source."""
+def _all_training_records(data_config: ml_collections.ConfigDict):
     _check_source(data_config)
     if data_config.source == "procedural":
         return _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
@@ -152,8 +153,89 @@ def training_records(data_config: ml_collections.ConfigDict):
     return _DecodedRecordIO(data_config)
 
 
+def _record_labels(data_config: ml_collections.ConfigDict, records) -> np.ndarray:
+    """The label of every record of `records` (`_all_training_records`), int [len(records)],
+    read without decoding images where the source allows."""
+    if data_config.source == "procedural":  # stored identity by identity
+        return np.repeat(
+            np.arange(data_config.num_train_identities), data_config.images_per_train_identity
+        )
+    if data_config.source == "tfds":
+        return records.record_labels
+    if data_config.source == "recordio":
+        reader = records.reader
+        if reader.identity_ranges is None:
+            raise ValueError(
+                f"{reader.rec_path} has no InsightFace header record, so data.max_identities / "
+                "data.max_images_per_identity cannot select its identities"
+            )
+        starts, ends = reader.identity_ranges[:, 0], reader.identity_ranges[:, 1]
+        labels = np.searchsorted(starts, reader.image_keys, side="right") - 1
+        if np.any(labels < 0) or np.any(reader.image_keys >= ends[labels]):
+            raise ValueError(f"{reader.rec_path}: an image key lies outside every identity range")
+        return labels
+    return records.record_labels
+
+
+class _Subset:
+    """The records of `records` at `indices`, in that order (a grain random-access source)."""
+
+    def __init__(self, records, indices: np.ndarray):
+        self._records, self._indices = records, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self._records[int(self._indices[index])]
+
+
+def subset_indices(
+    labels: np.ndarray, max_identities: int, max_images_per_identity: int
+) -> np.ndarray:
+    """Positions of the records kept: labels below `max_identities`, and of each label its first
+    `max_images_per_identity` records in stored order (-1: no limit), in stored order."""
+    labels = np.asarray(labels)
+    keep = labels < max_identities if max_identities > 0 else np.ones(len(labels), bool)
+    if max_images_per_identity > 0:
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+        rank = np.empty(len(labels), np.int64)
+        rank[order] = np.arange(len(labels)) - first  # k: the record is the label's k-th
+        keep &= rank < max_images_per_identity
+    return np.flatnonzero(keep)
+
+
+def _limits(data_config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(max_identities, max_images_per_identity); -1 for a config written before they existed."""
+    return (data_config.get("max_identities", -1), data_config.get("max_images_per_identity", -1))
+
+
+def training_records(data_config: ml_collections.ConfigDict):
+    """The random-access training records {"image": uint8 [R, R, 3], "label": int} of any source,
+    cut by `max_identities` / `max_images_per_identity` (`subset_indices`) when either is set."""
+    records = _all_training_records(data_config)
+    max_identities, max_images_per_identity = _limits(data_config)
+    if max_identities <= 0 and max_images_per_identity <= 0:
+        return records
+    indices = subset_indices(
+        _record_labels(data_config, records), max_identities, max_images_per_identity
+    )
+    if not len(indices):
+        raise ValueError(f"data.max_identities / max_images_per_identity leave no record of "
+                         f"{data_config.source} {data_config.path!r}")
+    return _Subset(records, indices)
+
+
 def num_train_identities(data_config: ml_collections.ConfigDict) -> int:
-    """How many identity labels the training records use (labels are 0 .. n-1)."""
+    """How many identity labels the training records use (labels are 0 .. n-1), at most
+    `max_identities` when set."""
+    num, (max_identities, _) = _num_all_train_identities(data_config), _limits(data_config)
+    return min(num, max_identities) if max_identities > 0 else num
+
+
+def _num_all_train_identities(data_config: ml_collections.ConfigDict) -> int:
     if data_config.source == "procedural":
         return data_config.num_train_identities
     if data_config.source == "image_folder":
@@ -223,7 +305,7 @@ def first_images_of_labels(
             f"labels must be a 1-D sequence in [0, {num_identities}) (the training identities), "
             f"got {labels.tolist()}"
         )
-    records = training_records(data_config)
+    records = _all_training_records(data_config)  # a label's first record is always kept
     if data_config.source == "procedural":  # stored identity by identity
         indices = labels * data_config.images_per_train_identity
     elif data_config.source == "recordio":

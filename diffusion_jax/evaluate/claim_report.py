@@ -76,14 +76,12 @@ def load_generated(out_dir: str, max_images: int) -> dict[str, np.ndarray]:
 
 
 def load_real(data_config: ml_collections.ConfigDict, num_identities: int) -> dict:
-    """The training images of the first `num_identities` labels: {"image", "label"}."""
-    if data_config.source == "procedural":
-        arrays = pipeline.load_split_arrays(data_config, "train")
-    else:
-        records = pipeline.training_records(data_config)
-        items = [records[index] for index in range(min(len(records), MAX_IMAGES))]
-        arrays = {"image": np.stack([np.asarray(item["image"]) for item in items]),
-                  "label": np.asarray([int(item["label"]) for item in items])}
+    """The training images (at most `MAX_IMAGES`) of the first `num_identities` labels:
+    {"image", "label"}."""
+    records = pipeline.training_records(data_config)
+    items = [records[index] for index in range(min(len(records), MAX_IMAGES))]
+    arrays = {"image": np.stack([np.asarray(item["image"]) for item in items]),
+              "label": np.asarray([int(item["label"]) for item in items])}
     keep = arrays["label"] < num_identities
     return {"image": arrays["image"][keep], "label": arrays["label"][keep]}
 

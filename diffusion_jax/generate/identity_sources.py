@@ -2,6 +2,9 @@
 
     random         unit vectors drawn uniformly on the conditioning encoder's sphere
                    (`identity_sampling.sample_separated_identities`);
+    gaussian       unit vectors y / |y|, y ~ N(mean, covariance) of the training identities'
+                   centres, `candidates_per_identity` candidates per identity wanted: identities
+                   in the part of the sphere real faces occupy (`gaussian_candidates`);
     unconditional  the conditioning encoder's embeddings of unconditional samples of the diffusion
                    model (guidance scale 0), `candidates_per_identity` candidates per identity
                    wanted, so identities look like faces the model can draw;
@@ -26,7 +29,7 @@ from diffusion_jax.data import image_decoding
 from diffusion_jax.generate import identity_sampling, image_seeds
 from diffusion_jax.recognition.embeddings import EmbeddingExtractor
 
-IDENTITY_SOURCES = ("random", "unconditional", "images")
+IDENTITY_SOURCES = ("random", "gaussian", "unconditional", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # draw(keys [B]) -> unconditional images [B, H, W, 3] in [-1, 1]
@@ -82,6 +85,22 @@ def _unconditional_candidates(
     return np.concatenate(embeddings)[:num]
 
 
+def gaussian_candidates(centres: np.ndarray, num: int, seed: int) -> np.ndarray:
+    """`num` unit vectors y / |y| with y ~ N(m, S), m and S the mean and covariance of the rows
+    of `centres` [n, D] (n >= 2): y = m + (centres - m)^T z / sqrt(n - 1), z ~ N(0, I_n), which
+    has exactly that covariance without decomposing it. float32 [num, D], a function of seed."""
+    centres = np.asarray(centres, np.float64)
+    if centres.ndim != 2 or len(centres) < 2:
+        raise ValueError(
+            f"the gaussian identity source needs at least 2 training identity centres, got "
+            f"an array of shape {centres.shape}"
+        )
+    mean = centres.mean(axis=0)
+    z = np.random.default_rng(seed).standard_normal((num, len(centres)))
+    samples = mean + z @ (centres - mean) / np.sqrt(len(centres) - 1)
+    return (samples / np.linalg.norm(samples, axis=1, keepdims=True)).astype(np.float32)
+
+
 def choose_identities(
     generate_config: ml_collections.ConfigDict,
     *,
@@ -92,8 +111,9 @@ def choose_identities(
     draw_unconditional: UnconditionalDraw,
 ) -> tuple[np.ndarray, dict]:
     """The identities float32 [num_identities, dim] and a JSON description of how they were
-    chosen: the source, the number of candidates, the indices of the chosen ones (unconditional:
-    candidate c was drawn from `image_seeds.candidate_keys`; images: the sorted file list) and
+    chosen: the source, the number of candidates, the indices of the chosen ones (gaussian: rows of
+    `gaussian_candidates`; unconditional: candidate c was drawn from `image_seeds.candidate_keys`;
+    images: the sorted file list) and
     for `images` the chosen files."""
     source = generate_config.identity_source
     thresholds = {
@@ -107,8 +127,16 @@ def choose_identities(
             num, dim, seed=generate_config.seed, **thresholds
         )
         return identities, {"source": source, "candidates": drawn}
-    if source == "unconditional":
-        candidates = _unconditional_candidates(generate_config, draw_unconditional, conditioning)
+    if source in ("gaussian", "unconditional"):
+        if source == "gaussian":
+            candidates = gaussian_candidates(
+                training_centres, num * generate_config.candidates_per_identity,
+                generate_config.seed,
+            )
+        else:
+            candidates = _unconditional_candidates(
+                generate_config, draw_unconditional, conditioning
+            )
         chosen = identity_sampling.select_separated(candidates, num, **thresholds)
         return candidates[chosen], {
             "source": source,

@@ -7,7 +7,9 @@ WORKDIR/recognizers/<name>, and exports it to
 WORKDIR/recognizers/<name>/encoder/model (`encoder_training`, which resumes an interrupted run and
 never retrains a complete one). The pipeline trains `synthetic` on the generated dataset and
 `real` on the real training data (`real_data_config`: as many images per identity as were
-generated, where the source allows) with one recipe, so the only difference is the data.
+generated) with one recipe, so the only difference is the data; `recognizer.num_identities` and
+`recognizer.images_per_identity` fix both sets to the same shape instead
+(`check_same_identities` refuses a set that has fewer identities).
 
 `--mode=train_recognizer` trains `config.recognizer.name` on `config.recognizer.data_source` /
 `data_path` (default: `config.data`), e.g. on a dataset generated elsewhere.
@@ -17,6 +19,7 @@ import os
 
 import ml_collections
 
+from diffusion_jax.data import pipeline
 from diffusion_jax.generate import dataset_writers
 from diffusion_jax.recognition.encoder_training import train_encoder, trained_encoder_directory
 
@@ -32,12 +35,21 @@ def recognizer_directory(workdir: str, name: str) -> str:
     return trained_encoder_directory(recognizer_workdir(workdir, name))
 
 
+def _cut(data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict) -> None:
+    if recognizer.num_identities > 0:
+        data.max_identities = recognizer.num_identities
+    if recognizer.images_per_identity > 0:
+        data.max_images_per_identity = recognizer.images_per_identity
+
+
 def generated_data_config(
     config: ml_collections.ConfigDict, out_dir: str
 ) -> ml_collections.ConfigDict:
     """`config.data` reading a generated dataset in `out_dir`: its RecordIO file when written
-    (read in place), else its identity folders (prepared once into the data dir)."""
+    (read in place), else its identity folders (prepared once into the data dir); cut to
+    `recognizer.num_identities` / `images_per_identity` when set."""
     data = ml_collections.ConfigDict(config.data.to_dict())
+    data.max_identities = data.max_images_per_identity = -1
     formats = config.generate.formats
     if "recordio" in formats:
         data.source, data.path = "recordio", os.path.join(out_dir, dataset_writers.RECORDIO_REC)
@@ -47,19 +59,37 @@ def generated_data_config(
         data.source, data.path = "tfds", dataset_writers.TFDS_NAME
         data.data_dir = os.path.join(out_dir, os.path.dirname(os.path.dirname(
             dataset_writers.TFDS_DIR)))
+    _cut(data, config.recognizer)
     return data
 
 
 def real_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.data`, with the procedural source cut to `generate.images_per_identity` images per
-    identity when `recognizer.match_images_per_identity` (image k of an identity is the same
-    whatever the count, so this is the first images of each identity)."""
+    """`config.data`, cut to the first `generate.images_per_identity` images of each identity
+    when `recognizer.match_images_per_identity`, or to `recognizer.num_identities` /
+    `images_per_identity` when set."""
     data = ml_collections.ConfigDict(config.data.to_dict())
-    if config.recognizer.match_images_per_identity and data.source == "procedural":
-        data.images_per_train_identity = min(
-            data.images_per_train_identity, config.generate.images_per_identity
-        )
+    if config.recognizer.match_images_per_identity:
+        data.max_images_per_identity = config.generate.images_per_identity
+    _cut(data, config.recognizer)
     return data
+
+
+def check_same_identities(
+    config: ml_collections.ConfigDict, data_configs: dict[str, ml_collections.ConfigDict]
+) -> None:
+    """Refuses `recognizer.num_identities` larger than a training set {name: data config}."""
+    wanted = config.recognizer.num_identities
+    if wanted <= 0:
+        return
+    for name, data in data_configs.items():
+        available = pipeline.num_train_identities(
+            ml_collections.ConfigDict({**data.to_dict(), "max_identities": -1})
+        )
+        if available < wanted:
+            raise ValueError(
+                f"config.recognizer.num_identities={wanted} but the {name} training set "
+                f"({data.source} {data.path or data.data_dir!r}) has {available} identities"
+            )
 
 
 def train_recognizer(

@@ -155,13 +155,11 @@ def _all_training_records(data_config: ml_collections.ConfigDict):
 
 def _record_labels(data_config: ml_collections.ConfigDict, records) -> np.ndarray:
     """The label of every record of `records` (`_all_training_records`), int [len(records)],
-    read without decoding images where the source allows."""
+    read without decoding any image."""
     if data_config.source == "procedural":  # stored identity by identity
         return np.repeat(
             np.arange(data_config.num_train_identities), data_config.images_per_train_identity
         )
-    if data_config.source == "tfds":
-        return records.record_labels
     if data_config.source == "recordio":
         reader = records.reader
         if reader.identity_ranges is None:
@@ -174,7 +172,7 @@ def _record_labels(data_config: ml_collections.ConfigDict, records) -> np.ndarra
         if np.any(labels < 0) or np.any(reader.image_keys >= ends[labels]):
             raise ValueError(f"{reader.rec_path}: an image key lies outside every identity range")
         return labels
-    return records.record_labels
+    return records.record_labels  # identity folders and TFDS
 
 
 class _Subset:

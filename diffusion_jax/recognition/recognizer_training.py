@@ -69,7 +69,8 @@ def real_data_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     `images_per_identity` when set."""
     data = ml_collections.ConfigDict(config.data.to_dict())
     if config.recognizer.match_images_per_identity:
-        data.max_images_per_identity = config.generate.images_per_identity
+        limits = (config.generate.images_per_identity, data.max_images_per_identity)
+        data.max_images_per_identity = min(limit for limit in limits if limit > 0)
     _cut(data, config.recognizer)
     return data
 

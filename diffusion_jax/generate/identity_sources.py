@@ -113,8 +113,7 @@ def choose_identities(
     """The identities float32 [num_identities, dim] and a JSON description of how they were
     chosen: the source, the number of candidates, the indices of the chosen ones (gaussian: rows of
     `gaussian_candidates`; unconditional: candidate c was drawn from `image_seeds.candidate_keys`;
-    images: the sorted file list) and
-    for `images` the chosen files."""
+    images: the sorted file list) and for `images` the chosen files."""
     source = generate_config.identity_source
     thresholds = {
         "max_similarity": generate_config.max_identity_similarity,

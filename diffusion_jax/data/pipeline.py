@@ -143,6 +143,7 @@ class _DecodedRecordIO:
 
 
 def _all_training_records(data_config: ml_collections.ConfigDict):
+    """Every training record of the source, uncut (`training_records` cuts them)."""
     _check_source(data_config)
     if data_config.source == "procedural":
         return _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
@@ -168,6 +169,9 @@ def _record_labels(data_config: ml_collections.ConfigDict, records) -> np.ndarra
                 "data.max_images_per_identity cannot select its identities"
             )
         starts, ends = reader.identity_ranges[:, 0], reader.identity_ranges[:, 1]
+        if np.any(np.diff(starts) < 0):
+            raise ValueError(f"{reader.rec_path}: the identity key ranges are not in label order, "
+                             "so data.max_identities / max_images_per_identity cannot use them")
         labels = np.searchsorted(starts, reader.image_keys, side="right") - 1
         if np.any(labels < 0) or np.any(reader.image_keys >= ends[labels]):
             raise ValueError(f"{reader.rec_path}: an image key lies outside every identity range")

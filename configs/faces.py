@@ -72,6 +72,7 @@ def _base_config() -> ml_collections.ConfigDict:
     # no image repeats within a fold.
     config.data.pairs_per_fold = 300
     config.data.horizontal_flip = True
+    config.data.max_shift = 0  # random translation of training images, in pixels (0: none)
     config.data.worker_count = 4
 
     # What the diffusion model is conditioned on. "encoder": the identity encoder's embedding of
@@ -265,6 +266,8 @@ def _base_config() -> ml_collections.ConfigDict:
     # images_per_identity images of each, of the real and of the generated data (-1: as above).
     config.recognizer.num_identities = -1
     config.recognizer.images_per_identity = -1
+    # Both recognisers' training images are translated by up to this many pixels (data.max_shift).
+    config.recognizer.max_shift = 0
     # --mode=train_recognizer: WORKDIR/recognizers/<name>, on data.source/data.path of its own
     # ("image_folder", "recordio" or "tfds"; empty: config.data).
     config.recognizer.name = "custom"
@@ -341,6 +344,9 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.train.checkpoint_every_steps = 250
 
     config.recognizer.num_steps = 500  # both recognisers: 16 epochs of 200 x 10 images
+    # Translating the training images by up to 2 pixels lifted the synthetic recogniser from 74.0%
+    # to 79.2% and the real one from 86.2% to 88.3% (README, "The claim, end to end").
+    config.recognizer.max_shift = 2
 
     config.generate.num_identities = 200  # as many as the real training identities
     config.generate.images_per_identity = 10

@@ -164,6 +164,9 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
     for field in ("data.max_identities", "data.max_images_per_identity",
                   "recognizer.num_identities", "recognizer.images_per_identity"):
         _require(config, field, lambda v: v == -1 or v > 0, "must be -1 (all) or positive")
+    for field in ("data.max_shift", "recognizer.max_shift"):
+        _require(config, field, lambda v: 0 <= v < config.data.resolution // 2,
+                 f"must lie in [0, data.resolution / 2 = {config.data.resolution // 2})")
     _require(
         config,
         "recognizer.data_source",

@@ -48,6 +48,8 @@ def test_presets_are_valid(preset):
         ("generate.identities_per_shard", 0, "config.generate.identities_per_shard=0"),
         ("generate.judge_encoder", "/no/such/judge", "config.generate.judge_encoder="),
         ("recognizer.data_source", "lmdb", "config.recognizer.data_source='lmdb'"),
+        ("data.max_shift", -1, "config.data.max_shift=-1 must lie in [0, data.resolution / 2"),
+        ("recognizer.max_shift", 16, "config.recognizer.max_shift=16 must lie in [0,"),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):

@@ -115,6 +115,30 @@ def test_horizontal_flip_mirrors_about_half_of_the_images(data_config, train_ima
     assert 16 < is_mirrored.sum() < 48
 
 
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`image` moved down by dy and right by dx pixels, the vacated border filled from its edge."""
+    height, width = image.shape[:2]
+    rows = np.clip(np.arange(height) - dy, 0, height - 1)
+    cols = np.clip(np.arange(width) - dx, 0, width - 1)
+    return image[rows][:, cols]
+
+
+def test_random_shift_translates_by_at_most_max_shift(data_config, train_images):
+    shifting = _data_config(data_config.data_dir, max_shift=2)
+    images = np.concatenate(
+        [b["image"] for b in _batches(
+            pipeline.make_train_iterator(shifting, global_batch_size=BATCH, seed=0), 4
+        )]
+    )
+    offsets = list(itertools.product(range(-2, 3), repeat=2))
+    candidates = np.stack([[_shifted(x, dy, dx) for dy, dx in offsets] for x in train_images])
+    # matches[i, r, k]: batch image i is record r shifted by offsets[k].
+    matches = np.all(images[:, None, None] == candidates[None], axis=(3, 4, 5))
+    assert matches.any(axis=(1, 2)).all()
+    used = {offsets[k] for k in np.nonzero(matches.any(axis=1))[1]}
+    assert len(used) > 5  # 32 draws from 25 offsets
+
+
 def test_iterator_state_round_trip(data_config):
     iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     _batches(iterator, 5)

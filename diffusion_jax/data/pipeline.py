@@ -3,8 +3,8 @@
 Every function takes the `config.data` ConfigDict of configs/faces.py and reads these fields:
 source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
 num_train_identities, images_per_train_identity, num_heldout_identities,
-images_per_heldout_identity, pairs_per_fold, horizontal_flip and worker_count (0 reads in the
-calling process). For every source, `max_identities` and `max_images_per_identity` (-1: all) cut
+images_per_heldout_identity, pairs_per_fold, horizontal_flip, max_shift and worker_count (0 reads
+in the calling process). For every source, `max_identities` and `max_images_per_identity` (-1: all) cut
 the training records to the first identity labels and the first records of each
 (`training_records`).
 """
@@ -336,6 +336,21 @@ class _RandomHorizontalFlip(grain.transforms.RandomMap):
         return element
 
 
+class _RandomShift(grain.transforms.RandomMap):
+    """Translates the image by (dy, dx), each uniform in [-max_shift, max_shift] pixels: the crop
+    of the edge-padded image at offset (max_shift + dy, max_shift + dx)."""
+
+    def __init__(self, max_shift: int):
+        self.max_shift = max_shift
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        image, shift = element["image"], self.max_shift
+        height, width = image.shape[:2]
+        top, left = rng.integers(0, 2 * shift + 1, size=2)
+        padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
+        return {**element, "image": padded[top:top + height, left:left + width]}
+
+
 class _ToModelInputs(grain.transforms.Map):
     """Keeps the image, scaled to [-1, 1], and the label, as int32."""
 
@@ -350,7 +365,8 @@ def make_train_iterator(
     "label": int32 [B]}, with B = global_batch_size / jax.process_count() for this process.
 
     Each process reads its own shard of the records (ShardByJaxProcess, remainders dropped),
-    reshuffled every epoch from `seed`, optionally mirrored at random. The batches are a function
+    reshuffled every epoch from `seed`, optionally mirrored at random (`horizontal_flip`) and
+    translated by up to `max_shift` pixels in each direction (absent or 0: never). The batches are a function
     of (seed, process count, worker_count): grain batches within each worker, so 0 and 1 workers
     agree but more workers group the records differently. Workers are processes and need absl
     flags parsed (as under `absl.app.run`). The iterator's position is `get_state()` /
@@ -380,6 +396,9 @@ def make_train_iterator(
         seed=seed,
     )
     operations = [_RandomHorizontalFlip()] if data_config.horizontal_flip else []
+    max_shift = data_config.get("max_shift", 0)  # configs saved before the field existed
+    if max_shift:
+        operations.append(_RandomShift(max_shift))
     operations += [
         _ToModelInputs(),
         grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True),

@@ -36,6 +36,8 @@ def recognizer_directory(workdir: str, name: str) -> str:
 
 
 def _cut(data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict) -> None:
+    """The recogniser section's edits of a training set: its sizes and augmentation."""
+    data.max_shift = recognizer.get("max_shift", 0)
     if recognizer.num_identities > 0:
         data.max_identities = recognizer.num_identities
     if recognizer.images_per_identity > 0:

@@ -157,7 +157,8 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     assert labels(generated) == [0] * kept[0] + [1] * kept[1]
     check_same_identities(config, {"real": real, "synthetic": generated})
     config.recognizer.max_shift = 3  # both recognisers' augmentation, not the diffusion model's
-    assert real_data_config(config).max_shift == generated_data_config(config, out_dir).max_shift == 3
+    shifts = (real_data_config(config).max_shift, generated_data_config(config, out_dir).max_shift)
+    assert shifts == (3, 3)
     assert config.data.max_shift == 0
 
     config.recognizer.num_identities = len(ranges) + 1

@@ -4,8 +4,8 @@ Every function takes the `config.data` ConfigDict of configs/faces.py and reads 
 source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
 num_train_identities, images_per_train_identity, num_heldout_identities,
 images_per_heldout_identity, pairs_per_fold, horizontal_flip, max_shift and worker_count (0 reads
-in the calling process). For every source, `max_identities` and `max_images_per_identity` (-1: all) cut
-the training records to the first identity labels and the first records of each
+in the calling process). For every source, `max_identities` and `max_images_per_identity` (-1:
+all) cut the training records to the first identity labels and the first records of each
 (`training_records`).
 """
 
@@ -366,12 +366,13 @@ def make_train_iterator(
 
     Each process reads its own shard of the records (ShardByJaxProcess, remainders dropped),
     reshuffled every epoch from `seed`, optionally mirrored at random (`horizontal_flip`) and
-    translated by up to `max_shift` pixels in each direction (absent or 0: never). The batches are a function
-    of (seed, process count, worker_count): grain batches within each worker, so 0 and 1 workers
-    agree but more workers group the records differently. Workers are processes and need absl
-    flags parsed (as under `absl.app.run`). The iterator's position is `get_state()` /
-    `set_state()`, or `grain.checkpoint.CheckpointSave(iterator)` in an Orbax CheckpointManager.
-    A single process prepares the data if needed; several must `ensure_prepared` first.
+    translated by up to `max_shift` pixels in each direction (absent or 0: never). The batches
+    are a function of (seed, process count, worker_count): grain batches within each worker, so
+    0 and 1 workers agree but more workers group the records differently. Workers are processes
+    and need absl flags parsed (as under `absl.app.run`). The iterator's position is
+    `get_state()` / `set_state()`, or `grain.checkpoint.CheckpointSave(iterator)` in an Orbax
+    CheckpointManager. A single process prepares the data if needed; several must
+    `ensure_prepared` first.
     """
     process_count = jax.process_count()
     if (

@@ -9,7 +9,8 @@ never retrains a complete one). The pipeline trains `synthetic` on the generated
 `real` on the real training data (`real_data_config`: as many images per identity as were
 generated) with one recipe, so the only difference is the data; `recognizer.num_identities` and
 `recognizer.images_per_identity` fix both sets to the same shape instead
-(`check_same_identities` refuses a set that has fewer identities).
+(`check_same_identities` refuses a set that has fewer identities), and `recognizer.max_shift`
+translates both sets' images alike.
 
 `--mode=train_recognizer` trains `config.recognizer.name` on `config.recognizer.data_source` /
 `data_path` (default: `config.data`), e.g. on a dataset generated elsewhere.
@@ -35,9 +36,12 @@ def recognizer_directory(workdir: str, name: str) -> str:
     return trained_encoder_directory(recognizer_workdir(workdir, name))
 
 
-def _cut(data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict) -> None:
-    """The recogniser section's edits of a training set: its sizes and augmentation."""
-    data.max_shift = recognizer.get("max_shift", 0)
+def _apply_recognizer_section(
+    data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict
+) -> None:
+    """Edits a recogniser's training set as `config.recognizer` asks: its augmentation
+    (`max_shift`, both recognisers alike) and sizes (`num_identities`, `images_per_identity`)."""
+    data.max_shift = recognizer.max_shift
     if recognizer.num_identities > 0:
         data.max_identities = recognizer.num_identities
     if recognizer.images_per_identity > 0:
@@ -61,7 +65,7 @@ def generated_data_config(
         data.source, data.path = "tfds", dataset_writers.TFDS_NAME
         data.data_dir = os.path.join(out_dir, os.path.dirname(os.path.dirname(
             dataset_writers.TFDS_DIR)))
-    _cut(data, config.recognizer)
+    _apply_recognizer_section(data, config.recognizer)
     return data
 
 
@@ -73,7 +77,7 @@ def real_data_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     if config.recognizer.match_images_per_identity:
         limits = (config.generate.images_per_identity, data.max_images_per_identity)
         data.max_images_per_identity = min(limit for limit in limits if limit > 0)
-    _cut(data, config.recognizer)
+    _apply_recognizer_section(data, config.recognizer)
     return data
 
 

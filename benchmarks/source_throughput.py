@@ -12,13 +12,17 @@ common aligned-crop size, and saved as JPEG quality 95) is laid out in each form
                   decoded at read time; prepare_s is opening it (the label scan).
 
 For each source, resolution and --worker-counts: the first batch is read untimed (it starts the
-workers), then --batches batches of --batch-size are timed (horizontal flips on). Runs under
+workers), then --batches batches of --batch-size are timed (horizontal flips on). For identity
+folders and TFDS, cutting the source to half its identities (`data.max_identities`) is timed
+twice, from no label cache (label_scan_s: every record read) and again (label_cache_s: the labels
+read back from `record_label_cache`). Runs under
 absl, since grain's worker processes need parsed flags.
 
     python benchmarks/source_throughput.py --output=benchmarks/results/source_throughput_cpu2.json
 """
 
 import contextlib
+import glob
 import importlib.util
 import io
 import json
@@ -161,6 +165,22 @@ def _throughput(data_config: ml_collections.ConfigDict) -> dict:
     }
 
 
+def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
+    """Seconds of `pipeline.training_records` cut to half the identities: without a label cache
+    (every label cache under data_dir deleted first), then with the one that call left."""
+    for cache in glob.glob(os.path.join(data_config.data_dir, "**", "record_labels_*.npz"),
+                           recursive=True):
+        os.remove(cache)
+    cut = ml_collections.ConfigDict(data_config.to_dict())
+    cut.max_identities = _IDENTITIES.value // 2
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        pipeline.training_records(cut)
+        seconds.append(time.perf_counter() - start)
+    return {"label_scan_s": round(seconds[0], 3), "label_cache_s": round(seconds[1], 3)}
+
+
 def main(argv: list[str]) -> None:
     del argv
     jax.config.update("jax_platforms", "cpu")
@@ -203,6 +223,8 @@ def main(argv: list[str]) -> None:
                         "worker_count": worker_count,
                         **_throughput(config.data),
                     }
+                    if source in ("image_folder", "tfds") and worker_count == 0:
+                        measurement.update(_label_seconds(config.data))
                     print(json.dumps(measurement), file=sys.stderr)
                     measurements.append(measurement)
 

@@ -178,6 +178,22 @@ def test_the_image_label_source_reads_through_grain(builder, records):
         assert element["label"].dtype == np.int32 and element["label"] == record["label"]
 
 
+def test_record_labels_are_scanned_once_per_preparation(root, tmp_path, monkeypatch):
+    builder = prepare(root, tmp_path)
+    expected = [record["label"] for record in
+                tfds.builder_from_directory(builder.data_dir).as_data_source("train")]
+    np.testing.assert_array_equal(image_folders.ImageLabelSource(builder.data_dir).record_labels,
+                                  expected)
+
+    def refusing_scan(self):
+        raise AssertionError("the labels were scanned again")
+
+    monkeypatch.setattr(image_folders.ImageLabelSource, "_scan_labels", refusing_scan)
+    cached = image_folders.ImageLabelSource(builder.data_dir).record_labels
+    assert cached.dtype == np.int32
+    np.testing.assert_array_equal(cached, expected)
+
+
 def test_strict_mode_refuses_the_first_bad_input(root, tmp_path):
     with pytest.raises(ValueError, match="strict preparation refuses .*/bob/readme.txt: extension"):
         prepare(root, tmp_path, strict=True)

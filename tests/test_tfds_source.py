@@ -122,3 +122,20 @@ def test_tfrecord_dataset_is_refused(tmp_path):
 def test_bad_arguments_are_refused(data_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         TfdsNamedSource(DATASET_NAME, "train", data_dir, **{"resolution": 8, **kwargs})
+
+
+@pytest.mark.parametrize("label_key", ["name", "label"])
+def test_a_second_opening_reads_the_labels_from_the_cache(tmp_path, monkeypatch, label_key):
+    data_dir = str(tmp_path)
+    TfdsSourceTestFaces(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    first = TfdsNamedSource(DATASET_NAME, "train", data_dir, resolution=8, label_key=label_key)
+    expected_labels, expected_names = first.record_labels, first.identity_names
+
+    def refusing_scan(self):
+        raise AssertionError("the labels were scanned again")
+
+    monkeypatch.setattr(TfdsNamedSource, "_stored_labels", refusing_scan)
+    second = TfdsNamedSource(DATASET_NAME, "train", data_dir, resolution=8, label_key=label_key)
+    np.testing.assert_array_equal(second.record_labels, expected_labels)
+    assert second.identity_names == expected_names
+    assert second[3]["label"] == expected_labels[3]

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_jax.data import image_decoding
+from diffusion_jax.data import image_decoding, record_label_cache
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 LABELS_FILENAME = "identity_labels.json"
@@ -342,11 +342,18 @@ class ImageLabelSource:
 
     @property
     def record_labels(self) -> np.ndarray:
-        """The label of every record, int32 [len(self)] (one pass, images left encoded)."""
+        """The label of every record, int32 [len(self)]: from the label cache beside the dataset,
+        else in one pass with images left encoded (`record_label_cache`)."""
+        return record_label_cache.load_or_scan(
+            self._dataset_dir, self._split, "label", len(self), self._scan_labels
+        ).labels
+
+    def _scan_labels(self) -> record_label_cache.RecordLabels:
         encoded = tfds.builder_from_directory(self._dataset_dir).as_data_source(
             self._split, decoders={"image": tfds.decode.SkipDecoding()}
         )
-        return np.asarray([encoded[index]["label"] for index in range(len(encoded))], np.int32)
+        labels = [encoded[index]["label"] for index in range(len(encoded))]
+        return record_label_cache.RecordLabels(labels=np.asarray(labels, np.int32))
 
     def __len__(self) -> int:
         return len(self._records)

@@ -14,8 +14,8 @@ Labels are contiguous integers 0 .. num_identities - 1:
 - a `ClassLabel` feature gives its integer, and num_identities is its number of classes;
 - a `Text` feature (LFW's "label" is the person's name) is mapped by the sorted names (Python
   string order), so the same dataset always gives the same labels. Finding the names costs one
-  pass over the split when the source is opened, reading every record's bytes without decoding
-  its image (benchmarks/source_throughput.py measures it).
+  pass over the split, reading every record's bytes without decoding its image, when the source
+  is first opened; the labels are then kept beside the dataset (`record_label_cache`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffusion_jax.data import image_decoding
+from diffusion_jax.data import image_decoding, record_label_cache
 
 # Records read per call while scanning the labels: bounds the memory held by encoded images.
 _LABEL_SCAN_CHUNK = 1024
@@ -93,10 +93,13 @@ class TfdsNamedSource:
         if policy not in image_decoding.POLICIES:
             raise ValueError(f"policy must be one of {image_decoding.POLICIES}, got {policy!r}")
         data_dir = os.path.expanduser(os.fspath(data_dir))
-        features = _open_prepared_builder(name, data_dir).info.features
-        _feature(features, image_key, "image_key", (tfds.features.Image,))
+        builder = _open_prepared_builder(name, data_dir)
+        _feature(builder.info.features, image_key, "image_key", (tfds.features.Image,))
         label = _feature(
-            features, label_key, "label_key", (tfds.features.ClassLabel, tfds.features.Text)
+            builder.info.features,
+            label_key,
+            "label_key",
+            (tfds.features.ClassLabel, tfds.features.Text),
         )
         self._where = f"TFDS {name}/{split} in {data_dir}"
         self._records = tfds.data_source(
@@ -108,19 +111,36 @@ class TfdsNamedSource:
         )
         self._resolution, self._policy = resolution, policy
         self._image_key, self._label_key = image_key, label_key
-        if isinstance(label, tfds.features.ClassLabel):
+        self._dataset_dir, self._split = builder.data_dir, split
+        self._label_is_text = isinstance(label, tfds.features.Text)
+        if not self._label_is_text:
             self.identity_names = None
             self.num_identities = label.num_classes
             self._label_of_name = None
             self._record_labels = None  # read on first use of record_labels
         else:
-            names = [name.decode("utf-8") for name in self._stored_labels()]
-            self.identity_names = tuple(sorted(set(names)))
+            cached = self._cached_labels()
+            self._record_labels = cached.labels
+            self.identity_names = cached.names
             self.num_identities = len(self.identity_names)
             self._label_of_name = {name: label for label, name in enumerate(self.identity_names)}
-            self._record_labels = np.asarray(
-                [self._label_of_name[name] for name in names], np.int32
+
+    def _cached_labels(self) -> record_label_cache.RecordLabels:
+        return record_label_cache.load_or_scan(
+            self._dataset_dir, self._split, self._label_key, len(self), self._scan_labels
+        )
+
+    def _scan_labels(self) -> record_label_cache.RecordLabels:
+        stored = self._stored_labels()
+        if self._label_is_text:
+            names = [name.decode("utf-8") for name in stored]
+            identity_names = tuple(sorted(set(names)))
+            label_of_name = {name: label for label, name in enumerate(identity_names)}
+            return record_label_cache.RecordLabels(
+                labels=np.asarray([label_of_name[name] for name in names], np.int32),
+                names=identity_names,
             )
+        return record_label_cache.RecordLabels(labels=np.asarray(stored, np.int32))
 
     def _stored_labels(self) -> list:
         """The label feature of every record, as stored (one pass, images left encoded)."""
@@ -140,9 +160,10 @@ class TfdsNamedSource:
     @property
     def record_labels(self) -> np.ndarray:
         """The label of every record, int32 [len(self)]. A Text label has read them when the
-        source was opened; a ClassLabel reads them on first use (one pass, images left encoded)."""
+        source was opened, a ClassLabel reads them on first use: from the label cache beside the
+        dataset, else in one pass with images left encoded (`record_label_cache`)."""
         if self._record_labels is None:
-            self._record_labels = np.asarray(self._stored_labels(), np.int32)
+            self._record_labels = self._cached_labels().labels
         return self._record_labels
 
     def __len__(self) -> int:

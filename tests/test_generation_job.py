@@ -4,9 +4,11 @@ rerun, two workers sharing one output (both in new processes, each compared file
 the uninterrupted in-process run: the same config gives the same bytes), refusals, and
 validation."""
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,6 +230,69 @@ def test_two_new_worker_processes_write_disjoint_shards_that_form_the_same_datas
     for shard in range(6):
         record = manifest.read_shard_record(shared, shard)
         assert record["identities"] == [shard, shard + 1]
+
+
+def assert_records_close(actual, expected, where: str) -> None:
+    """JSON values equal, floats (cosines, means of them) to 1e-5."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and sorted(actual) == sorted(expected), where
+        for key in expected:
+            assert_records_close(actual[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for index, (mine, theirs) in enumerate(zip(actual, expected)):
+            assert_records_close(mine, theirs, f"{where}[{index}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-5), where
+    else:
+        assert actual == expected, where
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_jax_distributed_processes_share_the_job_as_workers(
+    generated, trained, prepared_data_dir
+):
+    """Under `--distributed` (jax.distributed.initialize, here from a SLURM step's variables on
+    one node), each process is a worker: process index and count decide its shards."""
+    out_dir, _ = generated
+    shared = os.path.join(trained, "dataset_two_processes")
+    coordinator = f"localhost:{free_port()}"
+    processes = []
+    for process_id in (0, 1):
+        slurm_step = {
+            "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(process_id), "SLURM_LOCALID": str(process_id),
+            "JAX_COORDINATOR_ADDRESS": coordinator, "JAX_LOCAL_DEVICE_IDS": "0",
+        }
+        processes.append(subprocess.Popen(
+            command(trained, prepared_data_dir, shared) + ["--distributed"],
+            cwd=REPO_ROOT, env={**environment(), **slurm_step}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        ))
+    stderrs = [process.communicate(timeout=600)[1] for process in processes]
+    for process, stderr in zip(processes, stderrs):
+        assert process.returncode == 0, stderr[-4000:]
+    files, expected = dataset_files(shared), dataset_files(out_dir)
+    assert sorted(files) == sorted(expected)
+    # The images are the same bytes. The records' similarities may differ in float32's last bits
+    # (the processes compute under jax.distributed), so JSON is compared to 1e-5, and the
+    # manifest's hashes of the shard records are checked against the files instead.
+    dataset_validation.validate(shared)
+    for path in files:
+        if path.endswith(".json"):
+            with open(os.path.join(shared, path)) as mine, open(os.path.join(out_dir, path)) as ref:
+                mine, ref = json.load(mine), json.load(ref)
+            if path == manifest.MANIFEST_FILE:
+                del mine["shards"], ref["shards"]
+            assert_records_close(mine, ref, path)
+        else:
+            assert files[path] == expected[path], path
+    assert "Worker 0 of 2 (from jax)" in stderrs[0] and "Worker 1 of 2 (from jax)" in stderrs[1]
 
 
 def test_validation_names_a_changed_a_missing_and_an_extra_file(generated, tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusion_jax.data import verification_sets
+from diffusion_jax.data import pipeline, verification_sets
 from diffusion_jax.data.image_decoding import decode_image
+from diffusion_jax.evaluate.encoder_report import load_verification_sets
 from tests import format_fixtures
 from tests.helpers import tiny_config
 
@@ -73,3 +74,44 @@ def test_procedural_pairs_have_ten_balanced_folds(prepared_data_dir):
     np.testing.assert_array_equal(np.bincount(pairs.fold), [per_fold] * 10)
     np.testing.assert_array_equal(np.bincount(pairs.fold[pairs.is_same]), [per_fold // 2] * 10)
     assert pairs.images_a.shape[1:] == (config.data.resolution, config.data.resolution, 3)
+
+
+def test_resampled_heldout_pairs_are_of_the_heldout_images_in_identity_disjoint_folds(
+    prepared_data_dir,
+):
+    config = tiny_config(data_dir=prepared_data_dir)
+    heldout = pipeline.load_split_arrays(config.data, "heldout")
+    pairs_per_fold = 7  # more pairs than the tiny preset's folds have images
+    pairs = verification_sets.from_heldout_images(
+        config.data, pairs_per_fold=pairs_per_fold, seed=3
+    )
+    assert len(pairs) == 10 * 2 * pairs_per_fold
+    np.testing.assert_array_equal(np.bincount(pairs.fold[pairs.is_same]), [pairs_per_fold] * 10)
+    # Find each image in the held-out split: the identity of both sides decides is_same, and no
+    # identity appears in two folds.
+    flat = heldout["image"].reshape(len(heldout["image"]), -1)
+    index = {image.tobytes(): i for i, image in enumerate(flat)}
+
+    def labels_of(images: np.ndarray) -> np.ndarray:
+        rows = images.reshape(len(pairs), -1)
+        return heldout["label"][[index[row.tobytes()] for row in rows]]
+
+    label_a, label_b = labels_of(pairs.images_a), labels_of(pairs.images_b)
+    np.testing.assert_array_equal(label_a == label_b, pairs.is_same)
+    folds_of_identity = {}
+    for label, fold in zip(np.concatenate([label_a, label_b]), np.tile(pairs.fold, 2)):
+        folds_of_identity.setdefault(int(label), set()).add(int(fold))
+    assert all(len(folds) == 1 for folds in folds_of_identity.values())
+
+    config.evaluate.verification_sets = ("heldout", f"heldout@{pairs_per_fold}")
+    sets = load_verification_sets(config, config.data.resolution)
+    assert sorted(sets) == ["heldout", f"heldout@{pairs_per_fold}"]
+    assert len(sets[f"heldout@{pairs_per_fold}"]) == len(pairs)
+
+
+@pytest.mark.parametrize("entry", ["heldout@0", "heldout@", "heldout@many"])
+def test_a_bad_resampled_heldout_entry_is_refused(prepared_data_dir, entry):
+    config = tiny_config(data_dir=prepared_data_dir)
+    config.evaluate.verification_sets = (entry,)
+    with pytest.raises(ValueError, match="write heldout@N"):
+        load_verification_sets(config, config.data.resolution)

@@ -56,7 +56,7 @@ def _read(path: str, num_records: int, digest: str) -> RecordLabels | None:
         logging.warning("Ignoring the unreadable label cache %s: %s", path, error)
         return None
     if stored_digest != digest:
-        logging.warning("Ignoring the label cache %s: it was scanned from another preparation", path)
+        logging.warning("Ignoring the label cache %s: it holds another preparation's labels", path)
         return None
     if labels.shape != (num_records,) or labels.dtype != np.int32:
         logging.warning("Ignoring the label cache %s: %s labels %s for %d records", path,

@@ -8,6 +8,8 @@ the training images' policy (`image_decoding`), is_same bool [N], and fold int [
                           10 contiguous folds (sklearn's KFold without shuffling), and so do we.
   from_lfw_pairs          LFW's pairs.txt over an identity folder; folds from the file.
   from_procedural         the embedded faces' held-out pairs (`procedural_face_pairs`).
+  from_heldout_images     pairs drawn afresh over the embedded faces' held-out images, at any
+                          number of pairs per fold (`verification_pairs`).
 """
 
 import dataclasses
@@ -15,7 +17,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from diffusion_jax.data import lfw_pairs, pipeline, verification_bin
+from diffusion_jax.data import lfw_pairs, pipeline, verification_bin, verification_pairs
 from diffusion_jax.data.image_decoding import decode_image
 
 NUM_FOLDS = 10
@@ -85,4 +87,23 @@ def from_procedural(data_config: ml_collections.ConfigDict) -> VerificationSet:
         images_b=pairs["image_b"],
         is_same=pairs["is_same"].astype(bool),
         fold=pairs["fold"].astype(np.int32),
+    )
+
+
+def from_heldout_images(
+    data_config: ml_collections.ConfigDict, *, pairs_per_fold: int, seed: int
+) -> VerificationSet:
+    """`pairs_per_fold` matched and as many mismatched pairs per fold over the held-out images
+    of the embedded faces (`make_verification_pairs`, identity-disjoint folds): the identities of
+    `from_procedural`, with as many pairs as wanted (images repeat across pairs once a fold's
+    pairs outnumber its images), so that the accuracy's standard error shrinks as 1/sqrt(pairs)."""
+    heldout = pipeline.load_split_arrays(data_config, "heldout")
+    pairs = verification_pairs.make_verification_pairs(
+        heldout["label"], pairs_per_fold=pairs_per_fold, seed=seed, num_folds=NUM_FOLDS
+    )
+    return VerificationSet(
+        images_a=heldout["image"][pairs.index_a],
+        images_b=heldout["image"][pairs.index_b],
+        is_same=pairs.is_same.astype(bool),
+        fold=pairs.fold,
     )

@@ -35,21 +35,40 @@ from diffusion_jax.train.identity_conditions import encoder_directory
 MAX_LABELLED_IMAGES = 20_000
 
 
+HELDOUT_RESAMPLED = "heldout@"  # heldout@N: N matched + N mismatched pairs per fold, drawn afresh
+
+
+def _resampled_pairs_per_fold(entry: str) -> int:
+    count = entry[len(HELDOUT_RESAMPLED):]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(
+            f"config.evaluate.verification_sets entry {entry!r}: write heldout@N with N, the "
+            "matched (and mismatched) pairs per fold, a positive integer"
+        )
+    return int(count)
+
+
 def load_verification_sets(
     config: ml_collections.ConfigDict, resolution: int
 ) -> dict[str, verification_sets.VerificationSet]:
     """The sets `config.evaluate.verification_sets` names, decoded at `resolution` (files) or as
-    stored (the embedded held-out pairs), keyed by a short name."""
+    stored (the embedded held-out images), keyed by a short name ("heldout", "heldout@N", the
+    .bin's stem, the image root's folder name)."""
     sets = {}
     for entry in config.evaluate.verification_sets:
-        if entry == "heldout":
+        if entry == "heldout" or entry.startswith(HELDOUT_RESAMPLED):
             if config.data.source != "procedural":
                 raise ValueError(
-                    "config.evaluate.verification_sets names 'heldout', the embedded faces' "
-                    f"held-out pairs, but data.source is {config.data.source!r}; name .bin or "
-                    "pairs.txt files instead."
+                    f"config.evaluate.verification_sets names {entry!r}, the embedded faces' "
+                    f"held-out identities, but data.source is {config.data.source!r}; name .bin "
+                    "or pairs.txt files instead."
                 )
-            sets["heldout"] = verification_sets.from_procedural(config.data)
+            if entry == "heldout":
+                sets["heldout"] = verification_sets.from_procedural(config.data)
+            else:
+                sets[entry] = verification_sets.from_heldout_images(
+                    config.data, pairs_per_fold=_resampled_pairs_per_fold(entry), seed=config.seed
+                )
         elif entry.endswith(".bin"):
             name = os.path.splitext(os.path.basename(entry))[0]
             sets[name] = verification_sets.from_verification_bin(
@@ -62,8 +81,8 @@ def load_verification_sets(
             )
         else:
             raise ValueError(
-                f"config.evaluate.verification_sets entry {entry!r} is not 'heldout', a .bin "
-                "file or 'PAIRS_TXT:IMAGE_ROOT'."
+                f"config.evaluate.verification_sets entry {entry!r} is not 'heldout', "
+                "'heldout@N', a .bin file or 'PAIRS_TXT:IMAGE_ROOT'."
             )
     return sets
 

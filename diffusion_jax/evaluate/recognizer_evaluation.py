@@ -82,7 +82,7 @@ def roc_of_all(results: dict[str, dict[str, VerificationResult]]):
 def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=evaluate (module docstring); returns the report's JSON."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    if "heldout" in config.evaluate.verification_sets:
+    if any(entry.startswith("heldout") for entry in config.evaluate.verification_sets):
         pipeline.ensure_prepared(config.data)
     recognizers = named_recognizers(config, workdir)
     results = verify_recognizers(config, recognizers, parallel.make_mesh(config.mesh))

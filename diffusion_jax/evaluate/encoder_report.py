@@ -33,8 +33,6 @@ from diffusion_jax.recognition.encoder_store import load_encoder
 from diffusion_jax.train.identity_conditions import encoder_directory
 
 MAX_LABELLED_IMAGES = 20_000
-
-
 HELDOUT_RESAMPLED = "heldout@"  # heldout@N: N matched + N mismatched pairs per fold, drawn afresh
 
 

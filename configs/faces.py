@@ -344,8 +344,8 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.train.log_every_steps = 50
     config.autoencoder.train.checkpoint_every_steps = 250
 
-    # The 600 prepared pairs, and 6,000 drawn over the same held-out images: a fold of 60 pairs
-    # varies by 4-7 points, one of 600 by about 1.5 (README, "The claim, end to end").
+    # The 600 prepared pairs, and 6,000 drawn over the same held-out images, which remove the
+    # noise of the pair sample (not of the 100 identities; README, "The claim, end to end").
     config.evaluate.verification_sets = ("heldout", "heldout@300")
 
     config.recognizer.num_steps = 500  # both recognisers: 16 epochs of 200 x 10 images

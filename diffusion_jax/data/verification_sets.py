@@ -96,7 +96,8 @@ def from_heldout_images(
     """`pairs_per_fold` matched and as many mismatched pairs per fold over the held-out images
     of the embedded faces (`make_verification_pairs`, identity-disjoint folds): the identities of
     `from_procedural`, with as many pairs as wanted (images repeat across pairs once a fold's
-    pairs outnumber its images), so that the accuracy's standard error shrinks as 1/sqrt(pairs)."""
+    pairs outnumber its images). More pairs shrink the part of the accuracy's variance that
+    comes from which pairs are drawn, not the part that comes from which identities are held out."""
     heldout = pipeline.load_split_arrays(data_config, "heldout")
     pairs = verification_pairs.make_verification_pairs(
         heldout["label"], pairs_per_fold=pairs_per_fold, seed=seed, num_folds=NUM_FOLDS

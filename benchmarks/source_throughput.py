@@ -15,8 +15,8 @@ For each source, resolution and --worker-counts: the first batch is read untimed
 workers), then --batches batches of --batch-size are timed (horizontal flips on). For identity
 folders and TFDS, cutting the source to half its identities (`data.max_identities`) is timed
 twice, from no label cache (label_scan_s: every record read) and again (label_cache_s: the labels
-read back from `record_label_cache`). Runs under
-absl, since grain's worker processes need parsed flags.
+read back from `record_label_cache`). Runs under absl, since grain's worker processes need
+parsed flags.
 
     python benchmarks/source_throughput.py --output=benchmarks/results/source_throughput_cpu2.json
 """

@@ -1,8 +1,8 @@
 """The generation job end to end on the `test` preset: a valid dataset in every format that
 loads back through the data layer, one image regenerated alone, a worker killed with SIGKILL and
-rerun, two workers sharing one output (both in new processes, each compared file by file with
-the uninterrupted in-process run: the same config gives the same bytes), refusals, and
-validation."""
+rerun, two workers sharing one output and two jax.distributed processes (all in new processes,
+each compared file by file with the uninterrupted in-process run: the same images byte for byte,
+the records' similarities to 1e-5; `assert_same_dataset`), refusals, and validation."""
 
 import json
 import os

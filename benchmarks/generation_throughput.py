@@ -6,12 +6,12 @@ For each sampler the job first runs once on one shard (compiling everything), th
 reports from the job's own counters: images drawn and kept per second, and the time of the
 shard loop (drawing, judging, writing). The same run then times, on the job's batch, each stage
 alone on the device (median of `--repeats` calls): the denoiser (the sampler's reverse process
-with classifier-free guidance), the autoencoder's decoding, and the two encoders' embeddings.
-From those:
+with classifier-free guidance) and the autoencoder's decoding on the job's batch, and the two
+encoders' embeddings of one identity's round (`GenerationModels.embed_round`). From those:
 
     denoiser share   = batches x t(denoiser) / shard-loop seconds
     decode share     = batches x t(decode) / shard-loop seconds
-    embedding share  = batches x t(judge + conditioning embeddings) / shard-loop seconds
+    embedding share  = rounds judged x t(judge + conditioning embeddings) / shard-loop seconds
     host share       = the rest: filtering, PNG/TFDS/RecordIO encoding, writing, hashing, moving
 
 and the share outside the denoiser, 1 - denoiser share. The stage timings and the job are
@@ -68,7 +68,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def stage_seconds(models: GenerationModels, batch_size: int, dim: int, repeats: int) -> dict:
-    """Median seconds per batch of each stage alone."""
+    """Median seconds of each stage alone: per sampler batch, and per round for the embeddings."""
     cond = np.random.default_rng(0).normal(size=(batch_size, dim)).astype(np.float32)
     cond /= np.linalg.norm(cond, axis=1, keepdims=True)
     cond = jax.device_put(cond, parallel.batch_sharding(models.mesh))
@@ -76,13 +76,12 @@ def stage_seconds(models: GenerationModels, batch_size: int, dim: int, repeats: 
     keys = jax.device_put(image_keys(0, indices, indices, indices),
                           parallel.batch_sharding(models.mesh))
     x0 = models.sample_fn(models.params, cond, keys)
-    images = models.space.decode(x0)
+    round_pixels = np.asarray(models.draw(cond, keys))[: models.round_batch_size]
     return {
         "denoiser": median_seconds(lambda: models.sample_fn(models.params, cond, keys), repeats),
         "decode": median_seconds(lambda: models.space.decode(x0), repeats)
         if models.space.is_latent else 0.0,
-        "embedding": median_seconds(lambda: (models.judge(images), models.conditioning(images)),
-                                    repeats),
+        "embedding": median_seconds(lambda: models.embed_round(round_pixels), repeats),
     }
 
 
@@ -110,7 +109,9 @@ def measure(args, sampler: str) -> dict:
     repeats = 1 if sampler == "ddpm" else args.repeats
     stages = stage_seconds(models, config.generate.batch_size, config.condition.dim, repeats)
     loop = summary["shard_seconds"]
-    shares = {name: summary["batches"] * seconds / loop for name, seconds in stages.items()}
+    calls = {"denoiser": summary["batches"], "decode": summary["batches"],
+             "embedding": summary["rounds_judged"]}
+    shares = {name: calls[name] * seconds / loop for name, seconds in stages.items()}
     shares["host"] = 1.0 - sum(shares.values())
     return {
         "sampler": sampler,
@@ -127,7 +128,8 @@ def measure(args, sampler: str) -> dict:
         "shard_loop_seconds": loop,
         "drawn_per_second": summary["images_drawn"] / loop,
         "kept_per_second": summary["images_kept"] / loop,
-        "stage_seconds_per_batch": stages,
+        "rounds_judged": summary["rounds_judged"],
+        "stage_seconds_per_call": stages,
         "time_shares": shares,
         "share_outside_denoiser": 1.0 - shares["denoiser"],
         "host_share_from_job": 1.0 - summary["device_wait_seconds"] / loop,

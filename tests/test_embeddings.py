@@ -96,6 +96,27 @@ def test_embed_arrays_pads_the_last_batch_without_leaking_into_the_embeddings(mo
     np.testing.assert_allclose(embeddings, one_at_a_time, **TOLERANCE)
 
 
+def test_embed_batch_gives_a_row_the_same_bits_whatever_the_other_rows_hold(model, mesh, images):
+    # What the generation job's records rely on: a round's image k is always row k of a batch of
+    # the same size, and its embedding must not depend on the round's other images.
+    extractor = EmbeddingExtractor(model, mesh, flip=False)
+    alone = extractor.embed_batch(images[:1], batch_size=6)
+    with_others = extractor.embed_batch(images[:5], batch_size=6)
+    with_different_others = extractor.embed_batch(
+        np.concatenate([images[:1], images[::-1][:3]]), batch_size=6
+    )
+    assert alone.shape == (1, 8) and with_others.shape == (5, 8)
+    np.testing.assert_array_equal(with_others[:1], alone)
+    np.testing.assert_array_equal(with_different_others[:1], alone)
+    np.testing.assert_allclose(with_others, normalise(f(model, images[:5])), **TOLERANCE)
+
+
+def test_embed_batch_refuses_more_images_than_its_batch(model, mesh, images):
+    extractor = EmbeddingExtractor(model, mesh, flip=False)
+    with pytest.raises(ValueError, match="5 images do not fit a batch of 4"):
+        extractor.embed_batch(images[:5], batch_size=4)
+
+
 def test_embed_arrays_maps_uint8_pixels_to_minus_one_one(model, mesh):
     pixels = np.random.default_rng(2).integers(0, 256, (5, RESOLUTION, RESOLUTION, 3), np.uint8)
     extractor = EmbeddingExtractor(model, mesh, flip=False)

@@ -1,21 +1,24 @@
-"""The networks a generation job runs, loaded once, and the jitted batch they compute.
+"""The networks a generation job runs, loaded once, and the jitted batches they compute.
 
-    GenerationModels.draw(cond [B, D], keys [B])  ->  BatchResult:
-        pixels      uint8 [B, R, R, 3]  the samples, decoded to images in latent space
-        judge       float32 [B, D_J]    the judge encoder's unit embeddings of them
-        condition   float32 [B, D]      the conditioning encoder's, for cos(E(x), c) in the
+    GenerationModels.draw(cond [B, D], keys [B])  ->  uint8 [B, R, R, 3]
+        the samples, decoded to images in latent space, as a jax.Array still in flight
+    GenerationModels.embed_round(pixels uint8 [n, R, R, 3])  ->  (judge, condition):
+        judge       float32 [n, D_J]    the judge encoder's unit embeddings of the stored pixels
+        condition   float32 [n, D]      the conditioning encoder's, for cos(E(x), c) in the
                                         manifest (the generator's own, optimistic view)
 
-Each call is dispatched asynchronously (JAX returns before the device finishes), so a caller
-can queue the next batch before reading this one (`BatchResult.fetch`). The batch is split
-over the mesh's devices and every network's weights are replicated.
+`draw` is dispatched asynchronously (JAX returns before the device finishes), so a caller can
+queue the next batch before reading this one. `embed_round` embeds one identity's round as rows
+0..n-1 of a batch of `images_per_identity`: an embedding's last bits depend on its row in the
+batch (`EmbeddingExtractor.embed_batch`), so judging a round alone, rather than inside whatever
+sampler batch drew it, makes the records the same bits whichever worker draws the identity.
+The batches are split over the mesh's devices and every network's weights are replicated.
 
 The judge is `config.generate.judge_encoder`, or WORKDIR/judge/encoder/model, which a single
 worker trains with the conditioning encoder's recipe and `encoder.seed + 1` when it is missing.
 A judge with the conditioning encoder's weights is refused.
 """
 
-import dataclasses
 import os
 
 import jax
@@ -36,18 +39,6 @@ from diffusion_jax.sample_mode import restore_sampling_params
 from diffusion_jax.sampling import make_sample_fn
 from diffusion_jax.train.diffusion_model import unet_graphdef
 from diffusion_jax.train.identity_conditions import encoder_directory
-
-
-@dataclasses.dataclass
-class BatchResult:
-    """A batch in flight on the device; `fetch()` waits for it and copies it to the host."""
-
-    pixels: jax.Array
-    judge: jax.Array
-    condition: jax.Array
-
-    def fetch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return np.asarray(self.pixels), np.asarray(self.judge), np.asarray(self.condition)
 
 
 def judge_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -113,6 +104,7 @@ class GenerationModels:
         self.sample_fn = make_sample_fn(graphdef, schedule, config)  # (params, cond, keys) -> x_0
         self._sample_unconditional = make_sample_fn(graphdef, schedule, config, guidance_scale=0)
         self.condition_dim = config.condition.dim
+        self.round_batch_size = config.generate.images_per_identity
         self.identity = {
             "diffusion": {"step": self.step, "params_sha256": array_tree_sha256(self.params)},
             "conditioning_encoder": conditioning.weights_sha256,
@@ -128,10 +120,17 @@ class GenerationModels:
     def _put(self, array) -> jax.Array:
         return jax.device_put(array, parallel.batch_sharding(self.mesh))
 
-    def draw(self, cond: np.ndarray, keys: jax.Array) -> BatchResult:
+    def draw(self, cond: np.ndarray, keys: jax.Array) -> jax.Array:
         """Samples one image per row of `cond`, example b from keys[b] (module docstring)."""
         images = self.space.decode(self.sample_fn(self.params, self._put(cond), self._put(keys)))
-        return BatchResult(_to_uint8(images), self.judge(images), self.conditioning(images))
+        return _to_uint8(images)
+
+    def embed_round(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(judge, conditioning) unit embeddings of one identity's round of stored images."""
+        return (
+            self.judge.embed_batch(pixels, self.round_batch_size),
+            self.conditioning.embed_batch(pixels, self.round_batch_size),
+        )
 
     def draw_unconditional(self, keys: jax.Array) -> jax.Array:
         """Unconditional images [B, R, R, 3] in [-1, 1] (guidance scale 0), one per key."""

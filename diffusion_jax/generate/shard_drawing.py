@@ -6,14 +6,17 @@ jobs join the queue whenever it holds less than a batch, so batches are full exc
 the worker's last ones. Batch b + 1 is queued on the device before batch b's results are read.
 
 Judging goes identity by identity and round by round (`image_filter`): once all of an
-identity's images of a round are back, they are judged in image order and the rejected ones are
-queued for the next round (attempt a + 1), up to `max_resample_rounds` redraws. The decisions
-therefore do not depend on how jobs were batched, nor on which other shards share the worker.
+identity's images of a round are back, they are embedded by the judge as one batch of their own
+(`GenerationModels.embed_round`), judged in image order, and the rejected ones are queued for
+the next round (attempt a + 1), up to `max_resample_rounds` redraws. The decisions and the
+records' similarities therefore do not depend on how jobs were batched, nor on which other
+shards share the worker: they are the same bits.
 A shard is done when none of its identities has a job left; `draw_shards` then yields its
 decision records (identity by identity, each in judging order) and its kept images.
 
-An image's noise depends on its key alone (`image_seeds`), and XLA computes every example of a
-batch of a given size alike, so an image is the same in whatever batch it is drawn (tested).
+An image's noise depends on its key alone (`image_seeds`), and its uint8 pixels are the same in
+whatever sampler batch and row it is drawn (tested: the rounding to uint8 absorbs the last-bit
+differences a row's position can make in float32).
 """
 
 import collections
@@ -21,12 +24,13 @@ import dataclasses
 import time
 from collections.abc import Iterator
 
+import jax
 import ml_collections
 import numpy as np
 import tqdm
 
 from diffusion_jax.generate import dataset_writers
-from diffusion_jax.generate.generation_models import BatchResult, GenerationModels
+from diffusion_jax.generate.generation_models import GenerationModels
 from diffusion_jax.generate.image_filter import IdentityFilter
 from diffusion_jax.generate.image_seeds import image_keys
 
@@ -45,6 +49,7 @@ class Throughput:
     images_drawn: int = 0
     images_kept: int = 0
     batches: int = 0  # sampler calls of batch_size images, padding included
+    rounds_judged: int = 0  # embed_round calls: one per identity and round
     shard_seconds: float = 0.0  # drawing, judging and writing shards
     device_wait_seconds: float = 0.0  # blocked on the device (sampling, decoding, embedding)
     write_seconds: float = 0.0  # encoding, writing, hashing and moving files
@@ -61,7 +66,7 @@ class Throughput:
 def dispatch(
     models: GenerationModels, identities: np.ndarray, seed: int, jobs: list[ImageJob],
     batch_size: int,
-) -> BatchResult:
+) -> jax.Array:
     """Queues the images of `jobs` on the device, padded to `batch_size` with copies of the
     first job (one compilation for every batch)."""
     padded = jobs + [jobs[0]] * (batch_size - len(jobs))
@@ -75,8 +80,9 @@ def regenerate_image(
 ) -> np.ndarray:
     """The image of `job` drawn alone (in an otherwise padded batch): equal to its copy in the
     dataset, since its noise depends on its key only."""
-    result = dispatch(models, identities, generate_config.seed, [job], generate_config.batch_size)
-    return result.fetch()[0][0]
+    return np.asarray(
+        dispatch(models, identities, generate_config.seed, [job], generate_config.batch_size)
+    )[0]
 
 
 class _Identity:
@@ -84,7 +90,7 @@ class _Identity:
 
     def __init__(self, count: int):
         self.waiting = count  # results of the current round not yet back
-        self.results: dict[int, tuple] = {}  # image index -> (attempt, pixels, judge, condition)
+        self.results: dict[int, tuple] = {}  # image index -> (attempt, pixels)
         self.filter: IdentityFilter | None = None
         self.records: list[dict] = []
         self.kept: dict[int, np.ndarray] = {}
@@ -139,37 +145,43 @@ class _ShardDrawer:
     def _judge_round(self, identity: int) -> list[ImageJob]:
         """Judges the identity's completed round in image order; returns the redraws."""
         state = self.in_progress[identity]
+        indices = sorted(state.results)
+        pixels = np.stack([state.results[k][1] for k in indices])
+        waited = time.perf_counter()
+        judge, condition = self.models.embed_round(pixels)
+        self.throughput.device_wait_seconds += time.perf_counter() - waited
+        self.throughput.rounds_judged += 1
         if state.filter is None:  # the first round: the filter's reference
             state.filter = IdentityFilter(
-                np.stack([state.results[k][2] for k in sorted(state.results)]),
+                judge,
                 min_similarity=self.generate.min_judge_similarity,
                 max_duplicate_similarity=self.generate.max_duplicate_similarity,
             )
         redraws = []
-        for k in sorted(state.results):
-            attempt, pixels, judge, condition = state.results[k]
+        for row, k in enumerate(indices):
+            attempt = state.results[k][0]
             job = ImageJob(identity, k, attempt)
-            decision, similarity, nearest = state.filter.decide(judge, k, attempt)
-            state.records.append(self._record(job, decision, similarity, nearest, condition))
+            decision, similarity, nearest = state.filter.decide(judge[row], k, attempt)
+            state.records.append(self._record(job, decision, similarity, nearest, condition[row]))
             if decision == "kept":
-                state.kept[k] = pixels
+                state.kept[k] = pixels[row]
             elif attempt < self.generate.max_resample_rounds:
                 redraws.append(ImageJob(identity, k, attempt + 1))
         state.results.clear()
         state.waiting = len(redraws)
         return redraws
 
-    def _receive(self, jobs: list[ImageJob], result: BatchResult) -> Iterator[tuple]:
-        """Takes a batch's results; yields (shard, records, kept) of every shard completed."""
+    def _receive(self, jobs: list[ImageJob], result: jax.Array) -> Iterator[tuple]:
+        """Takes a batch's images; yields (shard, records, kept) of every shard completed."""
         waited = time.perf_counter()
-        pixels, judge, condition = result.fetch()
+        pixels = np.asarray(result)
         self.throughput.device_wait_seconds += time.perf_counter() - waited
         self.throughput.images_drawn += len(jobs)
         self.throughput.batches += 1
         self.progress.update(len(jobs))
         for row, job in enumerate(jobs):
             state = self.in_progress[job.identity]
-            state.results[job.image_index] = (job.attempt, pixels[row], judge[row], condition[row])
+            state.results[job.image_index] = (job.attempt, pixels[row])
             state.waiting -= 1
             if state.waiting:
                 continue

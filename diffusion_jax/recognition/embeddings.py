@@ -5,8 +5,8 @@
 
 where f is the encoder applied to x resized (bilinear, antialiased) to its input resolution.
 Images are NHWC in [-1, 1] (uint8 arrays are mapped to that range first). The batch is split
-over the mesh's devices and the weights are replicated; `embed_arrays` runs a whole dataset in
-fixed-size batches (one compilation) with a progress bar.
+over the mesh's devices and the weights are replicated; `embed_batch` embeds up to one padded
+batch, `embed_arrays` a whole dataset in such batches (one compilation) with a progress bar.
 """
 
 import functools
@@ -68,17 +68,35 @@ class EmbeddingExtractor:
         the images (ready for a train step)."""
         return self.embed_sharded(self.weights, images)
 
-    def embed_arrays(
-        self, images: np.ndarray, *, batch_size: int = 256, description: str = "Embedding"
-    ) -> np.ndarray:
-        """Embeddings float32 [N, D] of host images [N, H, W, 3] (uint8, or floats in [-1, 1]).
+    def embed_batch(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Embeddings float32 [n, D] of n <= batch_size host images (uint8, or floats in [-1,
+        1]), computed as rows 0..n-1 of one batch of `batch_size` (rounded up to a multiple of
+        the device count) padded with zeros.
 
-        Every process must call it with the same images. The last batch is padded to
-        `batch_size` (rounded up to a multiple of the device count) so one compilation serves all.
+        An image's bits depend on its row and the batch size, not on the other rows: XLA's CPU
+        kernels tile the batch, and rows in different tiles round differently (by ~1e-7).
         """
         num_devices = self.mesh.devices.size
         batch_size = -(-batch_size // num_devices) * num_devices
-        sharding = parallel.batch_sharding(self.mesh)
+        if len(images) > batch_size:
+            raise ValueError(f"{len(images)} images do not fit a batch of {batch_size}")
+        chunk = np.asarray(images)
+        chunk = to_model_range(chunk) if chunk.dtype == np.uint8 else chunk.astype(np.float32)
+        padded = np.zeros((batch_size,) + chunk.shape[1:], np.float32)
+        padded[: len(chunk)] = chunk
+        batch = jax.make_array_from_callback(
+            padded.shape, parallel.batch_sharding(self.mesh), functools.partial(_index, padded)
+        )
+        return np.asarray(self._embed_replicated(self.weights, batch))[: len(chunk)]
+
+    def embed_arrays(
+        self, images: np.ndarray, *, batch_size: int = 256, description: str = "Embedding"
+    ) -> np.ndarray:
+        """Embeddings float32 [N, D] of host images [N, H, W, 3] (uint8, or floats in [-1, 1]),
+        in `embed_batch`es of `batch_size` (one compilation serves all).
+
+        Every process must call it with the same images.
+        """
         embeddings = np.zeros((len(images), self.embedding_dim), np.float32)
         for start in tqdm.tqdm(
             range(0, len(images), batch_size),
@@ -86,15 +104,8 @@ class EmbeddingExtractor:
             unit="batch",
             disable=jax.process_index() > 0,
         ):
-            chunk = np.asarray(images[start : start + batch_size])
-            chunk = to_model_range(chunk) if chunk.dtype == np.uint8 else chunk.astype(np.float32)
-            padded = np.zeros((batch_size,) + chunk.shape[1:], np.float32)
-            padded[: len(chunk)] = chunk
-            batch = jax.make_array_from_callback(
-                padded.shape, sharding, functools.partial(_index, padded)
-            )
-            embedded = self._embed_replicated(self.weights, batch)
-            embeddings[start : start + len(chunk)] = np.asarray(embedded)[: len(chunk)]
+            chunk = images[start : start + batch_size]
+            embeddings[start : start + len(chunk)] = self.embed_batch(chunk, batch_size)
         return embeddings
 
 

@@ -15,9 +15,12 @@ Stages, in order, each resumable and skipped when its outputs are complete:
     report       verification of both on held-out real identities and the datasets' measures
                  (`evaluate.claim_report`, WORKDIR/report)
 
-A stage that completes writes WORKDIR/pipeline/<stage>.json with a fingerprint of the config
-sections it reads; a rerun skips a stage whose file holds the same fingerprint, and otherwise
-runs it (the training stages then find their complete exports and return at once, or resume).
+A stage that completes writes WORKDIR/pipeline/<stage>.json with the config sections it reads
+(and those of the stages before it) and their fingerprint; a rerun skips a stage whose file holds
+the same fingerprint and runs one without a file (the training stages resume). A config that
+differs from a completed stage's is refused before anything runs, naming the changed keys: the
+stage's trained exports or dataset would otherwise be reused as they are. Only `report`, which
+recomputes everything it writes, reruns instead.
 SIGTERM during a training stage stops the pipeline cleanly; a rerun resumes there.
 """
 
@@ -45,42 +48,96 @@ from diffusion_jax.recognition.recognizer_training import (
 from diffusion_jax.train.diffusion_training import train_and_evaluate
 
 STAGES_DIR = "pipeline"
-# The config sections each stage reads (a change there reruns it and the stages after it).
+# The config sections (or single fields) each stage reads; a stage's fingerprint covers its own
+# and those of every stage before it.
 STAGE_SECTIONS = {
     "encoder": ("data", "encoder"),
-    "judge": ("data", "encoder", "generate"),
+    "judge": ("data", "encoder", "generate.judge_encoder"),
     "diffusion": ("data", "encoder", "autoencoder", "condition", "model", "diffusion", "train",
                   "sample", "seed"),
     "generate": ("generate", "sample"),
     "recognizers": ("encoder", "recognizer", "data"),
     "report": ("evaluate",),
 }
+# Stages that recompute all of their outputs when rerun; the others keep trained exports and
+# datasets, so a changed config there is refused rather than silently served the old outputs.
+RECOMPUTED_STAGES = ("report",)
 
 
-def stage_fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
-    """{stage: SHA-256 of its sections and those of every stage before it}."""
-    fingerprints, sections = {}, {}
-    flat = config.to_dict()
+def _config_value(tree: dict, name: str):
+    for part in name.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def stage_configs(config: ml_collections.ConfigDict) -> dict[str, dict]:
+    """{stage: {dotted key: value} of its sections and those of every stage before it}."""
+    configs, sections = {}, {}
+    tree = config.to_dict()
     for stage, names in STAGE_SECTIONS.items():
-        sections.update({name: flat[name] for name in names})
-        payload = json.dumps(sections, sort_keys=True, default=list)
-        fingerprints[stage] = hashlib.sha256(payload.encode()).hexdigest()
-    return fingerprints
+        sections.update({name: _config_value(tree, name) for name in names})
+        configs[stage] = json.loads(json.dumps(_flatten(sections), sort_keys=True, default=list))
+    return configs
+
+
+def fingerprint(stage_config: dict) -> str:
+    return hashlib.sha256(json.dumps(stage_config, sort_keys=True).encode()).hexdigest()
 
 
 def _stage_path(workdir: str, stage: str) -> str:
     return os.path.join(workdir, STAGES_DIR, f"{stage}.json")
 
 
-def run_stage(workdir: str, stage: str, fingerprint: str, run: Callable[[], object]) -> bool:
-    """Runs `run` unless the stage's record holds `fingerprint`; records it when `run` returns
-    something other than None (None: stopped by SIGTERM). Returns whether the stage is done."""
+def _read_record(workdir: str, stage: str) -> dict | None:
     path = _stage_path(workdir, stage)
-    if os.path.isfile(path):
-        with open(path) as file:
-            if json.load(file).get("fingerprint") == fingerprint:
-                logging.info("Pipeline stage %s: complete, skipped.", stage)
-                return True
+    if not os.path.isfile(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
+def check_stage_configs(workdir: str, configs: dict[str, dict]) -> None:
+    """Refuses, before any stage runs, a config that differs from the one a completed stage with
+    kept outputs was run with, naming the keys that changed. (Records written before they held
+    their config are trusted, as then.)"""
+    for stage, stage_config in configs.items():
+        record = _read_record(workdir, stage)
+        if stage in RECOMPUTED_STAGES or record is None or "config" not in record:
+            continue
+        if record["fingerprint"] == fingerprint(stage_config):
+            continue
+        old = record["config"]
+        changed = sorted(key for key in set(old) | set(stage_config)
+                         if old.get(key, "<absent>") != stage_config.get(key, "<absent>"))
+        details = ", ".join(
+            f"{key}: {old.get(key, '<absent>')!r} -> {stage_config.get(key, '<absent>')!r}"
+            for key in changed[:8]
+        ) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise ValueError(
+            f"Pipeline stage {stage} in {workdir} was completed with another config ({details}); "
+            f"its outputs would be reused as they are. Use a new --workdir, or delete "
+            f"{_stage_path(workdir, stage)} and that stage's outputs to redo it."
+        )
+
+
+def run_stage(workdir: str, stage: str, stage_config: dict, run: Callable[[], object]) -> bool:
+    """Runs `run` unless the stage's record holds this config's fingerprint; records it, with
+    the config, when `run` returns something other than None (None: stopped by SIGTERM).
+    Returns whether the stage is done."""
+    path = _stage_path(workdir, stage)
+    record = _read_record(workdir, stage)
+    if record is not None and record.get("fingerprint") == fingerprint(stage_config):
+        logging.info("Pipeline stage %s: complete, skipped.", stage)
+        return True
     logging.info("Pipeline stage %s: running.", stage)
     if run() is None:
         logging.warning("Pipeline stage %s stopped early; run again to resume.", stage)
@@ -88,7 +145,8 @@ def run_stage(workdir: str, stage: str, fingerprint: str, run: Callable[[], obje
     os.makedirs(os.path.dirname(path), exist_ok=True)
     partial = f"{path}.partial"
     with open(partial, "w") as file:
-        json.dump({"stage": stage, "fingerprint": fingerprint}, file)
+        json.dump({"stage": stage, "fingerprint": fingerprint(stage_config),
+                   "config": stage_config}, file, indent=1)
     os.replace(partial, path)
     return True
 
@@ -96,8 +154,9 @@ def run_stage(workdir: str, stage: str, fingerprint: str, run: Callable[[], obje
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """Runs the stages of the module docstring; returns the report, or None if stopped."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    configs = stage_configs(config)
+    check_stage_configs(workdir, configs)
     pipeline.ensure_prepared(config.data)
-    fingerprints = stage_fingerprints(config)
     generated_dir = output_directory(config, workdir)
     recognizers = {name: recognizer_directory(workdir, name) for name in ("real", "synthetic")}
 
@@ -129,7 +188,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict | None
         "report": report_stage,
     }
     for stage, run in stages.items():
-        if not run_stage(workdir, stage, fingerprints[stage], run):
+        if not run_stage(workdir, stage, configs[stage], run):
             return None
     if not report:  # every stage was complete: the report of the last run
         with open(os.path.join(workdir, "report", "report.json")) as file:

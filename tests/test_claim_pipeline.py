@@ -165,3 +165,40 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     with pytest.raises(ValueError, match=rf"num_identities={len(ranges) + 1}.*synthetic"):
         check_same_identities(config, {"real": real_data_config(config),
                                        "synthetic": generated_data_config(config, out_dir)})
+
+
+def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_path):
+    from diffusion_jax import pipeline_mode
+    from tests.helpers import tiny_config
+
+    workdir, config = str(tmp_path / "run"), tiny_config(str(tmp_path / "never_prepared"))
+    configs = pipeline_mode.stage_configs(config)
+    runs = []
+    for stage in ("encoder", "judge", "diffusion", "generate", "recognizers", "report"):
+        assert pipeline_mode.run_stage(workdir, stage, configs[stage], lambda: runs.append(1) or 1)
+    assert pipeline_mode.run_stage(workdir, "encoder", configs["encoder"], lambda: runs.append(1))
+    assert len(runs) == 6  # the second encoder call was skipped
+
+    # A generation setting leaves the judge and the diffusion model valid (the judge reads only
+    # generate.judge_encoder) and is refused at `generate`, whose dataset would be reused.
+    config.generate.min_judge_similarity = 0.45
+    config.recognizer.num_steps = 7
+    with pytest.raises(ValueError, match=r"stage generate .*generate\.min_judge_similarity: 0\.3 "
+                                         r"-> 0\.45\); its outputs would be reused"):
+        pipeline_mode.run_pipeline(config, workdir)
+    assert not os.path.exists(tmp_path / "never_prepared")  # refused before the data preparation
+    changed = pipeline_mode.stage_configs(config)
+    for stage in ("encoder", "judge", "diffusion"):
+        assert changed[stage] == configs[stage]
+    with pytest.raises(ValueError, match=r"stage recognizers .*recognizer\.num_steps: 4 -> 7"):
+        pipeline_mode.check_stage_configs(workdir, {"recognizers": changed["recognizers"]})
+
+    # The report recomputes everything it writes, so a new evaluation config reruns it.
+    pipeline_mode.check_stage_configs(workdir, {"report": {**configs["report"], "x": 1}})
+    # Records from before they held their config are trusted, as then.
+    record = os.path.join(workdir, "pipeline", "generate.json")
+    with open(record) as file:
+        legacy = {key: value for key, value in json.load(file).items() if key != "config"}
+    with open(record, "w") as file:
+        json.dump(legacy, file)
+    pipeline_mode.check_stage_configs(workdir, {"generate": changed["generate"]})

@@ -294,7 +294,9 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.data.resolution = 32
     config.data.num_train_identities = 200
     config.data.images_per_train_identity = 20
-    config.data.num_heldout_identities = 100
+    # 500 held-out identities, 50 per verification fold: with 10 per fold, which identities were
+    # held out moved the accuracy by 3 points a fold (README, "The claim, end to end").
+    config.data.num_heldout_identities = 500
     config.data.images_per_heldout_identity = 12
     config.data.pairs_per_fold = 30  # 600 verification pairs
     config.data.worker_count = 0
@@ -344,8 +346,8 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
     config.autoencoder.train.log_every_steps = 50
     config.autoencoder.train.checkpoint_every_steps = 250
 
-    # The 600 prepared pairs, and 6,000 drawn over the same held-out images, which remove the
-    # noise of the pair sample (not of the 100 identities; README, "The claim, end to end").
+    # The 600 prepared pairs, and 6,000 drawn over the same held-out images (the headline), which
+    # remove the noise of the pair sample (README, "The claim, end to end").
     config.evaluate.verification_sets = ("heldout", "heldout@300")
 
     config.recognizer.num_steps = 500  # both recognisers: 16 epochs of 200 x 10 images

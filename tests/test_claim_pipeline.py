@@ -1,6 +1,7 @@
 """`--mode=pipeline` on the `test` preset: every stage runs, the report has every section with
-finite numbers, and a pipeline interrupted between stages skips, when restarted, the stages it
-had completed (checked by their outputs' modification times)."""
+finite numbers, a pipeline interrupted between stages skips, when restarted, the stages it had
+completed (checked by their outputs' modification times), and a config that differs from a
+completed stage's is refused, naming the changed keys, before anything runs."""
 
 import json
 import math

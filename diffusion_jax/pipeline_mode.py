@@ -19,8 +19,9 @@ A stage that completes writes WORKDIR/pipeline/<stage>.json with the config sect
 (and those of the stages before it) and their fingerprint; a rerun skips a stage whose file holds
 the same fingerprint and runs one without a file (the training stages resume). A config that
 differs from a completed stage's is refused before anything runs, naming the changed keys: the
-stage's trained exports or dataset would otherwise be reused as they are. Only `report`, which
-recomputes everything it writes, reruns instead.
+stage's trained exports or dataset would otherwise be reused as they are (`NEUTRAL_FIELDS`,
+such as where the data is prepared, are not compared). Only `report`, which recomputes
+everything it writes, reruns instead.
 SIGTERM during a training stage stops the pipeline cleanly; a rerun resumes there.
 """
 
@@ -62,6 +63,10 @@ STAGE_SECTIONS = {
 # Stages that recompute all of their outputs when rerun; the others keep trained exports and
 # datasets, so a changed config there is refused rather than silently served the old outputs.
 RECOMPUTED_STAGES = ("report",)
+# Fields that change where and how often a run reads, logs or saves, not what it computes: a
+# change there alone reruns the stage (which finds its outputs complete) instead of refusing.
+NEUTRAL_FIELDS = ("data.data_dir", "data.worker_count")
+NEUTRAL_SUFFIXES = (".log_every_steps", ".checkpoint_every_steps")
 
 
 def _config_value(tree: dict, name: str):
@@ -116,8 +121,13 @@ def check_stage_configs(workdir: str, configs: dict[str, dict]) -> None:
         if record["fingerprint"] == fingerprint(stage_config):
             continue
         old = record["config"]
-        changed = sorted(key for key in set(old) | set(stage_config)
-                         if old.get(key, "<absent>") != stage_config.get(key, "<absent>"))
+        changed = sorted(
+            key for key in set(old) | set(stage_config)
+            if old.get(key, "<absent>") != stage_config.get(key, "<absent>")
+            and key not in NEUTRAL_FIELDS and not key.endswith(NEUTRAL_SUFFIXES)
+        )
+        if not changed:
+            continue
         details = ", ".join(
             f"{key}: {old.get(key, '<absent>')!r} -> {stage_config.get(key, '<absent>')!r}"
             for key in changed[:8]

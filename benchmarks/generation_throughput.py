@@ -4,8 +4,8 @@ and where its time goes; prints JSON.
 For each sampler the job first runs once on one shard (compiling everything), then generates
 `--identities` identities x the preset's images per identity into a fresh directory, and
 reports from the job's own counters: images drawn and kept per second, and the time of the
-shard loop (drawing, judging, writing). The same run then times, on the job's batch, each stage
-alone on the device (median of `--repeats` calls): the denoiser (the sampler's reverse process
+shard loop (drawing, judging, writing). The same run then times each stage alone on the device
+(median of `--repeats` calls): the denoiser (the sampler's reverse process
 with classifier-free guidance) and the autoencoder's decoding on the job's batch, and the two
 encoders' embeddings of one identity's round (`GenerationModels.embed_round`). From those:
 

@@ -46,6 +46,7 @@ from diffusion_jax.recognition.recognizer_training import (
     recognizer_directory,
     train_recognizer,
 )
+from diffusion_jax.sample_mode import flatten
 from diffusion_jax.train.diffusion_training import train_and_evaluate
 
 STAGES_DIR = "pipeline"
@@ -75,22 +76,13 @@ def _config_value(tree: dict, name: str):
     return tree
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def stage_configs(config: ml_collections.ConfigDict) -> dict[str, dict]:
     """{stage: {dotted key: value} of its sections and those of every stage before it}."""
     configs, sections = {}, {}
     tree = config.to_dict()
     for stage, names in STAGE_SECTIONS.items():
         sections.update({name: _config_value(tree, name) for name in names})
-        configs[stage] = json.loads(json.dumps(_flatten(sections), sort_keys=True, default=list))
+        configs[stage] = json.loads(json.dumps(flatten(sections), sort_keys=True, default=list))
     return configs
 
 

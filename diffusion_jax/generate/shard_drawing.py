@@ -3,7 +3,8 @@
 Jobs (identity i, image index k, attempt a) wait in one first-in-first-out queue. Every sampler
 call takes the next `batch_size` jobs, whichever shards they belong to; a new shard's first-round
 jobs join the queue whenever it holds less than a batch, so batches are full except, at most,
-the worker's last ones. Batch b + 1 is queued on the device before batch b's results are read.
+the worker's last ones. Batch b + 1 is queued on the device before batch b's results are read
+(the round embeddings of batch b then queue behind it on a one-stream device).
 
 Judging goes identity by identity and round by round (`image_filter`): once all of an
 identity's images of a round are back, they are embedded by the judge as one batch of their own

@@ -3,15 +3,17 @@
     GenerationModels.draw(cond [B, D], keys [B])  ->  uint8 [B, R, R, 3]
         the samples, decoded to images in latent space, as a jax.Array still in flight
     GenerationModels.embed_round(pixels uint8 [n, R, R, 3])  ->  (judge, condition):
-        judge       float32 [n, D_J]    the judge encoder's unit embeddings of the stored pixels
-        condition   float32 [n, D]      the conditioning encoder's, for cos(E(x), c) in the
+        judge       float32 [P, D_J]    the judge encoder's unit embeddings of the stored pixels
+                                        (rows :n; P = images_per_identity, padding included)
+        condition   float32 [P, D]      the conditioning encoder's, for cos(E(x), c) in the
                                         manifest (the generator's own, optimistic view)
 
-`draw` is dispatched asynchronously (JAX returns before the device finishes), so a caller can
-queue the next batch before reading this one. `embed_round` embeds one identity's round as rows
-0..n-1 of a batch of `images_per_identity`: an embedding's last bits depend on its row in the
-batch (`EmbeddingExtractor.embed_batch`), so judging a round alone, rather than inside whatever
-sampler batch drew it, makes the records the same bits whichever worker draws the identity.
+Both are dispatched asynchronously (JAX returns before the device finishes) as jax.Arrays still
+in flight, so a caller can queue the next batch before reading these. `embed_round` embeds one
+identity's round as rows 0..n-1 of a batch of `images_per_identity`: an embedding's last bits
+depend on its row in the batch (`EmbeddingExtractor.embed_batch`), so judging a round alone,
+rather than inside whatever sampler batch drew it, makes the records the same bits whichever
+worker draws the identity.
 The batches are split over the mesh's devices and every network's weights are replicated.
 
 The judge is `config.generate.judge_encoder`, or WORKDIR/judge/encoder/model, which a single
@@ -125,11 +127,12 @@ class GenerationModels:
         images = self.space.decode(self.sample_fn(self.params, self._put(cond), self._put(keys)))
         return _to_uint8(images)
 
-    def embed_round(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(judge, conditioning) unit embeddings of one identity's round of stored images."""
+    def embed_round(self, pixels: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """(judge, conditioning) unit embeddings of one identity's round of n stored images, as
+        queued on the device (read them without waiting on later work: rows :n of each)."""
         return (
-            self.judge.embed_batch(pixels, self.round_batch_size),
-            self.conditioning.embed_batch(pixels, self.round_batch_size),
+            self.judge.dispatch_batch(pixels, self.round_batch_size),
+            self.conditioning.dispatch_batch(pixels, self.round_batch_size),
         )
 
     def draw_unconditional(self, keys: jax.Array) -> jax.Array:

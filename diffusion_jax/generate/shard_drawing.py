@@ -3,8 +3,10 @@
 Jobs (identity i, image index k, attempt a) wait in one first-in-first-out queue. Every sampler
 call takes the next `batch_size` jobs, whichever shards they belong to; a new shard's first-round
 jobs join the queue whenever it holds less than a batch, so batches are full except, at most,
-the worker's last ones. Batch b + 1 is queued on the device before batch b's results are read
-(the round embeddings of batch b then queue behind it on a one-stream device).
+the worker's last ones. Batch b + 1 is queued on the device before batch b's results are read,
+and the rounds batch b completes are judged only after batch b + 2 is queued: their embeddings
+run behind batch b + 1 (on a one-stream device), so the device never waits for the host's
+judging, nor the host for a sampler batch to read embeddings queued behind it.
 
 Judging goes identity by identity and round by round (`image_filter`): once all of an
 identity's images of a round are back, they are embedded by the judge as one batch of their own
@@ -86,6 +88,17 @@ def regenerate_image(
     )[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class _RoundInFlight:
+    """An identity's completed round: its jobs and pixels, in image order, and their embeddings
+    (judge, conditioning) as queued on the device."""
+
+    identity: int
+    jobs: list[ImageJob]
+    pixels: np.ndarray
+    embeddings: tuple[jax.Array, jax.Array]
+
+
 class _Identity:
     """One identity's images in flight: its filter, its round's results, its decisions."""
 
@@ -109,6 +122,7 @@ class _ShardDrawer:
         self.in_progress: dict[int, _Identity] = {}
         self.shard_of: dict[int, int] = {}
         self.open_identities: dict[int, set[int]] = {}
+        self.rounds_in_flight: list[_RoundInFlight] = []
 
     def _admit_shards(self) -> None:
         per_identity = self.generate.images_per_identity
@@ -143,13 +157,22 @@ class _ShardDrawer:
             )
         return record
 
-    def _judge_round(self, identity: int) -> list[ImageJob]:
-        """Judges the identity's completed round in image order; returns the redraws."""
+    def _embed_round(self, identity: int) -> None:
+        """Queues the embeddings of the identity's completed round, to be judged later."""
         state = self.in_progress[identity]
         indices = sorted(state.results)
+        jobs = [ImageJob(identity, k, state.results[k][0]) for k in indices]
         pixels = np.stack([state.results[k][1] for k in indices])
+        state.results.clear()
+        self.rounds_in_flight.append(
+            _RoundInFlight(identity, jobs, pixels, self.models.embed_round(pixels))
+        )
+
+    def _judge_round(self, round_: _RoundInFlight) -> list[ImageJob]:
+        """Judges an identity's round in image order; returns the redraws."""
+        state = self.in_progress[round_.identity]
         waited = time.perf_counter()
-        judge, condition = self.models.embed_round(pixels)
+        judge, condition = (np.asarray(e)[: len(round_.jobs)] for e in round_.embeddings)
         self.throughput.device_wait_seconds += time.perf_counter() - waited
         self.throughput.rounds_judged += 1
         if state.filter is None:  # the first round: the filter's reference
@@ -159,21 +182,36 @@ class _ShardDrawer:
                 max_duplicate_similarity=self.generate.max_duplicate_similarity,
             )
         redraws = []
-        for row, k in enumerate(indices):
-            attempt = state.results[k][0]
-            job = ImageJob(identity, k, attempt)
-            decision, similarity, nearest = state.filter.decide(judge[row], k, attempt)
+        for row, job in enumerate(round_.jobs):
+            decision, similarity, nearest = state.filter.decide(
+                judge[row], job.image_index, job.attempt
+            )
             state.records.append(self._record(job, decision, similarity, nearest, condition[row]))
             if decision == "kept":
-                state.kept[k] = pixels[row]
-            elif attempt < self.generate.max_resample_rounds:
-                redraws.append(ImageJob(identity, k, attempt + 1))
-        state.results.clear()
+                state.kept[job.image_index] = round_.pixels[row]
+            elif job.attempt < self.generate.max_resample_rounds:
+                redraws.append(ImageJob(job.identity, job.image_index, job.attempt + 1))
         state.waiting = len(redraws)
         return redraws
 
-    def _receive(self, jobs: list[ImageJob], result: jax.Array) -> Iterator[tuple]:
-        """Takes a batch's images; yields (shard, records, kept) of every shard completed."""
+    def _judge_rounds_in_flight(self) -> Iterator[tuple]:
+        """Judges the rounds queued so far; yields (shard, records, kept) of every shard
+        completed."""
+        rounds, self.rounds_in_flight = self.rounds_in_flight, []
+        for round_ in rounds:
+            redraws = self._judge_round(round_)
+            if redraws:
+                self.queue.extend(redraws)
+                self.progress.total += len(redraws)
+                continue
+            shard = self.shard_of.pop(round_.identity)
+            self.open_identities[shard].discard(round_.identity)
+            if not self.open_identities[shard]:
+                del self.open_identities[shard]
+                yield self._finish(shard)
+
+    def _receive(self, jobs: list[ImageJob], result: jax.Array) -> None:
+        """Takes a batch's images and queues the embeddings of every round they complete."""
         waited = time.perf_counter()
         pixels = np.asarray(result)
         self.throughput.device_wait_seconds += time.perf_counter() - waited
@@ -184,18 +222,8 @@ class _ShardDrawer:
             state = self.in_progress[job.identity]
             state.results[job.image_index] = (job.attempt, pixels[row])
             state.waiting -= 1
-            if state.waiting:
-                continue
-            redraws = self._judge_round(job.identity)
-            if redraws:
-                self.queue.extend(redraws)
-                self.progress.total += len(redraws)
-                continue
-            shard = self.shard_of.pop(job.identity)
-            self.open_identities[shard].discard(job.identity)
-            if not self.open_identities[shard]:
-                del self.open_identities[shard]
-                yield self._finish(shard)
+            if not state.waiting:
+                self._embed_round(job.identity)
 
     def _finish(self, shard: int) -> tuple[int, list[dict], dict[tuple[int, int], np.ndarray]]:
         labels = dataset_writers.shard_labels(
@@ -218,11 +246,12 @@ class _ShardDrawer:
             if batch:
                 queued = batch, dispatch(self.models, self.identities, self.generate.seed,
                                          batch, self.generate.batch_size)
+            yield from self._judge_rounds_in_flight()  # the rounds the batch before completed
             if in_flight is not None:
-                yield from self._receive(*in_flight)
+                self._receive(*in_flight)
             in_flight = queued
-            if in_flight is None and not self.queue:  # nothing drawn, queued or left to admit
-                return
+            if in_flight is None and not self.queue and not self.rounds_in_flight:
+                return  # nothing drawn, judged, queued or left to admit
 
 
 def draw_shards(

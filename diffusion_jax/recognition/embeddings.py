@@ -76,6 +76,11 @@ class EmbeddingExtractor:
         An image's bits depend on its row and the batch size, not on the other rows: XLA's CPU
         kernels tile the batch, and rows in different tiles round differently (by ~1e-7).
         """
+        return np.asarray(self.dispatch_batch(images, batch_size))[: len(images)]
+
+    def dispatch_batch(self, images: np.ndarray, batch_size: int) -> jax.Array:
+        """`embed_batch` without waiting: the replicated embeddings [batch_size, D] as queued on
+        the device, of which the first len(images) rows are the images'."""
         num_devices = self.mesh.devices.size
         batch_size = -(-batch_size // num_devices) * num_devices
         if len(images) > batch_size:
@@ -87,7 +92,7 @@ class EmbeddingExtractor:
         batch = jax.make_array_from_callback(
             padded.shape, parallel.batch_sharding(self.mesh), functools.partial(_index, padded)
         )
-        return np.asarray(self._embed_replicated(self.weights, batch))[: len(chunk)]
+        return self._embed_replicated(self.weights, batch)
 
     def embed_arrays(
         self, images: np.ndarray, *, batch_size: int = 256, description: str = "Embedding"

@@ -167,6 +167,7 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
     for field in ("data.max_shift", "recognizer.max_shift"):
         _require(config, field, lambda v: 0 <= v < config.data.resolution // 2,
                  f"must lie in [0, data.resolution / 2 = {config.data.resolution // 2})")
+    _require(config, "recognizer.color_jitter", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(
         config,
         "recognizer.data_source",

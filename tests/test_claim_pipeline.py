@@ -54,7 +54,8 @@ def test_the_report_has_every_section_with_finite_numbers(pipeline_run):
         assert claim["ratio_above_chance"] == pytest.approx((synthetic - 0.5) / (real - 0.5))
     for name in ("generated", "real"):
         measures = report["dataset"][name]
-        assert {"separation", "embedding_diversity", "pixel_diversity"} <= set(measures)
+        assert {"separation", "embedding_diversity", "pixel_diversity", "photometry"} <= set(
+            measures)
         assert measures["images"] > 0 and measures["identities"] >= 2
     assert "nearest_real_identity" in report["dataset"]["generated"]
     values = list(numbers({key: value for key, value in report.items() if key != "claim"}))
@@ -157,10 +158,12 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     kept = [min(2, int(end - start)) for start, end in ranges[:2]]
     assert labels(generated) == [0] * kept[0] + [1] * kept[1]
     check_same_identities(config, {"real": real, "synthetic": generated})
-    config.recognizer.max_shift = 3  # both recognisers' augmentation, not the diffusion model's
-    shifts = (real_data_config(config).max_shift, generated_data_config(config, out_dir).max_shift)
-    assert shifts == (3, 3)
-    assert config.data.max_shift == 0
+    # Both recognisers' augmentation, not the diffusion model's.
+    config.recognizer.max_shift = 3
+    config.recognizer.color_jitter = 0.25
+    for data in (real_data_config(config), generated_data_config(config, out_dir)):
+        assert (data.max_shift, data.color_jitter) == (3, 0.25)
+    assert config.data.max_shift == 0 and "color_jitter" not in config.data
 
     config.recognizer.num_identities = len(ranges) + 1
     with pytest.raises(ValueError, match=rf"num_identities={len(ranges) + 1}.*synthetic"):

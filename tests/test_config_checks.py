@@ -50,6 +50,7 @@ def test_presets_are_valid(preset):
         ("recognizer.data_source", "lmdb", "config.recognizer.data_source='lmdb'"),
         ("data.max_shift", -1, "config.data.max_shift=-1 must lie in [0, data.resolution / 2"),
         ("recognizer.max_shift", 16, "config.recognizer.max_shift=16 must lie in [0,"),
+        ("recognizer.color_jitter", 1.0, "config.recognizer.color_jitter=1.0 must lie in [0, 1)"),
     ],
 )
 def test_inconsistent_values_are_refused_naming_the_field(field, value, message):

@@ -57,3 +57,19 @@ def test_two_separated_gaussians_have_the_frechet_distance_of_their_means():
     a = rng.normal(size=(4000, 3))
     b = rng.normal(size=(4000, 3)) + np.array([3.0, 4.0, 0.0])
     assert frechet_distance(a, b) == pytest.approx(25.0, abs=0.2)
+
+
+def test_photometry_of_hand_checkable_images():
+    grey = np.full((4, 4, 3), 102, np.uint8)  # 0.4 everywhere
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    half = np.zeros((4, 4, 3), np.uint8)
+    half[:2] = 255  # luma 1 on half of the pixels, 0 on the rest
+    measures = dataset_metrics.photometry(np.stack([grey, red, half]))
+    brightness, contrast, saturation = ([0.4, 0.299, 0.5], [0.0, 0.0, 0.5], [0.0, 1.0, 0.0])
+    for name, values in (("brightness", brightness), ("contrast", contrast),
+                         ("saturation", saturation)):
+        assert measures[name]["mean"] == pytest.approx(np.mean(values))
+        assert measures[name]["std"] == pytest.approx(np.std(values))
+    with pytest.raises(ValueError, match="uint8"):
+        dataset_metrics.photometry(np.zeros((1, 2, 2, 3), np.float32))

@@ -139,6 +139,47 @@ def test_random_shift_translates_by_at_most_max_shift(data_config, train_images)
     assert len(used) > 5  # 32 draws from 25 offsets
 
 
+def _luma(x: np.ndarray) -> np.ndarray:
+    return x @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_color_jitter_scales_brightness_contrast_and_saturation_by_its_drawn_factors(seed):
+    image = np.random.default_rng(10 + seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = pipeline._RandomColorJitter(0.4).random_map(
+        {"image": image, "label": 3}, np.random.default_rng(seed)
+    )
+    brightness, contrast, saturation = np.random.default_rng(seed).uniform(0.6, 1.4, size=3)
+    # torchvision's ColorJitter order and blends, in float64.
+    x = np.clip(image / 255.0 * brightness, 0, 1)
+    x = np.clip(contrast * (x - _luma(x).mean()) + _luma(x).mean(), 0, 1)
+    x = np.clip(saturation * (x - _luma(x)[..., None]) + _luma(x)[..., None], 0, 1)
+    assert out["label"] == 3 and out["image"].dtype == np.uint8
+    assert np.abs(out["image"].astype(int) - np.round(x * 255)).max() <= 1
+    assert np.abs(out["image"].astype(int) - image).mean() > 2  # not the identity
+
+
+def test_color_jitter_keeps_a_grey_image_grey_and_zero_strength_changes_nothing():
+    grey = np.repeat(np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    out = pipeline._RandomColorJitter(0.5).random_map({"image": grey}, np.random.default_rng(4))
+    assert np.all(out["image"] == out["image"][..., :1])  # saturation acts on colour only
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    same = pipeline._RandomColorJitter(0.0).random_map({"image": image}, np.random.default_rng(1))
+    np.testing.assert_array_equal(same["image"], image)
+
+
+def test_the_iterator_jitters_colours_when_asked(data_config, train_images):
+    augmenting = _data_config(data_config.data_dir, color_jitter=0.3)
+    labels = pipeline.load_split_arrays(data_config, "train")["label"]
+    for batch in _batches(
+        pipeline.make_train_iterator(augmenting, global_batch_size=BATCH, seed=0), 4
+    ):
+        distances = np.abs(batch["image"][:, None] - train_images[None]).mean(axis=(2, 3, 4))
+        assert distances.min(axis=1).min() > 0  # no image is left as stored
+        nearest = distances.argmin(axis=1)  # ...but each is still nearest its own record
+        np.testing.assert_array_equal(batch["label"], labels[nearest])
+
+
 def test_iterator_state_round_trip(data_config):
     iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     _batches(iterator, 5)

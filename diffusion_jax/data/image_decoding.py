@@ -174,6 +174,10 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+"""ITU-R 601 luma of RGB: the grey of torchvision's contrast and saturation jitter."""
+
+
 def to_model_range(image: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [-1, 1]: x / 127.5 - 1 (0 -> -1, 255 -> 1)."""
     if image.dtype != np.uint8:

@@ -4,7 +4,8 @@ Every function takes the `config.data` ConfigDict of configs/faces.py and reads 
 source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
 num_train_identities, images_per_train_identity, num_heldout_identities,
 images_per_heldout_identity, pairs_per_fold, horizontal_flip, max_shift and worker_count (0 reads
-in the calling process). For every source, `max_identities` and `max_images_per_identity` (-1:
+in the calling process); a recogniser's training set also sets color_jitter
+(`recognizer_training`). For every source, `max_identities` and `max_images_per_identity` (-1:
 all) cut the training records to the first identity labels and the first records of each
 (`training_records`).
 """
@@ -21,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_jax.data import faces_builder, image_folders, recordio, tfds_source
-from diffusion_jax.data.image_decoding import decode_image, to_model_range
+from diffusion_jax.data.image_decoding import LUMA_WEIGHTS, decode_image, to_model_range
 
 SPLITS = ("train", "heldout", "pairs")
 SOURCES = ("procedural", "image_folder", "recordio", "tfds")
@@ -351,6 +352,27 @@ class _RandomShift(grain.transforms.RandomMap):
         return {**element, "image": padded[top:top + height, left:left + width]}
 
 
+class _RandomColorJitter(grain.transforms.RandomMap):
+    """Brightness, contrast and saturation jitter (torchvision's ColorJitter without hue, in a
+    fixed order), each factor uniform in [1 - strength, 1 + strength], on x = image / 255:
+    x <- b x;  x <- c (x - mean(luma(x))) + mean(luma(x));  x <- s (x - luma(x)) + luma(x),
+    each step clipped to [0, 1], then rounded back to uint8."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        brightness, contrast, saturation = rng.uniform(
+            max(0.0, 1.0 - self.strength), 1.0 + self.strength, size=3
+        )
+        x = np.clip(element["image"].astype(np.float32) / 255.0 * brightness, 0.0, 1.0)
+        mean = np.mean(x @ LUMA_WEIGHTS)
+        x = np.clip(contrast * (x - mean) + mean, 0.0, 1.0)
+        luma = (x @ LUMA_WEIGHTS)[..., None]
+        x = np.clip(saturation * (x - luma) + luma, 0.0, 1.0)
+        return {**element, "image": np.round(x * 255.0).astype(np.uint8)}
+
+
 class _ToModelInputs(grain.transforms.Map):
     """Keeps the image, scaled to [-1, 1], and the label, as int32."""
 
@@ -365,8 +387,9 @@ def make_train_iterator(
     "label": int32 [B]}, with B = global_batch_size / jax.process_count() for this process.
 
     Each process reads its own shard of the records (ShardByJaxProcess, remainders dropped),
-    reshuffled every epoch from `seed`, optionally mirrored at random (`horizontal_flip`) and
-    translated by up to `max_shift` pixels in each direction (absent or 0: never). The batches
+    reshuffled every epoch from `seed`, optionally mirrored at random (`horizontal_flip`),
+    translated by up to `max_shift` pixels in each direction and colour-jittered by
+    `color_jitter` (each absent or 0: never). The batches
     are a function of (seed, process count, worker_count): grain batches within each worker, so
     0 and 1 workers agree but more workers group the records differently. Workers are processes
     and need absl flags parsed (as under `absl.app.run`). The iterator's position is
@@ -400,6 +423,8 @@ def make_train_iterator(
     max_shift = data_config.get("max_shift", 0)  # configs saved before the field existed
     if max_shift:
         operations.append(_RandomShift(max_shift))
+    if data_config.get("color_jitter", 0.0):  # a recogniser's (config.recognizer) only
+        operations.append(_RandomColorJitter(data_config.color_jitter))
     operations += [
         _ToModelInputs(),
         grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True),

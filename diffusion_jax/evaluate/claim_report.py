@@ -96,6 +96,7 @@ def measure(arrays: dict, judge: EmbeddingExtractor, config) -> tuple[dict, np.n
         "separation": report.to_json(),
         "embedding_diversity": dataset_metrics.embedding_diversity(embeddings, arrays["label"]),
         "pixel_diversity": dataset_metrics.pixel_diversity(arrays["image"], arrays["label"]),
+        "photometry": dataset_metrics.photometry(arrays["image"]),
     }
     return measures, embeddings, report
 
@@ -147,6 +148,11 @@ def _markdown(report: dict) -> str:
         ("EER (%)", lambda d: f"{100 * d['separation']['eer']:.2f}"),
         ("embedding diversity (1 - cos)", lambda d: f"{d['embedding_diversity']:.3f}"),
         ("pixel diversity (RMS)", lambda d: f"{d['pixel_diversity']:.3f}"),
+    ] + [
+        (f"{name} (mean ± std over images)",
+         lambda d, name=name: f"{d['photometry'][name]['mean']:.3f} ± "
+                              f"{d['photometry'][name]['std']:.3f}")
+        for name in ("brightness", "contrast", "saturation")
     ]
     lines += [f"| {name} | {value(generated)} | {value(real)} |" for name, value in rows]
     lines += [

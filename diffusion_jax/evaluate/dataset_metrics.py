@@ -15,12 +15,18 @@ For images x with identity labels and unit judge embeddings e = J(x):
                           the fraction above each threshold
     Frechet distance      FID's formula on judge embeddings (`frechet_distance`), against a
                           reference set
+    photometry            per image, with pixels in [0, 1] and luma y = 0.299 R + 0.587 G +
+                          0.114 B: brightness mean(y), contrast std(y), saturation mean of
+                          max(R, G, B) - min(R, G, B); their mean and standard deviation over
+                          the images (how much lighting and colour vary across the dataset)
 
 Pairs within an identity are all used up to `max_pairs_per_identity` (then the first ones of a
 fixed shuffle), so the cost stays linear in the number of images.
 """
 
 import numpy as np
+
+from diffusion_jax.data.image_decoding import LUMA_WEIGHTS
 
 
 def _pairs(count: int, max_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -94,3 +100,18 @@ def nearest_reference(
         "max": float(nearest.max()),
         "fraction_above": {str(t): float(np.mean(nearest > t)) for t in thresholds},
     }
+
+
+def photometry(images: np.ndarray) -> dict:
+    """The photometry of the module docstring for uint8 images [N, H, W, 3], as JSON:
+    {"brightness" | "contrast" | "saturation": {"mean": ..., "std": ...}}."""
+    if np.asarray(images).dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {np.asarray(images).dtype}")
+    x = np.asarray(images, np.float64) / 255.0
+    luma = x @ LUMA_WEIGHTS.astype(np.float64)
+    per_image = {
+        "brightness": luma.mean(axis=(1, 2)),
+        "contrast": luma.std(axis=(1, 2)),
+        "saturation": (x.max(axis=-1) - x.min(axis=-1)).mean(axis=(1, 2)),
+    }
+    return {name: {"mean": float(v.mean()), "std": float(v.std())} for name, v in per_image.items()}

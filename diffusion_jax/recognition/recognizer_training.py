@@ -9,8 +9,8 @@ never retrains a complete one). The pipeline trains `synthetic` on the generated
 `real` on the real training data (`real_data_config`: as many images per identity as were
 generated) with one recipe, so the only difference is the data; `recognizer.num_identities` and
 `recognizer.images_per_identity` fix both sets to the same shape instead
-(`check_same_identities` refuses a set that has fewer identities), and `recognizer.max_shift`
-translates both sets' images alike.
+(`check_same_identities` refuses a set that has fewer identities), and `recognizer.max_shift` and
+`color_jitter` augment both sets' images alike.
 
 `--mode=train_recognizer` trains `config.recognizer.name` on `config.recognizer.data_source` /
 `data_path` (default: `config.data`), e.g. on a dataset generated elsewhere.
@@ -40,8 +40,10 @@ def _apply_recognizer_section(
     data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict
 ) -> None:
     """Edits a recogniser's training set as `config.recognizer` asks: its augmentation
-    (`max_shift`, both recognisers alike) and sizes (`num_identities`, `images_per_identity`)."""
+    (`max_shift`, `color_jitter`: both recognisers alike) and sizes (`num_identities`,
+    `images_per_identity`)."""
     data.max_shift = recognizer.max_shift
+    data.color_jitter = recognizer.color_jitter
     if recognizer.num_identities > 0:
         data.max_identities = recognizer.num_identities
     if recognizer.images_per_identity > 0:

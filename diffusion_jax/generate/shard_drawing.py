@@ -14,6 +14,8 @@ identity's images of a round are back, they are embedded by the judge as one bat
 the next round (attempt a + 1), up to `max_resample_rounds` redraws. The decisions and the
 records' similarities therefore do not depend on how jobs were batched, nor on which other
 shards share the worker: they are the same bits.
+At the tail, once no shard is left to admit, a batch that would not be full waits for the rounds
+in flight to be judged, so their redraws fill it.
 A shard is done when none of its identities has a job left; `draw_shards` then yields its
 decision records (identity by identity, each in judging order) and its kept images.
 
@@ -240,6 +242,10 @@ class _ShardDrawer:
         in_flight = None
         while True:
             self._admit_shards()
+            if len(self.queue) < self.generate.batch_size and not self.pending_shards:
+                # The tail: no shard is left to fill the batch, so let the redraws of the rounds
+                # in flight join it rather than wait for a batch of their own.
+                yield from self._judge_rounds_in_flight()
             count = min(self.generate.batch_size, len(self.queue))
             batch = [self.queue.popleft() for _ in range(count)]
             queued = None

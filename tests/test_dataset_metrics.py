@@ -71,5 +71,10 @@ def test_photometry_of_hand_checkable_images():
                          ("saturation", saturation)):
         assert measures[name]["mean"] == pytest.approx(np.mean(values))
         assert measures[name]["std"] == pytest.approx(np.std(values))
+    # Chunked: the same numbers when the images span several chunks.
+    many = np.concatenate([np.stack([grey, red, half])] * 700)  # 2,100 images, 3 chunks
+    chunked = dataset_metrics.photometry(many)
+    for name in measures:
+        assert chunked[name] == pytest.approx(measures[name])
     with pytest.raises(ValueError, match="uint8"):
         dataset_metrics.photometry(np.zeros((1, 2, 2, 3), np.float32))

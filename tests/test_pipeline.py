@@ -176,7 +176,7 @@ def test_the_iterator_jitters_colours_when_asked(data_config, train_images):
     ):
         distances = np.abs(batch["image"][:, None] - train_images[None]).mean(axis=(2, 3, 4))
         assert distances.min(axis=1).min() > 0  # no image is left as stored
-        nearest = distances.argmin(axis=1)  # ...but each is still nearest its own record
+        nearest = distances.argmin(axis=1)  # ...but each is still nearest its own identity's
         np.testing.assert_array_equal(batch["label"], labels[nearest])
 
 

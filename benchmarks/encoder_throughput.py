@@ -85,8 +85,8 @@ def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
     process of its own so that the PyTorch processes never import JAX."""
     import jax
 
-    from diffusion_jax.models.margin_heads import COSINE_CLIP, margins_for
-    from diffusion_jax.recognition.encoder_training import encoder_architecture
+    from diffusion_jax.core.models.margin_heads import COSINE_CLIP, margins_for
+    from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture
 
     encoder = config.encoder
     return {
@@ -113,16 +113,12 @@ def measure_jax(
     import jax
     from flax import nnx
 
-    from diffusion_jax import parallel
-    from diffusion_jax.models.iresnet import IResNet
-    from diffusion_jax.recognition.embeddings import EmbeddingExtractor
-    from diffusion_jax.recognition.encoder_training import (
-        encoder_architecture,
-        encoder_builder,
-        make_margin_loss,
-    )
-    from diffusion_jax.train import state as state_lib
-    from diffusion_jax.train.step import jit_train_step, make_train_step
+    from diffusion_jax.core import parallel
+    from diffusion_jax.core.models.iresnet import IResNet
+    from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+    from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture, encoder_builder, make_margin_loss
+    from diffusion_jax.core.training import state as state_lib
+    from diffusion_jax.core.training.step import jit_train_step, make_train_step
 
     mesh = parallel.make_mesh(config.mesh)
     batch = make_batch(config, batch_size)

@@ -45,9 +45,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.generate import generation_job  # noqa: E402
-from diffusion_jax.generate.generation_models import GenerationModels, judge_directory  # noqa: E402
-from diffusion_jax.generate.image_seeds import image_keys  # noqa: E402
+from diffusion_jax.tasks.generation import generation_job  # noqa: E402
+from diffusion_jax.tasks.generation.generation_models import GenerationModels, judge_directory  # noqa: E402
+from diffusion_jax.tasks.generation.image_seeds import image_keys  # noqa: E402
 
 
 def load_preset(preset: str):

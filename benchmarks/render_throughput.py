@@ -10,7 +10,7 @@ The process pins itself to one core before JAX starts (`os.sched_setaffinity`, l
               process shares the core), best of --repeats calls, and the compile time.
     prepare   building the `procedural_faces` TFDS dataset (render, PNG-encode, write
               ArrayRecord) at --pipeline-resolution, in images/s, unless --data-dir holds it.
-    pipeline  `pipeline.make_train_iterator` (worker_count 0): read, PNG-decode, flip, scale and
+    pipeline  `input_pipeline.make_train_iterator` (worker_count 0): read, PNG-decode, flip, scale and
               batch, in images/s.
 
     python benchmarks/render_throughput.py
@@ -70,7 +70,7 @@ def _timed(function) -> tuple[float, float]:
 def _render_throughput(resolution: int, repeats: int) -> dict:
     import numpy as np
 
-    from diffusion_jax.data import procedural_faces
+    from diffusion_jax.tasks.data.faces import procedural_faces
 
     batch = procedural_faces.RENDER_BATCH_SIZE
     identity_ids = np.arange(batch)
@@ -95,7 +95,7 @@ def _render_throughput(resolution: int, repeats: int) -> dict:
 def _pipeline_throughput(args: argparse.Namespace, data_dir: str) -> dict:
     import ml_collections
 
-    from diffusion_jax.data import pipeline
+    from diffusion_jax.tasks.data.sources import input_pipeline
 
     data_config = ml_collections.ConfigDict(
         {
@@ -113,8 +113,8 @@ def _pipeline_throughput(args: argparse.Namespace, data_dir: str) -> dict:
         }
     )
     with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its progress on stdout.
-        prepare_s, _ = _timed(lambda: pipeline.ensure_prepared(data_config))
-    iterator = pipeline.make_train_iterator(data_config, global_batch_size=64, seed=0)
+        prepare_s, _ = _timed(lambda: input_pipeline.ensure_prepared(data_config))
+    iterator = input_pipeline.make_train_iterator(data_config, global_batch_size=64, seed=0)
     next(iterator)
     read_s, read_cpu_s = _timed(lambda: [next(iterator) for _ in range(args.pipeline_batches)])
     images = 64 * args.pipeline_batches

@@ -1,4 +1,4 @@
-"""Decoded images/s of every training source through `pipeline.make_train_iterator`; writes JSON.
+"""Decoded images/s of every training source through `input_pipeline.make_train_iterator`; writes JSON.
 
 One set of procedural faces (--identities x --images-per-identity, rendered at 112x112, the
 common aligned-crop size, and saved as JPEG quality 95) is laid out in each format:
@@ -38,8 +38,9 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from diffusion_jax.data import pipeline, recordio
-from diffusion_jax.data.procedural_faces import render_faces
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.sources import recordio
+from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
 
 _OUTPUT = flags.DEFINE_string("output", None, "where to write the JSON (also printed)")
 _IDENTITIES = flags.DEFINE_integer("identities", 50, "identities of the generated datasets")
@@ -146,9 +147,9 @@ def _throughput(data_config: ml_collections.ConfigDict) -> dict:
     """prepare_s (ensure_prepared), first_batch_s and decoded images/s after the first batch."""
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its progress on stdout.
-        pipeline.ensure_prepared(data_config)
+        input_pipeline.ensure_prepared(data_config)
     prepare_s = time.perf_counter() - start
-    iterator = pipeline.make_train_iterator(
+    iterator = input_pipeline.make_train_iterator(
         data_config, global_batch_size=_BATCH_SIZE.value, seed=0
     )
     start = time.perf_counter()
@@ -166,7 +167,7 @@ def _throughput(data_config: ml_collections.ConfigDict) -> dict:
 
 
 def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
-    """Seconds of `pipeline.training_records` cut to half the identities: without a label cache
+    """Seconds of `input_pipeline.training_records` cut to half the identities: without a label cache
     (every label cache under data_dir deleted first), then with the one that call left."""
     for cache in glob.glob(os.path.join(data_config.data_dir, "**", "record_labels_*.npz"),
                            recursive=True):
@@ -176,7 +177,7 @@ def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
-        pipeline.training_records(cut)
+        input_pipeline.training_records(cut)
         seconds.append(time.perf_counter() - start)
     return {"label_scan_s": round(seconds[0], 3), "label_cache_s": round(seconds[1], 3)}
 

@@ -4,7 +4,7 @@ benchmarks measure JAX against.
 `TorchUNet` has the JAX `UNet`'s architecture, parameter count and module and attribute names
 (NCHW instead of NHWC), so `load_jax_params` copies a JAX model's weights across and both compute
 the same function. `make_train_step` and `make_ddim_sampler` do per call the work of
-`diffusion_jax.train.step.make_train_step` and of `diffusion_jax.sampling.make_sample_fn` with
+`diffusion_jax.core.training.step.make_train_step` and of `diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with
 the DDIM sampler. Benchmarks only: it needs the optional `torch` extra.
 """
 
@@ -354,7 +354,7 @@ def eps_and_x0(
     output: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(eps, x_0) implied by a prediction at x_t = a x_0 + b eps, a = sqrt(abar_t),
-    b = sqrt(1 - abar_t), as `diffusion_jax.diffusion.parameterization.model_output_to_eps_x0`:
+    b = sqrt(1 - abar_t), as `diffusion_jax.core.diffusion.parameterization.model_output_to_eps_x0`:
     eps: x_0 = (x_t - b eps) / a;  x0: eps = (x_t - a x_0) / b;  v: eps = b x_t + a v,
     x_0 = a x_t - b v."""
     if prediction_type == "eps":
@@ -372,7 +372,7 @@ def diffusion_loss(
     b: torch.Tensor,
     diffusion_config: ml_collections.ConfigDict,
 ) -> torch.Tensor:
-    """Batch mean of w(t) mean_{C,H,W} (output - target)^2, as `diffusion_jax.diffusion.losses`.
+    """Batch mean of w(t) mean_{C,H,W} (output - target)^2, as `diffusion_jax.core.diffusion.losses`.
 
     a = sqrt(abar_t), b = sqrt(1 - abar_t), both [B, 1, 1, 1]. The target is eps, x_0 or
     v = a eps - b x_0. w = 1 ("uniform"), or ("min_snr", SNR = a^2 / b^2) min(SNR, gamma) / SNR,
@@ -457,7 +457,7 @@ def make_ddim_sampler(
 
     where (eps_hat, x0_hat) follow from the guided output out_u + w (out_c - out_u) of one forward
     pass on [x_t; x_t] (conditions, then the null condition), x0_hat clipped to [-1, 1] and eps_hat
-    recomputed from it when config.sample.clip_x0. As in `diffusion_jax.diffusion.guidance`, a
+    recomputed from it when config.sample.clip_x0. As in `diffusion_jax.core.diffusion.guidance`, a
     guidance scale w of exactly 0 or 1 costs one unguided pass on B examples.
     """
     sample_config = config.sample

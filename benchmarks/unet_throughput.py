@@ -5,10 +5,10 @@ Each size is a preset of configs/faces.py, with its model, diffusion, train and 
 Three phases are measured per size and framework:
 
     forward     one eval-mode network evaluation.
-    train_step  `diffusion_jax.train.step.make_train_step` jitted by `jit_train_step`: draw t and
+    train_step  `diffusion_jax.core.training.step.make_train_step` jitted by `jit_train_step`: draw t and
                 noise, noise x_0, drop conditions, weighted eps/x0/v loss, clip the gradient,
                 AdamW, EMA. Twin: `torch_unet.make_train_step`.
-    sample      `diffusion_jax.sampling.make_sample_fn`: the configured sampler (DDIM) with
+    sample      `diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn`: the configured sampler (DDIM) with
                 classifier-free guidance as one batched forward per step. Twin:
                 `torch_unet.make_ddim_sampler` on the same timesteps, under inference mode.
 
@@ -157,11 +157,11 @@ def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
     shapes, nothing allocated). Computed once here so the PyTorch processes never import JAX."""
     from flax import nnx
 
-    from diffusion_jax.diffusion.samplers import sampling_timesteps
-    from diffusion_jax.diffusion.schedules import schedule_from_config
-    from diffusion_jax.sampling import sampler_options
-    from diffusion_jax.train import state as state_lib
-    from diffusion_jax.train.diffusion_model import unet_architecture, unet_builder
+    from diffusion_jax.core.diffusion.samplers import sampling_timesteps
+    from diffusion_jax.core.diffusion.schedules import schedule_from_config
+    from diffusion_jax.tasks.conditional_diffusion.sample_functions import sampler_options
+    from diffusion_jax.core.training import state as state_lib
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_architecture, unet_builder
 
     num_timesteps = config.diffusion.num_timesteps
     schedule = schedule_from_config(config.diffusion.beta_schedule, num_timesteps)
@@ -187,12 +187,12 @@ def measure_jax(
     import jax
     from flax import nnx
 
-    from diffusion_jax import parallel
-    from diffusion_jax.diffusion.schedules import schedule_from_config
-    from diffusion_jax.sampling import make_sample_fn, sampler_options
-    from diffusion_jax.train import state as state_lib
-    from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder, unet_graphdef
-    from diffusion_jax.train.step import jit_train_step, make_train_step
+    from diffusion_jax.core import parallel
+    from diffusion_jax.core.diffusion.schedules import schedule_from_config
+    from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn, sampler_options
+    from diffusion_jax.core.training import state as state_lib
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder, unet_graphdef
+    from diffusion_jax.core.training.step import jit_train_step, make_train_step
 
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     mesh = parallel.make_mesh(config.mesh)

@@ -30,7 +30,7 @@ Modes:
                     one in DIR/recognizers) into DIR/evaluation.
 
 Config fields are overridden as `--config.train.batch_size=64`; unknown keys and values of the
-wrong type are refused by the locked config, and `diffusion_jax.config_checks` refuses
+wrong type are refused by the locked config, and `diffusion_jax.apps.config_checks` refuses
 inconsistent values, all before anything runs.
 """
 
@@ -39,18 +39,18 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import config_checks
-from diffusion_jax.evaluate.encoder_report import evaluate_encoder
-from diffusion_jax.evaluate.recognizer_evaluation import evaluate_recognizers
-from diffusion_jax.evaluate.sample_report import evaluate_samples
-from diffusion_jax.generate.dataset_validation import validate_generated_dataset
-from diffusion_jax.generate.generation_job import generate_dataset
-from diffusion_jax.latent.autoencoder_training import train_autoencoder
-from diffusion_jax.pipeline_mode import run_pipeline
-from diffusion_jax.recognition.encoder_training import train_encoder
-from diffusion_jax.recognition.recognizer_training import train_recognizer_mode
-from diffusion_jax.sample_mode import sample_from_checkpoint
-from diffusion_jax.train.diffusion_training import train_and_evaluate
+from diffusion_jax.apps import config_checks
+from diffusion_jax.tasks.evaluation.encoder_report import evaluate_encoder
+from diffusion_jax.tasks.evaluation.recognizer_evaluation import evaluate_recognizers
+from diffusion_jax.tasks.evaluation.sample_report import evaluate_samples
+from diffusion_jax.tasks.generation.dataset_validation import validate_generated_dataset
+from diffusion_jax.tasks.generation.generation_job import generate_dataset
+from diffusion_jax.tasks.latent.autoencoder_training import train_autoencoder
+from diffusion_jax.apps.pipeline import run_pipeline
+from diffusion_jax.tasks.recognition.encoder_training import train_encoder
+from diffusion_jax.tasks.evaluation.recognizer_training import train_recognizer_mode
+from diffusion_jax.apps.sample import sample_from_checkpoint
+from diffusion_jax.tasks.conditional_diffusion.diffusion_training import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -24,9 +24,9 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def prepared_data_dir(tmp_path_factory) -> str:
     """A TFDS data dir holding the `test` preset's procedural faces, prepared once per session."""
-    from diffusion_jax.data import pipeline
+    from diffusion_jax.tasks.data.sources import input_pipeline
     from tests.helpers import tiny_config
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    pipeline.ensure_prepared(tiny_config(data_dir).data)
+    input_pipeline.ensure_prepared(tiny_config(data_dir).data)
     return data_dir

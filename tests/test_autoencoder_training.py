@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax import parallel
-from diffusion_jax.data import pipeline
-from diffusion_jax.data.procedural_faces import render_faces
-from diffusion_jax.latent import autoencoder_store
-from diffusion_jax.latent import autoencoder_training as training
-from diffusion_jax.latent.autoencoder_losses import autoencoder_loss, discriminator_loss
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.tasks.latent import autoencoder_store
+from diffusion_jax.tasks.latent import autoencoder_training as training
+from diffusion_jax.tasks.latent.autoencoder_losses import autoencoder_loss, discriminator_loss
 from diffusion_jax.main import MODES
-from diffusion_jax.models.iresnet import IResNet
-from diffusion_jax.recognition.encoder_training import encoder_architecture
-from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.step import LossContext, jit_train_step, make_train_step
+from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training.step import LossContext, jit_train_step, make_train_step
 from tests.helpers import tiny_config
 
 ROUND_TRIP_STEPS = 160
@@ -181,7 +181,7 @@ def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trai
     assert os.path.getsize(os.path.join(workdir, "autoencoder", "reconstructions.png")) > 1000
     # The scale's definition, recomputed: 1 / std (Bessel) of the posterior means of the first
     # `scale_batches` batches of the estimate's data stream.
-    iterator = pipeline.make_train_iterator(
+    iterator = input_pipeline.make_train_iterator(
         config.data, global_batch_size=config.autoencoder.train.batch_size, seed=config.seed + 1
     )
     encode = jax.jit(lambda images: loaded.model.encode(images)[0])

@@ -92,7 +92,7 @@ def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepa
 
 def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_run,
                                                                      prepared_data_dir):
-    from diffusion_jax.evaluate.recognizer_evaluation import evaluate_recognizers
+    from diffusion_jax.tasks.evaluation.recognizer_evaluation import evaluate_recognizers
     from tests.helpers import tiny_config
 
     config = tiny_config(prepared_data_dir)
@@ -112,9 +112,9 @@ def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_ru
 
 def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_run,
                                                                       prepared_data_dir):
-    from diffusion_jax.data.recordio import RecordIOReader
-    from diffusion_jax.recognition import encoder_store
-    from diffusion_jax.recognition.recognizer_training import train_recognizer_mode
+    from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
+    from diffusion_jax.tasks.recognition import encoder_store
+    from diffusion_jax.tasks.evaluation.recognizer_training import train_recognizer_mode
     from tests.helpers import tiny_config
 
     config = tiny_config(prepared_data_dir)
@@ -129,13 +129,9 @@ def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_r
 
 
 def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir):
-    from diffusion_jax.data import pipeline
-    from diffusion_jax.data.recordio import RecordIOReader
-    from diffusion_jax.recognition.recognizer_training import (
-        check_same_identities,
-        generated_data_config,
-        real_data_config,
-    )
+    from diffusion_jax.tasks.data.sources import input_pipeline
+    from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
+    from diffusion_jax.tasks.evaluation.recognizer_training import check_same_identities, generated_data_config, real_data_config
     from tests.helpers import tiny_config
 
     config = tiny_config(prepared_data_dir)
@@ -143,7 +139,7 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     out_dir = os.path.join(pipeline_run, "generated")
 
     def labels(data):
-        records = pipeline.training_records(data)
+        records = input_pipeline.training_records(data)
         return sorted(int(records[index]["label"]) for index in range(len(records)))
 
     # By default the real set is matched to the generated images per identity.
@@ -172,7 +168,7 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
 
 
 def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_path):
-    from diffusion_jax import pipeline_mode
+    from diffusion_jax.apps import pipeline as pipeline_mode
     from tests.helpers import tiny_config
 
     workdir, config = str(tmp_path / "run"), tiny_config(str(tmp_path / "never_prepared"))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.models.conditioning import condition_dropout, random_identity_embeddings
+from diffusion_jax.core.models.conditioning import condition_dropout, random_identity_embeddings
 
 # A measured fraction must lie within this many binomial standard deviations of its rate.
 NUM_STD = 5.0

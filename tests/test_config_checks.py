@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from diffusion_jax import config_checks
+from diffusion_jax.apps import config_checks
 from tests.helpers import REPO_ROOT, load_config
 
 

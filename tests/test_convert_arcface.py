@@ -15,12 +15,9 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from diffusion_jax.convert.arcface_torch import (
-    convert_arcface_state_dict,
-    infer_arcface_architecture,
-)
-from diffusion_jax.convert.tensor_files import load_tensors
-from diffusion_jax.models.iresnet import iresnet_architecture
+from diffusion_jax.tasks.convert.arcface_torch import convert_arcface_state_dict, infer_arcface_architecture
+from diffusion_jax.tasks.convert.tensor_files import load_tensors
+from diffusion_jax.core.models.iresnet import iresnet_architecture
 from tests.helpers import REPO_ROOT
 
 SMALL = iresnet_architecture("iresnet_small", input_resolution=32)
@@ -92,7 +89,7 @@ def test_small_variant_from_safetensors_matches_torch(torch_twin, tmp_path):
 
 
 def test_cli_converts_a_ddp_training_checkpoint(torch_twin, tmp_path):
-    from diffusion_jax.recognition.encoder_store import load_encoder
+    from diffusion_jax.tasks.recognition.encoder_store import load_encoder
 
     torch, torch_iresnet = torch_twin
     twin = torch_iresnet.randomise_(torch_iresnet.build(SMALL), seed=2)

@@ -19,13 +19,10 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from diffusion_jax.convert.__main__ import main as convert_main
-from diffusion_jax.convert.autoencoder_kl import (
-    convert_autoencoder_kl_state_dict,
-    from_diffusers_config,
-)
-from diffusion_jax.fingerprint import array_tree_sha256
-from diffusion_jax.models.autoencoder import AutoencoderKL, autoencoder_architecture
+from diffusion_jax.convert import main as convert_main
+from diffusion_jax.tasks.convert.autoencoder_kl import convert_autoencoder_kl_state_dict, from_diffusers_config
+from diffusion_jax.core.fingerprint import array_tree_sha256
+from diffusion_jax.core.models.autoencoder import AutoencoderKL, autoencoder_architecture
 from tests.helpers import REPO_ROOT
 
 RESOLUTION = 16
@@ -83,7 +80,7 @@ def assert_matches_torch(model, twin, torch) -> None:
 
 
 def test_cli_converts_a_diffusers_directory_that_matches_torch(torch_twin, tmp_path):
-    from diffusion_jax.latent.autoencoder_store import load_autoencoder
+    from diffusion_jax.tasks.latent.autoencoder_store import load_autoencoder
 
     torch, torch_autoencoder_kl = torch_twin
     config = torch_autoencoder_kl.diffusers_config()

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusion_jax.evaluate import dataset_metrics
-from diffusion_jax.evaluate.frechet_distance import frechet_distance
+from diffusion_jax.tasks.evaluation import dataset_metrics
+from diffusion_jax.tasks.evaluation.frechet_distance import frechet_distance
 
 
 def test_identical_images_have_zero_diversity_and_opposite_ones_the_maximum():

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_jax.data import image_decoding, image_folders, recordio, tfds_source
-from diffusion_jax.generate import dataset_writers as writers
+from diffusion_jax.tasks.data.sources import image_decoding
+from diffusion_jax.tasks.data.sources import image_folders
+from diffusion_jax.tasks.data.sources import recordio
+from diffusion_jax.tasks.data.sources import tfds_source
+from diffusion_jax.tasks.generation import dataset_writers as writers
 
 RESOLUTION = 16
 NUM_IDENTITIES = 5

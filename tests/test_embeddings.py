@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax import parallel
-from diffusion_jax.models.iresnet import IResNet
-from diffusion_jax.recognition.embeddings import EmbeddingExtractor, resize_to
+from diffusion_jax.core import parallel
+from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor, resize_to
 from tests.helpers import tiny_config
 
 RESOLUTION = 16

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.fingerprint import array_tree_sha256
-from diffusion_jax.models.iresnet import IResNet
-from diffusion_jax.recognition import encoder_store
+from diffusion_jax.core.fingerprint import array_tree_sha256
+from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.recognition import encoder_store
 
 ARCHITECTURE = {
     "depths": [1, 1],

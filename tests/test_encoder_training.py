@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax import parallel
-from diffusion_jax.data import pipeline, verification_sets
-from diffusion_jax.data.image_decoding import to_model_range
-from diffusion_jax.fingerprint import array_tree_sha256
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.evaluation import verification_sets
+from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
+from diffusion_jax.core.fingerprint import array_tree_sha256
 from diffusion_jax.main import MODES
-from diffusion_jax.models.iresnet import IResNet
-from diffusion_jax.recognition import encoder_store, encoder_training
-from diffusion_jax.recognition.embeddings import EmbeddingExtractor
-from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.checkpointing import Checkpointer
-from diffusion_jax.train.identity_conditions import identity_conditions
+from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.recognition import encoder_store
+from diffusion_jax.tasks.recognition import encoder_training
+from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.tasks.conditional_diffusion.identity_conditions import identity_conditions
 from tests.helpers import run_main_job, tiny_config
 
 # The `test` preset's encoder (iresnet_small at 32x32, CosFace head) trained long enough to
@@ -121,7 +123,7 @@ def test_training_separates_identities_that_an_untrained_encoder_does_not(run):
     for name, model in encoders.items():
         extractor = EmbeddingExtractor(model, mesh, flip=False)
         for split in ("train", "heldout"):
-            arrays = pipeline.load_split_arrays(config.data, split)
+            arrays = input_pipeline.load_split_arrays(config.data, split)
             embeddings = extractor.embed_arrays(arrays["image"], batch_size=16)
             result[name, split] = separation(embeddings, arrays["label"])
 
@@ -212,7 +214,7 @@ def test_another_architecture_over_a_complete_encoder_is_refused_naming_both(run
 def test_diffusion_conditions_are_the_encoder_embeddings_of_the_images(run):
     config, workdir = run
     mesh = parallel.make_mesh(config.mesh)
-    arrays = pipeline.load_split_arrays(config.data, "train")
+    arrays = input_pipeline.load_split_arrays(config.data, "train")
     images = to_model_range(arrays["image"][: config.train.batch_size])
     labels = arrays["label"][: config.train.batch_size]
 

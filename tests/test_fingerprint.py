@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.fingerprint import array_tree_sha256, file_sha256
+from diffusion_jax.core.fingerprint import array_tree_sha256, file_sha256
 
 
 def make_tree() -> dict:

@@ -18,18 +18,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from diffusion_jax.data import image_folders
-from diffusion_jax.data.recordio import RecordIOReader
-from diffusion_jax.fingerprint import file_sha256
-from diffusion_jax.generate import (
-    dataset_validation,
-    dataset_writers,
-    generation_job,
-    manifest,
-    shard_drawing,
-)
-from diffusion_jax.generate.generation_models import GenerationModels
-from diffusion_jax.generate.identity_sampling import max_similarity_to
+from diffusion_jax.tasks.data.sources import image_folders
+from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
+from diffusion_jax.core.fingerprint import file_sha256
+from diffusion_jax.tasks.generation import dataset_validation
+from diffusion_jax.tasks.generation import dataset_writers
+from diffusion_jax.tasks.generation import generation_job
+from diffusion_jax.tasks.generation import manifest
+from diffusion_jax.tasks.generation import shard_drawing
+from diffusion_jax.tasks.generation.generation_models import GenerationModels
+from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
 from tests.helpers import REPO_ROOT, run_main_job, tiny_config
 
 TRAIN_OVERRIDES = {"condition.source": "encoder"}
@@ -193,7 +191,7 @@ def test_one_image_regenerated_alone_equals_its_copy(generated, trained, prepare
 
 
 def generated_mesh():
-    from diffusion_jax import parallel
+    from diffusion_jax.core import parallel
 
     return parallel.make_mesh(tiny_config().mesh, jax.local_devices())
 
@@ -313,15 +311,15 @@ def test_another_config_is_refused_in_an_existing_output(generated, trained, pre
 def test_identities_from_unconditional_samples_and_from_an_image_set(
     generated, trained, prepared_data_dir, tmp_path
 ):
-    from diffusion_jax.data import pipeline
-    from diffusion_jax.data.image_decoding import encode_png
-    from diffusion_jax.generate.identity_sources import choose_identities
-    from diffusion_jax.generate.image_seeds import candidate_keys
+    from diffusion_jax.tasks.data.sources import input_pipeline
+    from diffusion_jax.tasks.data.sources.image_decoding import encode_png
+    from diffusion_jax.tasks.generation.identity_sources import choose_identities
+    from diffusion_jax.tasks.generation.image_seeds import candidate_keys
 
     config = job_config(prepared_data_dir)
     models = GenerationModels(config, trained, os.path.join(trained, "judge", "encoder", "model"),
                               generated_mesh())
-    heldout = pipeline.load_split_arrays(config.data, "heldout")["image"][::4]
+    heldout = input_pipeline.load_split_arrays(config.data, "heldout")["image"][::4]
     for index, image in enumerate(heldout):  # nested folders: any depth is read
         path = tmp_path / f"group_{index % 3}" / f"{index:03d}.png"
         path.parent.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.diffusion import guidance
+from diffusion_jax.core.diffusion import guidance
 
 BATCH = 3
 

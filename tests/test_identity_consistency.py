@@ -5,10 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.evaluate.identity_consistency import (
-    generate_for_conditions,
-    identity_consistency,
-)
+from diffusion_jax.tasks.evaluation.identity_consistency import generate_for_conditions, identity_consistency
 
 
 class PixelEncoder:

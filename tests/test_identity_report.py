@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from diffusion_jax.evaluate import figures, identity_report
-from diffusion_jax.evaluate.identity_report import identity_report as report_of
+from diffusion_jax.core import figures
+from diffusion_jax.tasks.evaluation import identity_report
+from diffusion_jax.tasks.evaluation.identity_report import identity_report as report_of
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

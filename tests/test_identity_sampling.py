@@ -6,12 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.generate.identity_sampling import (
-    max_similarity_to,
-    random_unit_vectors,
-    sample_separated_identities,
-    select_separated,
-)
+from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to, random_unit_vectors, sample_separated_identities, select_separated
 
 
 def off_diagonal_max(vectors: np.ndarray) -> float:
@@ -125,7 +120,7 @@ def test_given_candidates_are_selected_by_the_same_rule_as_a_plain_loop():
 
 
 def test_gaussian_candidates_follow_the_training_centres_mean_and_covariance():
-    from diffusion_jax.generate.identity_sources import gaussian_candidates
+    from diffusion_jax.tasks.generation.identity_sources import gaussian_candidates
 
     rng = np.random.default_rng(0)
     # Centres in a 3-D subspace of R^16, around a mean far from the origin.

@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusion_jax.data import image_decoding
-from diffusion_jax.data.image_decoding import ImageDecodeError, decode_image
+from diffusion_jax.tasks.data.sources import image_decoding
+from diffusion_jax.tasks.data.sources.image_decoding import ImageDecodeError, decode_image
 
 RNG = np.random.default_rng(0)
 

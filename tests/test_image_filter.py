@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffusion_jax.generate.image_filter import IdentityFilter
+from diffusion_jax.tasks.generation.image_filter import IdentityFilter
 
 
 def unit(vector) -> np.ndarray:

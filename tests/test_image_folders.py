@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_jax.data import image_folders
+from diffusion_jax.tasks.data.sources import image_folders
 
 RESOLUTION = 16
 MAX_PIXELS = 10_000

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.models import iresnet
+from diffusion_jax.core.models import iresnet
 
 # arcface_torch's iresnet50 at 112x112 has 43,590,848 parameters (`sum(p.numel() for p in
 # model.parameters())`, the "43.59M" quoted for it); 512 of them are features.weight, fixed at 1,

@@ -12,26 +12,20 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from diffusion_jax import config_checks, parallel
-from diffusion_jax.generate import (
-    dataset_validation,
-    dataset_writers,
-    generation_job,
-    manifest,
-    shard_drawing,
-)
-from diffusion_jax.generate.generation_models import GenerationModels
-from diffusion_jax.latent import autoencoder_store
-from diffusion_jax.latent.diffusion_space import (
-    DiffusionSpace,
-    configured_autoencoder_architecture,
-    diffusion_shape,
-    diffusion_space,
-)
+from diffusion_jax.apps import config_checks
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.generation import dataset_validation
+from diffusion_jax.tasks.generation import dataset_writers
+from diffusion_jax.tasks.generation import generation_job
+from diffusion_jax.tasks.generation import manifest
+from diffusion_jax.tasks.generation import shard_drawing
+from diffusion_jax.tasks.generation.generation_models import GenerationModels
+from diffusion_jax.tasks.latent import autoencoder_store
+from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace, configured_autoencoder_architecture, diffusion_shape, diffusion_space
 from diffusion_jax.main import MODES
-from diffusion_jax.models.autoencoder import AutoencoderKL
-from diffusion_jax.train.checkpointing import Checkpointer
-from diffusion_jax.train.diffusion_model import unet_builder
+from diffusion_jax.core.models.autoencoder import AutoencoderKL
+from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
 from tests.helpers import load_config, run_main_job, tiny_config
 
 LATENT_SCALE = 0.7

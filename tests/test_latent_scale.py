@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.latent.latent_scale import LatentMoments, estimate_latent_scale
+from diffusion_jax.tasks.latent.latent_scale import LatentMoments, estimate_latent_scale
 
 
 def test_streaming_over_uneven_batches_matches_numpy():

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from diffusion_jax.data import lfw_pairs
+from diffusion_jax.tasks.data.verification import lfw_pairs
 from tests import format_fixtures
 
 FOLDS = [  # (matched pairs, mismatched pairs) of each fold

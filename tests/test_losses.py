@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.diffusion import gaussian, losses, parameterization, schedules
+from diffusion_jax.core.diffusion import gaussian
+from diffusion_jax.core.diffusion import losses
+from diffusion_jax.core.diffusion import parameterization
+from diffusion_jax.core.diffusion import schedules
 
 NUM_TIMESTEPS = 100
 GAMMA = 5.0

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.diffusion import gaussian, parameterization, schedules
+from diffusion_jax.core.diffusion import gaussian
+from diffusion_jax.core.diffusion import parameterization
+from diffusion_jax.core.diffusion import schedules
 
 NUM_TIMESTEPS = 100
 

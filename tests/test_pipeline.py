@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_jax.data import pipeline
+from diffusion_jax.tasks.data.sources import input_pipeline
 
 BATCH = 8
 TRAIN_RECORDS = 8 * 4
@@ -41,7 +41,7 @@ def _data_config(data_dir, **changes) -> ml_collections.ConfigDict:
 def data_config(tmp_path_factory):
     """The dataset of test_faces_builder, in the same session directory (prepared once)."""
     config = _data_config(tmp_path_factory.getbasetemp() / "tfds")
-    pipeline.ensure_prepared(config)
+    input_pipeline.ensure_prepared(config)
     return config
 
 
@@ -49,7 +49,7 @@ def data_config(tmp_path_factory):
 def train_images(data_config):
     """The stored training images as the model sees them, [N, H, W, 3] in [-1, 1]."""
     return (
-        pipeline.load_split_arrays(data_config, "train")["image"].astype(np.float32) / 127.5 - 1.0
+        input_pipeline.load_split_arrays(data_config, "train")["image"].astype(np.float32) / 127.5 - 1.0
     )
 
 
@@ -66,9 +66,9 @@ def _record_indices(images: np.ndarray, train_images: np.ndarray) -> np.ndarray:
 
 def test_batches_are_scaled_stored_images_and_labels(data_config, train_images):
     batches = _batches(
-        pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=0), 6
+        input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=0), 6
     )
-    labels = pipeline.load_split_arrays(data_config, "train")["label"]
+    labels = input_pipeline.load_split_arrays(data_config, "train")["label"]
     for batch in batches:
         assert set(batch) == {"image", "label"}
         assert batch["image"].dtype == np.float32 and batch["image"].shape == (BATCH, 32, 32, 3)
@@ -88,9 +88,9 @@ def test_batches_are_scaled_stored_images_and_labels(data_config, train_images):
 
 
 def test_order_is_determined_by_the_seed(data_config):
-    first = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
-    again = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
-    other = _batches(pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=4), 3)
+    first = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
+    again = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
+    other = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=4), 3)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -103,7 +103,7 @@ def test_horizontal_flip_mirrors_about_half_of_the_images(data_config, train_ima
         [
             b["image"]
             for b in _batches(
-                pipeline.make_train_iterator(flipping, global_batch_size=BATCH, seed=0), 8
+                input_pipeline.make_train_iterator(flipping, global_batch_size=BATCH, seed=0), 8
             )
         ]
     )
@@ -127,7 +127,7 @@ def test_random_shift_translates_by_at_most_max_shift(data_config, train_images)
     shifting = _data_config(data_config.data_dir, max_shift=2)
     images = np.concatenate(
         [b["image"] for b in _batches(
-            pipeline.make_train_iterator(shifting, global_batch_size=BATCH, seed=0), 4
+            input_pipeline.make_train_iterator(shifting, global_batch_size=BATCH, seed=0), 4
         )]
     )
     offsets = list(itertools.product(range(-2, 3), repeat=2))
@@ -146,7 +146,7 @@ def _luma(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_color_jitter_scales_brightness_contrast_and_saturation_by_its_drawn_factors(seed):
     image = np.random.default_rng(10 + seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    out = pipeline._RandomColorJitter(0.4).random_map(
+    out = input_pipeline._RandomColorJitter(0.4).random_map(
         {"image": image, "label": 3}, np.random.default_rng(seed)
     )
     brightness, contrast, saturation = np.random.default_rng(seed).uniform(0.6, 1.4, size=3)
@@ -161,18 +161,18 @@ def test_color_jitter_scales_brightness_contrast_and_saturation_by_its_drawn_fac
 
 def test_color_jitter_keeps_a_grey_image_grey_and_zero_strength_changes_nothing():
     grey = np.repeat(np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
-    out = pipeline._RandomColorJitter(0.5).random_map({"image": grey}, np.random.default_rng(4))
+    out = input_pipeline._RandomColorJitter(0.5).random_map({"image": grey}, np.random.default_rng(4))
     assert np.all(out["image"] == out["image"][..., :1])  # saturation acts on colour only
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    same = pipeline._RandomColorJitter(0.0).random_map({"image": image}, np.random.default_rng(1))
+    same = input_pipeline._RandomColorJitter(0.0).random_map({"image": image}, np.random.default_rng(1))
     np.testing.assert_array_equal(same["image"], image)
 
 
 def test_the_iterator_jitters_colours_when_asked(data_config, train_images):
     augmenting = _data_config(data_config.data_dir, color_jitter=0.3)
-    labels = pipeline.load_split_arrays(data_config, "train")["label"]
+    labels = input_pipeline.load_split_arrays(data_config, "train")["label"]
     for batch in _batches(
-        pipeline.make_train_iterator(augmenting, global_batch_size=BATCH, seed=0), 4
+        input_pipeline.make_train_iterator(augmenting, global_batch_size=BATCH, seed=0), 4
     ):
         distances = np.abs(batch["image"][:, None] - train_images[None]).mean(axis=(2, 3, 4))
         assert distances.min(axis=1).min() > 0  # no image is left as stored
@@ -181,24 +181,24 @@ def test_the_iterator_jitters_colours_when_asked(data_config, train_images):
 
 
 def test_iterator_state_round_trip(data_config):
-    iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    iterator = input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     _batches(iterator, 5)
     state = iterator.get_state()
     expected = _batches(iterator, 4)
-    resumed = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    resumed = input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     resumed.set_state(state)
     for a, b in zip(expected, _batches(resumed, 4)):
         np.testing.assert_array_equal(a["image"], b["image"])
 
 
 def test_iterator_checkpoints_with_orbax(data_config, tmp_path):
-    iterator = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    iterator = input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     _batches(iterator, 3)
     with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
         manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
         manager.wait_until_finished()
     expected = _batches(iterator, 2)
-    resumed = pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
+    resumed = input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=1)
     with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
         manager.restore(
             3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed))
@@ -215,9 +215,9 @@ import ml_collections
 import numpy as np
 port, process_id, config_json, output = sys.argv[1:]
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
-from diffusion_jax.data import pipeline
+from diffusion_jax.tasks.data.sources import input_pipeline
 data_config = ml_collections.ConfigDict(json.loads(config_json))
-iterator = pipeline.make_train_iterator(data_config, global_batch_size=8, seed=0)
+iterator = input_pipeline.make_train_iterator(data_config, global_batch_size=8, seed=0)
 np.save(output, np.concatenate([next(iterator)["image"] for _ in range(4)]))
 """
 
@@ -251,32 +251,32 @@ def test_two_processes_read_disjoint_halves_of_each_epoch(data_config, train_ima
 
 
 def test_split_arrays(data_config):
-    heldout = pipeline.load_split_arrays(data_config, "heldout")
+    heldout = input_pipeline.load_split_arrays(data_config, "heldout")
     assert heldout["image"].shape == (80, 32, 32, 3) and heldout["image"].dtype == np.uint8
     assert heldout["label"].dtype == np.int32
-    pairs = pipeline.load_split_arrays(data_config, "pairs")
+    pairs = input_pipeline.load_split_arrays(data_config, "pairs")
     assert pairs["image_a"].shape == pairs["image_b"].shape == (40, 32, 32, 3)
     assert pairs["is_same"].dtype == bool and pairs["is_same"].sum() == 20
     with pytest.raises(
         ValueError, match="split must be one of \\('train', 'heldout', 'pairs'\\), got 'test'"
     ):
-        pipeline.load_split_arrays(data_config, "test")
+        input_pipeline.load_split_arrays(data_config, "test")
 
 
 def test_first_images_of_labels(data_config, train_images):
-    images, labels = pipeline.first_images_of_labels(data_config, [5, 0, 5])
+    images, labels = input_pipeline.first_images_of_labels(data_config, [5, 0, 5])
     np.testing.assert_array_equal(labels, [5, 0, 5])
     np.testing.assert_array_equal(images, train_images[[20, 0, 20]])
     with pytest.raises(
         ValueError, match="labels must be a 1-D sequence in \\[0, 8\\) .* got \\[8\\]"
     ):
-        pipeline.first_images_of_labels(data_config, [8])
+        input_pipeline.first_images_of_labels(data_config, [8])
 
 
 def test_bad_arguments_raise_clear_errors(data_config):
     with pytest.raises(ValueError, match="global_batch_size must be a positive integer, got 0"):
-        pipeline.make_train_iterator(data_config, global_batch_size=0, seed=0)
+        input_pipeline.make_train_iterator(data_config, global_batch_size=0, seed=0)
     with pytest.raises(ValueError, match="seed must be an integer in \\[0, 2\\*\\*32\\), got -1"):
-        pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=-1)
+        input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=-1)
     with pytest.raises(ValueError, match="data.source must be one of .*, got 'folders'"):
-        pipeline.ensure_prepared(_data_config(data_config.data_dir, source="folders"))
+        input_pipeline.ensure_prepared(_data_config(data_config.data_dir, source="folders"))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.data import procedural_faces as pf
+from diffusion_jax.tasks.data.faces import procedural_faces as pf
 
 BATCH = pf.RENDER_BATCH_SIZE
 RESOLUTION = 32

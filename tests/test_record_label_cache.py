@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from diffusion_jax.data import record_label_cache
-from diffusion_jax.data.record_label_cache import RecordLabels, load_or_scan
+from diffusion_jax.tasks.data.sources import record_label_cache
+from diffusion_jax.tasks.data.sources.record_label_cache import RecordLabels, load_or_scan
 
 LABELS = RecordLabels(labels=np.array([2, 0, 1, 0, 2], np.int32), names=("ann", "bo", "cy"))
 

@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusion_jax.data import recordio
+from diffusion_jax.tasks.data.sources import recordio
 from tests import format_fixtures
 
 IMAGES_PER_IDENTITY = (3, 1, 4, 2)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.diffusion import samplers, schedules
+from diffusion_jax.core.diffusion import samplers
+from diffusion_jax.core.diffusion import schedules
 
 NUM_TIMESTEPS = 1000
 NUM_SAMPLES = 8192

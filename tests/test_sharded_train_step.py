@@ -12,11 +12,11 @@ from tests.helpers import REPO_ROOT
 SCRIPT = r"""
 import jax, numpy as np
 from ml_collections import ConfigDict
-from diffusion_jax import parallel
-from diffusion_jax.diffusion.schedules import schedule_from_config
-from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder
-from diffusion_jax.train.step import jit_train_step, make_train_step
+from diffusion_jax.core import parallel
+from diffusion_jax.core.diffusion.schedules import schedule_from_config
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder
+from diffusion_jax.core.training.step import jit_train_step, make_train_step
 from tests.helpers import tiny_config
 
 assert jax.device_count() == 4, jax.devices()

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_jax.data.tfds_source import TfdsNamedSource
+from diffusion_jax.tasks.data.sources.tfds_source import TfdsNamedSource
 
 DATASET_NAME = "tfds_source_test_faces"
 HEIGHT, WIDTH = 12, 20  # non-square, so each policy must crop

@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_jax import parallel
-from diffusion_jax.data.procedural_faces import render_faces
-from diffusion_jax.diffusion.gaussian import q_sample
-from diffusion_jax.diffusion.losses import diffusion_loss
-from diffusion_jax.diffusion.schedules import schedule_from_config
-from diffusion_jax.models.conditioning import random_identity_embeddings
-from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.diffusion_model import make_diffusion_loss, unet_builder
-from diffusion_jax.train.step import ema_update, jit_train_step, make_train_step
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.core.diffusion.gaussian import q_sample
+from diffusion_jax.core.diffusion.losses import diffusion_loss
+from diffusion_jax.core.diffusion.schedules import schedule_from_config
+from diffusion_jax.core.models.conditioning import random_identity_embeddings
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder
+from diffusion_jax.core.training.step import ema_update, jit_train_step, make_train_step
 from tests.helpers import tiny_config
 
 STEPS = 250

@@ -9,13 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.train import diffusion_training, loop
-from diffusion_jax.train import state as state_lib
-from diffusion_jax.train.checkpointing import Checkpointer
-from diffusion_jax.train.diffusion_model import unet_builder
-from diffusion_jax import parallel, sample_mode
-from diffusion_jax.data import pipeline
-from diffusion_jax.recognition.encoder_training import encoder_builder, make_margin_loss
+from diffusion_jax.tasks.conditional_diffusion import diffusion_training
+from diffusion_jax.core.training import loop
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
+from diffusion_jax.core import parallel
+from diffusion_jax.apps import sample as sample_mode
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, make_margin_loss
 from tests.helpers import run_main_job, tiny_config
 
 
@@ -85,7 +87,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, prepared_data_dir, monkeypatch
 ):
     config = tiny_config(data_dir=prepared_data_dir)
-    real_make_iterator = diffusion_training.pipeline.make_train_iterator
+    real_make_iterator = diffusion_training.input_pipeline.make_train_iterator
 
     class PoisonAfter:
         """Yields real batches, then images full of NaN from the 5th batch on."""
@@ -141,9 +143,9 @@ def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(tmp_pat
         name="preempted encoder",
         config=config,
         train_config=config.encoder.train,
-        build_model=encoder_builder(config, pipeline.num_train_identities(config.data)),
+        build_model=encoder_builder(config, input_pipeline.num_train_identities(config.data)),
         loss_fn=make_margin_loss(),
-        data_iterator=pipeline.make_train_iterator(
+        data_iterator=input_pipeline.make_train_iterator(
             config.data, global_batch_size=config.encoder.train.batch_size, seed=0
         ),
         on_step=send_sigterm,

@@ -8,10 +8,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusion_jax import config_checks
-from diffusion_jax.data import image_folders, pipeline
-from diffusion_jax.data.procedural_faces import render_faces
-from diffusion_jax.train import diffusion_training
+from diffusion_jax.apps import config_checks
+from diffusion_jax.tasks.data.sources import image_folders
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.tasks.conditional_diffusion import diffusion_training
 from tests import format_fixtures
 from tests.helpers import tiny_config
 
@@ -73,24 +74,24 @@ def recordio_config(tmp_path, faces):
 def test_source_feeds_the_train_iterator(config_fixture, request, faces):
     config = request.getfixturevalue(config_fixture)
     config_checks.validate(config)
-    pipeline.ensure_prepared(config.data)
-    assert pipeline.num_train_identities(config.data) == len(faces)
+    input_pipeline.ensure_prepared(config.data)
+    assert input_pipeline.num_train_identities(config.data) == len(faces)
 
-    iterator = pipeline.make_train_iterator(config.data, global_batch_size=9, seed=0)
+    iterator = input_pipeline.make_train_iterator(config.data, global_batch_size=9, seed=0)
     batch = next(iterator)
     assert batch["image"].shape == (9, RESOLUTION, RESOLUTION, 3)
     assert batch["image"].min() >= -1 and batch["image"].max() <= 1
     # One epoch (9 images, shuffled) holds every identity as often as it has images.
     np.testing.assert_array_equal(np.bincount(batch["label"], minlength=3), IMAGES_PER_IDENTITY)
 
-    images, labels = pipeline.first_images_of_labels(config.data, [2, 0])
+    images, labels = input_pipeline.first_images_of_labels(config.data, [2, 0])
     np.testing.assert_array_equal(labels, [2, 0])
     for image, label in zip(images, labels):
         np.testing.assert_allclose(image, expected_image(faces[label][0]), atol=1.5 / 127.5)
 
 
 def test_image_folder_skips_the_bad_file_and_reports_it(folder_config):
-    pipeline.ensure_prepared(folder_config.data)
+    input_pipeline.ensure_prepared(folder_config.data)
     builder = image_folders.prepare_image_folder(
         folder_config.data.path, folder_config.data.data_dir, resolution=RESOLUTION
     )
@@ -116,9 +117,9 @@ def test_training_loop_runs_on_recordio(recordio_config, tmp_path):
 
 def test_subset_indices_keeps_first_images_of_first_labels_in_stored_order():
     labels = np.array([1, 0, 1, 2, 0, 1, 0])
-    np.testing.assert_array_equal(pipeline.subset_indices(labels, 2, 2), [0, 1, 2, 4])
-    np.testing.assert_array_equal(pipeline.subset_indices(labels, -1, 1), [0, 1, 3])
-    np.testing.assert_array_equal(pipeline.subset_indices(labels, 1, -1), [1, 4, 6])
+    np.testing.assert_array_equal(input_pipeline.subset_indices(labels, 2, 2), [0, 1, 2, 4])
+    np.testing.assert_array_equal(input_pipeline.subset_indices(labels, -1, 1), [0, 1, 3])
+    np.testing.assert_array_equal(input_pipeline.subset_indices(labels, 1, -1), [1, 4, 6])
 
 
 @pytest.mark.parametrize("config_fixture", ["folder_config", "recordio_config"])
@@ -126,9 +127,9 @@ def test_max_identities_and_images_cut_every_file_source(config_fixture, request
     config = request.getfixturevalue(config_fixture)
     config.data.max_identities, config.data.max_images_per_identity = 2, 2
     config_checks.validate(config)
-    pipeline.ensure_prepared(config.data)
-    assert pipeline.num_train_identities(config.data) == 2
-    records = pipeline.training_records(config.data)
+    input_pipeline.ensure_prepared(config.data)
+    assert input_pipeline.num_train_identities(config.data) == 2
+    records = input_pipeline.training_records(config.data)
     got = sorted((int(records[i]["label"]), i) for i in range(len(records)))
     assert [label for label, _ in got] == [0, 0, 1, 1]
     # Each identity's kept images are its first two, whatever the source's stored order.
@@ -137,17 +138,17 @@ def test_max_identities_and_images_cut_every_file_source(config_fixture, request
                 for other, i in got if other == label]
         for image, encoded in zip(kept, faces[label][:2]):
             np.testing.assert_allclose(image, expected_image(encoded), atol=1.5 / 127.5)
-    batch = next(pipeline.make_train_iterator(config.data, global_batch_size=4, seed=0))
+    batch = next(input_pipeline.make_train_iterator(config.data, global_batch_size=4, seed=0))
     np.testing.assert_array_equal(np.bincount(batch["label"], minlength=3), [2, 2, 0])
 
 
 def test_max_images_per_identity_on_procedural_faces_are_the_first_ones(tmp_path):
     config = tiny_config(data_dir=str(tmp_path / "tfds"))
-    full = pipeline.training_records(config.data)
+    full = input_pipeline.training_records(config.data)
     config.data.max_identities, config.data.max_images_per_identity = 3, 1
-    cut = pipeline.training_records(config.data)
+    cut = input_pipeline.training_records(config.data)
     per_identity = config.data.images_per_train_identity
-    assert len(cut) == 3 and pipeline.num_train_identities(config.data) == 3
+    assert len(cut) == 3 and input_pipeline.num_train_identities(config.data) == 3
     for position, label in enumerate(range(3)):
         assert int(cut[position]["label"]) == label
         np.testing.assert_array_equal(cut[position]["image"], full[label * per_identity]["image"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.models.layers import depth_to_space, sinusoidal_embedding, space_to_depth
-from diffusion_jax.models.unet import UNet
+from diffusion_jax.core.models.layers import depth_to_space, sinusoidal_embedding, space_to_depth
+from diffusion_jax.core.models.unet import UNet
 
 TINY = dict(
     image_size=16,

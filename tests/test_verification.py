@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from diffusion_jax.evaluate import figures, verification
+from diffusion_jax.core import figures
+from diffusion_jax.tasks.evaluation import verification
 
 
 def test_ten_fold_accuracy_on_a_hand_worked_example():

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from diffusion_jax.data import verification_bin
+from diffusion_jax.tasks.data.verification import verification_bin
 from tests import format_fixtures
 
 IS_SAME = [True, False, True]

@@ -8,9 +8,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusion_jax.data import pipeline, verification_sets
-from diffusion_jax.data.image_decoding import decode_image
-from diffusion_jax.evaluate.encoder_report import load_verification_sets
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.evaluation import verification_sets
+from diffusion_jax.tasks.data.sources.image_decoding import decode_image
+from diffusion_jax.tasks.evaluation.encoder_report import load_verification_sets
 from tests import format_fixtures
 from tests.helpers import tiny_config
 
@@ -80,7 +81,7 @@ def test_resampled_heldout_pairs_are_of_the_heldout_images_in_identity_disjoint_
     prepared_data_dir,
 ):
     config = tiny_config(data_dir=prepared_data_dir)
-    heldout = pipeline.load_split_arrays(config.data, "heldout")
+    heldout = input_pipeline.load_split_arrays(config.data, "heldout")
     pairs_per_fold = 7  # more pairs than the tiny preset's folds have images
     pairs = verification_sets.from_heldout_images(
         config.data, pairs_per_fold=pairs_per_fold, seed=3

@@ -3,7 +3,7 @@ the shard sets that follow."""
 
 import pytest
 
-from diffusion_jax.generate.worker_index import Worker, find_worker
+from diffusion_jax.tasks.generation.worker_index import Worker, find_worker
 
 
 @pytest.mark.parametrize(

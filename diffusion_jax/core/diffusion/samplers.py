@@ -1,0 +1,328 @@
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M).
+
+Every sampler drives a denoiser `eps_fn(x_t, t) -> eps_hat` (t int32 [B]) from x_T ~ N(0, I)
+to a sample x_0 with one `lax.scan` over its steps, and shares one signature:
+
+    sampler(eps_fn, schedule, x_T, rng, *, num_steps=None, clip_x0=False,
+            return_trajectory=False, **options) -> x_0  or  (x_0, Trajectory)
+
+Samplers are pure; callers jit them with `eps_fn` closed over, for example
+`jax.jit(functools.partial(ddim_sample, eps_fn, num_steps=50))(schedule, x_T, rng)`.
+`make_eps_fn` adapts a network that predicts x_0 or v. Step i draws its noise from
+`jax.random.fold_in(rng, i)`; `rng` is one key, or a batch of keys [B], one per example, so
+that an example's noise does not depend on the other examples of its batch (see `step_noise`).
+With `clip_x0`, the x_0 estimate is clipped to [-1, 1] and eps is recomputed from it, as is usual
+for pixel-space models in [-1, 1].
+
+DDIM and DPM-Solver++ run on S <= T respaced timesteps t_0 > ... > t_{S-1} (see
+`sampling_timesteps`) and end with a step to abar = 1, so their last step returns the x_0
+estimate at t_{S-1} without added noise.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.core.diffusion.gaussian import predict_eps_from_x0, predict_x0_from_eps, q_posterior_mean_variance
+from diffusion_jax.core.diffusion.parameterization import check_prediction_type, model_output_to_eps_x0
+from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
+
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+DDPM_VARIANCES = ("posterior", "beta")
+
+
+class Trajectory(NamedTuple):
+    """The states of one reverse run, stacked along a leading step axis.
+
+    x_t: [S + 1, B, ...], x_T first and the returned sample last. x0_pred: [S, B, ...], the
+    (clipped, if asked) x_0 estimate at each step. t: [S] int32, the timestep of each step.
+    """
+
+    x_t: jax.Array
+    x0_pred: jax.Array
+    t: jax.Array
+
+
+# A sample x_0, or (x_0, Trajectory) with return_trajectory=True.
+SamplerOutput = jax.Array | tuple[jax.Array, Trajectory]
+
+
+def make_eps_fn(
+    apply_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    schedule: DiffusionSchedule,
+    prediction_type: str,
+) -> EpsFn:
+    """Wraps `apply_fn(x_t, t) -> model_output` of type "eps", "x0" or "v" as an eps denoiser."""
+    check_prediction_type(prediction_type)
+
+    def eps_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
+        eps, _ = model_output_to_eps_x0(schedule, x_t, t, apply_fn(x_t, t), prediction_type)
+        return eps
+
+    return eps_fn
+
+
+def sampling_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> np.ndarray:
+    """S = num_steps distinct timesteps of [0, T-1] in decreasing order, int32 [S].
+
+    "trailing" (Lin et al. 2024): round(T - k T / S) - 1, k = 0 .. S-1; starts at T - 1, where
+        x_T ~ N(0, I) is (nearly) exact, so it is the default.
+    "leading" (DDIM, Stable Diffusion): k * (T // S), k = S-1 .. 0; starts below T - 1.
+    "linspace": round(linspace(0, T - 1, S)) reversed; starts at T - 1 and ends at 0.
+    """
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"Unknown spacing={spacing!r}; expected one of {TIMESTEP_SPACINGS}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise ValueError(f"num_steps must be an int, got {num_steps!r}.")
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(
+            f"num_steps must be in [1, num_timesteps={num_timesteps}], got {num_steps}."
+        )
+    if spacing == "trailing":
+        timesteps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
+    elif spacing == "leading":
+        timesteps = np.arange(num_steps)[::-1] * (num_timesteps // num_steps)
+    else:
+        timesteps = np.round(np.linspace(0, num_timesteps - 1, num_steps))[::-1]
+    return timesteps.astype(np.int32)
+
+
+def _denoise(
+    eps_fn: EpsFn, schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Array, clip_x0: bool
+) -> tuple[jax.Array, jax.Array]:
+    """(eps_hat, x0_hat) at the scalar timestep t, x0_hat clipped to [-1, 1] if `clip_x0`."""
+    t_batch = jnp.full((x_t.shape[0],), t, jnp.int32)
+    eps = eps_fn(x_t, t_batch)
+    x0 = predict_x0_from_eps(schedule, x_t, t_batch, eps)
+    if clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = predict_eps_from_x0(schedule, x_t, t_batch, x0)
+    return eps, x0
+
+
+def _run(
+    step_fn: Callable,
+    init_carry: tuple[jax.Array, ...],
+    per_step_inputs: dict[str, jax.Array],
+    timesteps: np.ndarray,
+    return_trajectory: bool,
+) -> SamplerOutput:
+    """Scans `step_fn(carry, inputs) -> (carry, (x_next, x0_hat))` and assembles the result.
+
+    The carry, whose first element is the state x, is kept in float32 whatever x_T's dtype.
+    `inputs` holds "step" and "t" besides `per_step_inputs`.
+    """
+    init_carry = tuple(leaf.astype(jnp.float32) for leaf in init_carry)
+    x_T = init_carry[0]
+    inputs = dict(
+        per_step_inputs, step=jnp.arange(len(timesteps)), t=jnp.asarray(timesteps, jnp.int32)
+    )
+
+    def body(carry, step_inputs):
+        carry, (x_next, x0) = step_fn(carry, step_inputs)
+        return carry, (x_next, x0) if return_trajectory else None
+
+    final_carry, outputs = jax.lax.scan(body, init_carry, inputs)
+    x_0 = final_carry[0]
+    if not return_trajectory:
+        return x_0
+    x_path, x0_path = outputs
+    trajectory = Trajectory(
+        x_t=jnp.concatenate([x_T[None], x_path]),
+        x0_pred=x0_path,
+        t=inputs["t"],
+    )
+    return x_0, trajectory
+
+
+def step_noise(rng: jax.Array, step: jax.Array, like: jax.Array) -> jax.Array:
+    """z ~ N(0, I) shaped like `like` [B, ...] for sampler step `step`: from fold_in(rng, step)
+    for one key, or, for a batch of keys rng [B], example b's from fold_in(rng[b], step)."""
+    if rng.ndim == 0:
+        return jax.random.normal(jax.random.fold_in(rng, step), like.shape, like.dtype)
+    if rng.shape != like.shape[:1]:
+        raise ValueError(f"expected one key or {like.shape[0]} keys, got keys of shape {rng.shape}")
+    return jax.vmap(
+        lambda key: jax.random.normal(jax.random.fold_in(key, step), like.shape[1:], like.dtype)
+    )(rng)
+
+
+def _resolve_num_steps(num_steps: int | None, schedule: DiffusionSchedule) -> int:
+    return schedule.num_timesteps if num_steps is None else num_steps
+
+
+def ddpm_sample(
+    eps_fn: EpsFn,
+    schedule: DiffusionSchedule,
+    x_T: jax.Array,
+    rng: jax.Array,
+    *,
+    num_steps: int | None = None,
+    clip_x0: bool = False,
+    return_trajectory: bool = False,
+    variance: str = "posterior",
+) -> SamplerOutput:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps t = T-1 .. 0.
+
+        x_{t-1} = mu-tilde_t(x_t, x0_hat) + sigma_t z,   z ~ N(0, I), no noise at t = 0,
+
+    with sigma_t^2 = beta-tilde_t (variance="posterior") or beta_t (variance="beta"). z is scaled
+    by the standard deviation sigma_t, the square root of the variance.
+    """
+    num_timesteps = schedule.num_timesteps
+    if _resolve_num_steps(num_steps, schedule) != num_timesteps:
+        raise ValueError(
+            f"DDPM samples with all num_timesteps={num_timesteps} steps; got num_steps={num_steps}."
+        )
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"Unknown variance={variance!r}; expected one of {DDPM_VARIANCES}.")
+    if variance == "posterior":
+        stddevs = jnp.sqrt(schedule.posterior_variance)
+    else:
+        stddevs = jnp.sqrt(schedule.betas)
+    timesteps = np.arange(num_timesteps - 1, -1, -1, dtype=np.int32)
+    noise_scale = stddevs[timesteps] * (timesteps > 0)
+
+    def step(carry, inputs):
+        (x,) = carry
+        _, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
+        t_batch = jnp.full((x.shape[0],), inputs["t"], jnp.int32)
+        mean, _, _ = q_posterior_mean_variance(schedule, x0, x, t_batch)
+        z = step_noise(rng, inputs["step"], mean)
+        x_next = mean + inputs["noise_scale"] * z
+        return (x_next,), (x_next, x0)
+
+    return _run(step, (x_T,), {"noise_scale": noise_scale}, timesteps, return_trajectory)
+
+
+def _signal_and_noise_scales(
+    schedule: DiffusionSchedule, timesteps: np.ndarray
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """alpha = sqrt(abar) and sigma = sqrt(1 - abar) at each respaced step and at the step after
+    it, where (alpha, sigma) = (1, 0) after the last step. Each is [S]."""
+    alphas = schedule.sqrt_alphas_cumprod[timesteps]
+    sigmas = schedule.sqrt_one_minus_alphas_cumprod[timesteps]
+    alphas_next = jnp.concatenate([alphas[1:], jnp.ones((1,), jnp.float32)])
+    sigmas_next = jnp.concatenate([sigmas[1:], jnp.zeros((1,), jnp.float32)])
+    return alphas, sigmas, alphas_next, sigmas_next
+
+
+def ddim_sample(
+    eps_fn: EpsFn,
+    schedule: DiffusionSchedule,
+    x_T: jax.Array,
+    rng: jax.Array,
+    *,
+    num_steps: int | None = None,
+    clip_x0: bool = False,
+    return_trajectory: bool = False,
+    eta: float | jax.Array = 0.0,
+    timestep_spacing: str = "trailing",
+) -> SamplerOutput:
+    """DDIM (Song et al. 2021, eq. 12) on respaced timesteps; eta = 0 is deterministic.
+
+    From step t to the next respaced step s (abar_s = 1 after the last step):
+
+        sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)
+        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z.
+
+    eta = 1 with all T steps is DDPM ancestral sampling with the posterior variance.
+    """
+    if isinstance(eta, (int, float)) and eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}.")
+    timesteps = sampling_timesteps(
+        schedule.num_timesteps, _resolve_num_steps(num_steps, schedule), timestep_spacing
+    )
+    alphas, sigmas, alphas_next, sigmas_next = _signal_and_noise_scales(schedule, timesteps)
+    noise_scales = eta * (sigmas_next / sigmas) * jnp.sqrt(1.0 - jnp.square(alphas / alphas_next))
+    per_step_inputs = {
+        "x0_scale": alphas_next,
+        # max(., 0) guards float32 rounding where eta = 1 makes the difference exactly zero.
+        "eps_scale": jnp.sqrt(jnp.maximum(jnp.square(sigmas_next) - jnp.square(noise_scales), 0.0)),
+        "noise_scale": noise_scales,
+    }
+
+    def step(carry, inputs):
+        (x,) = carry
+        eps, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
+        z = step_noise(rng, inputs["step"], x0)
+        x_next = inputs["x0_scale"] * x0 + inputs["eps_scale"] * eps + inputs["noise_scale"] * z
+        return (x_next,), (x_next, x0)
+
+    return _run(step, (x_T,), per_step_inputs, timesteps, return_trajectory)
+
+
+def dpm_solver_pp_2m_sample(
+    eps_fn: EpsFn,
+    schedule: DiffusionSchedule,
+    x_T: jax.Array,
+    rng: jax.Array,
+    *,
+    num_steps: int | None = None,
+    clip_x0: bool = False,
+    return_trajectory: bool = False,
+    timestep_spacing: str = "trailing",
+) -> SamplerOutput:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a multistep solver of the probability-flow
+    ODE in the data prediction x0_hat, on respaced timesteps. `rng` is unused (the solver is
+    deterministic); it is accepted so that all samplers share one signature.
+
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), a step from t_i
+    to t_{i+1} of length h_i = lambda_{i+1} - lambda_i and the data predictions D_i at t_i is
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (e^{-h_i} - 1)
+                  ((1 + 1 / (2 r_i)) D_i - 1 / (2 r_i) D_{i-1}),     r_i = h_{i-1} / h_i.
+
+    The first step and the last one, to abar = 1 (sigma = 0, h = inf), are first order
+    (the D_{i-1} term dropped), as in the reference implementation and diffusers'
+    DPMSolverMultistepScheduler with final_sigmas_type="zero".
+    """
+    del rng
+    num_steps = _resolve_num_steps(num_steps, schedule)
+    timesteps = sampling_timesteps(schedule.num_timesteps, num_steps, timestep_spacing)
+    alphas, sigmas, alphas_next, sigmas_next = _signal_and_noise_scales(schedule, timesteps)
+    # lambda_next = log(1 / 0) = +inf after the last step, where e^{-h} = 0 keeps x finite.
+    step_sizes = (jnp.log(alphas_next) - jnp.log(sigmas_next)) - (jnp.log(alphas) - jnp.log(sigmas))
+    previous_step_sizes = jnp.concatenate([jnp.ones((1,), jnp.float32), step_sizes[:-1]])
+    step_index = np.arange(num_steps)
+    is_second_order = jnp.asarray((step_index > 0) & (step_index < num_steps - 1))
+    # Where the step is first order, h may be infinite or h_{i-1} undefined: divide by a dummy 1.
+    previous_weight = jnp.where(
+        is_second_order,
+        0.5 * step_sizes / jnp.where(is_second_order, previous_step_sizes, 1.0),
+        0.0,
+    )
+    per_step_inputs = {
+        "x_scale": sigmas_next / sigmas,
+        "data_scale": -alphas_next * jnp.expm1(-step_sizes),
+        "previous_weight": previous_weight,
+    }
+
+    def step(carry, inputs):
+        x, previous_x0 = carry
+        _, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
+        weight = inputs["previous_weight"]
+        data = (1.0 + weight) * x0 - weight * previous_x0
+        x_next = inputs["x_scale"] * x + inputs["data_scale"] * data
+        return (x_next, x0), (x_next, x0)
+
+    return _run(step, (x_T, jnp.zeros_like(x_T)), per_step_inputs, timesteps, return_trajectory)
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "dpm_solver_pp_2m": dpm_solver_pp_2m_sample,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler registered as `name` in `SAMPLERS`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"Unknown sampler name={name!r}; expected one of {sorted(SAMPLERS)}.")
+    return SAMPLERS[name]

@@ -1,0 +1,180 @@
+"""The training loop shared by every model: `run_training(task, workdir, mesh)`.
+
+Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves in
+`workdir`: config.json (the resolved config), checkpoints/ (Orbax: train state, data-iterator
+position, config) and TensorBoard events. What differs between models (the network, its loss,
+how a batch of images and labels becomes its input, periodic pictures) is a `TrainingTask`.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from diffusion_jax.core import parallel
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.core.training.step import Batch, LossFn, jit_train_step, make_train_step
+
+StepHook = Callable[[int, state_lib.TrainState, metric_writers.MetricWriter], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last checkpoint is left untouched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingTask:
+    """What the loop needs to know about the model it trains.
+
+    `train_config` is a section like `config.train` (batch_size, num_steps, optimiser, EMA and
+    logging fields); `config` is the whole resolved config, saved with every checkpoint.
+    `data_iterator` yields host-local {"image", "label"} batches; `prepare_batch` maps the global
+    device batch to the loss function's input (e.g. adds identity conditions). `frozen` is the
+    pytree of frozen networks the loss reads (`LossContext.frozen`). `make_optimizer` builds the
+    optimiser and its learning-rate schedule from `train_config`. `every_steps` calls `on_step`
+    periodically (figures).
+    """
+
+    name: str
+    config: ml_collections.ConfigDict
+    train_config: ml_collections.ConfigDict
+    build_model: state_lib.BuildModel
+    loss_fn: LossFn
+    data_iterator: grain.DataLoaderIterator
+    prepare_batch: Callable[[Batch], Batch] = lambda batch: batch
+    frozen: Any = dataclasses.field(default_factory=dict)
+    make_optimizer: Callable[
+        [ml_collections.ConfigDict], tuple[optax.GradientTransformation, optax.Schedule]
+    ] = state_lib.make_optimizer
+    on_step: StepHook | None = None
+    every_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    state: state_lib.TrainState
+    first_step: int  # the step training (re)started from
+    completed: bool  # reached num_steps (False when stopped by SIGTERM)
+    writer: metric_writers.MetricWriter
+
+
+def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def run_training(
+    task: TrainingTask, workdir: str, mesh: jax.sharding.Mesh, rng: jax.Array
+) -> TrainingResult:
+    """Trains (or resumes) `task` in `workdir` up to `task.train_config.num_steps`."""
+    # ------------------------------------------------------------------ Setup
+    train_config = task.train_config
+    os.makedirs(workdir, exist_ok=True)
+    write_resolved_config(task.config, workdir)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    init_rng, train_rng = jax.random.split(rng)
+
+    # ------------------------------------------------------------------ Model and state
+    optimizer, learning_rate = task.make_optimizer(train_config)
+    abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
+    shardings = parallel.state_shardings(mesh, abstract_state)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=train_config.keep_checkpoints
+    )
+    if checkpointer.latest_step() is not None:
+        logging.info("%s: resuming from step %d.", task.name, checkpointer.latest_step())
+        state = checkpointer.restore(abstract_state, shardings, data_iterator=task.data_iterator)
+    else:
+        state = state_lib.init_train_state(task.build_model, optimizer, mesh, init_rng)
+    logging.info("%s: %d parameters.", task.name, state_lib.count_params(state.params))
+    train_step = jit_train_step(
+        make_train_step(
+            state_lib.model_graphdef(task.build_model),
+            task.loss_fn,
+            optimizer,
+            learning_rate,
+            train_config.ema_decay,
+        ),
+        mesh,
+        shardings,
+    )
+    frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
+
+    # ------------------------------------------------------------------ Loop
+    preempted, previous_handler = _install_sigterm_flag()
+    first_step, num_steps = int(state.step), train_config.num_steps
+    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    all_finite = jnp.array(True)
+    last_log_time, last_log_step = time.perf_counter(), first_step
+    try:
+        for step in range(first_step + 1, num_steps + 1):
+            batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
+            state, metrics = train_step(state, batch, train_rng, frozen)
+            all_finite = jnp.logical_and(all_finite, jnp.isfinite(metrics["loss"]))
+            progress(step)
+
+            # Read the flag once: a SIGTERM arriving later in this iteration is handled after
+            # the next step, which is then saved before stopping.
+            stop = preempted["flag"]
+            is_last = step == num_steps or stop
+            if step % train_config.log_every_steps == 0 or is_last:
+                _check_finite(all_finite, step, checkpointer)
+                now = time.perf_counter()
+                scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
+                scalars["images_per_second"] = (
+                    (step - last_log_step) * train_config.batch_size / (now - last_log_time)
+                )
+                writer.write_scalars(step, scalars)
+                last_log_time, last_log_step = now, step
+            if step % train_config.checkpoint_every_steps == 0 or is_last:
+                _check_finite(all_finite, step, checkpointer)
+                checkpointer.save(step, state, task.config, task.data_iterator)
+            if task.on_step is not None and task.every_steps and step % task.every_steps == 0:
+                task.on_step(step, state, writer)
+            if stop:
+                logging.warning("SIGTERM received: saved step %d and stopping.", step)
+                break
+    finally:
+        checkpointer.close()  # waits for any save in flight, also when the loop raised
+        signal.signal(signal.SIGTERM, previous_handler)
+    writer.flush()
+    return TrainingResult(
+        state=state,
+        first_step=first_step,
+        completed=int(state.step) >= num_steps,
+        writer=writer,
+    )
+
+
+def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) -> None:
+    if not bool(all_finite):
+        checkpointer.wait_until_finished()
+        raise NonFiniteLossError(
+            f"The loss became NaN or infinite at or before step {step}; stopping without saving. "
+            f"The last good checkpoint is step {checkpointer.latest_step()} in "
+            f"{checkpointer.directory}. Lower the learning rate or check the data."
+        )
+
+
+def _install_sigterm_flag() -> tuple[dict[str, bool], Any]:
+    """Turns SIGTERM (preemption) into a flag the loop checks: save, then exit cleanly. Returns
+    the flag and the handler it replaced (restored when training ends)."""
+    preempted = {"flag": False}
+
+    def handler(signum, frame):
+        preempted["flag"] = True
+
+    return preempted, signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,170 @@
+"""`--mode=evaluate_encoder`: how well an identity encoder recognises faces.
+
+For the encoder the diffusion model is conditioned on (`config.encoder.checkpoint`, or the one
+trained into WORKDIR/encoder/model) it writes to WORKDIR/encoder_report/:
+
+  report.json                 the encoder's provenance and weights hash; per verification set the
+                              10-fold accuracy, TAR@FAR, EER, ROC AUC (`evaluate.verification`);
+                              per labelled set the identity report (`evaluate.identity_report`)
+  roc.png                     ROC curves of every verification set
+  similarity_histograms.png   genuine and impostor similarity histograms of every labelled set
+
+Verification sets are `config.evaluate.verification_sets` (see configs/faces.py). The labelled
+sets are the embedded data's held-out identities (never seen in training) and its training
+identities, or, for other sources, the first `MAX_LABELLED_IMAGES` training images.
+Embeddings are flip-augmented when `config.evaluate.flip_embeddings` is set, as insightface does.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.evaluation import verification_sets
+from diffusion_jax.core.figures import save_figure
+from diffusion_jax.tasks.evaluation.identity_report import identity_report, similarity_histogram_figure
+from diffusion_jax.tasks.evaluation.verification import evaluate_verification, roc_figure
+from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+from diffusion_jax.tasks.recognition.encoder_store import load_encoder
+from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
+
+MAX_LABELLED_IMAGES = 20_000
+HELDOUT_RESAMPLED = "heldout@"  # heldout@N: N matched + N mismatched pairs per fold, drawn afresh
+
+
+def _resampled_pairs_per_fold(entry: str) -> int:
+    count = entry[len(HELDOUT_RESAMPLED):]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(
+            f"config.evaluate.verification_sets entry {entry!r}: write heldout@N with N, the "
+            "matched (and mismatched) pairs per fold, a positive integer"
+        )
+    return int(count)
+
+
+def load_verification_sets(
+    config: ml_collections.ConfigDict, resolution: int
+) -> dict[str, verification_sets.VerificationSet]:
+    """The sets `config.evaluate.verification_sets` names, decoded at `resolution` (files) or as
+    stored (the embedded held-out images), keyed by a short name ("heldout", "heldout@N", the
+    .bin's stem, the image root's folder name)."""
+    sets = {}
+    for entry in config.evaluate.verification_sets:
+        if entry == "heldout" or entry.startswith(HELDOUT_RESAMPLED):
+            if config.data.source != "procedural":
+                raise ValueError(
+                    f"config.evaluate.verification_sets names {entry!r}, the embedded faces' "
+                    f"held-out identities, but data.source is {config.data.source!r}; name .bin "
+                    "or pairs.txt files instead."
+                )
+            if entry == "heldout":
+                sets["heldout"] = verification_sets.from_procedural(config.data)
+            else:
+                sets[entry] = verification_sets.from_heldout_images(
+                    config.data, pairs_per_fold=_resampled_pairs_per_fold(entry), seed=config.seed
+                )
+        elif entry.endswith(".bin"):
+            name = os.path.splitext(os.path.basename(entry))[0]
+            sets[name] = verification_sets.from_verification_bin(
+                os.path.expanduser(entry), resolution=resolution, policy=config.data.image_policy
+            )
+        elif ":" in entry:
+            pairs_path, image_root = (os.path.expanduser(part) for part in entry.split(":", 1))
+            sets[os.path.basename(os.path.normpath(image_root))] = verification_sets.from_lfw_pairs(
+                pairs_path, image_root, resolution=resolution, policy=config.data.image_policy
+            )
+        else:
+            raise ValueError(
+                f"config.evaluate.verification_sets entry {entry!r} is not 'heldout', "
+                "'heldout@N', a .bin file or 'PAIRS_TXT:IMAGE_ROOT'."
+            )
+    return sets
+
+
+def labelled_sets(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
+    """{"name": {"image": uint8 [N, H, W, 3], "label": [N]}} for the identity reports."""
+    if config.data.source == "procedural":
+        return {
+            "held-out identities": input_pipeline.load_split_arrays(config.data, "heldout"),
+            "training identities": input_pipeline.load_split_arrays(config.data, "train"),
+        }
+    records = input_pipeline.training_records(config.data)
+    count = min(len(records), MAX_LABELLED_IMAGES)
+    items = [records[index] for index in range(count)]
+    return {
+        "training identities": {
+            "image": np.stack([np.asarray(item["image"]) for item in items]),
+            "label": np.asarray([int(item["label"]) for item in items]),
+        }
+    }
+
+
+def pair_similarities(
+    extractor: EmbeddingExtractor, pairs: verification_sets.VerificationSet, batch_size: int
+) -> np.ndarray:
+    """Cosine similarity of the unit embeddings of each pair's two images."""
+    embeddings_a = extractor.embed_arrays(pairs.images_a, batch_size=batch_size)
+    embeddings_b = extractor.embed_arrays(pairs.images_b, batch_size=batch_size)
+    return np.sum(embeddings_a * embeddings_b, axis=-1)
+
+
+def evaluate_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Writes the report of the module docstring; returns its JSON contents."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    out_dir = os.path.join(workdir, "encoder_report")
+    os.makedirs(out_dir, exist_ok=True)
+    encoder = load_encoder(encoder_directory(config, workdir))
+    input_pipeline.ensure_prepared(config.data)
+    extractor = EmbeddingExtractor(
+        encoder.model, parallel.make_mesh(config.mesh), flip=config.evaluate.flip_embeddings
+    )
+    batch_size = config.evaluate.batch_size
+
+    verification = {}
+    for name, pairs in load_verification_sets(config, encoder.input_resolution).items():
+        similarities = pair_similarities(extractor, pairs, batch_size)
+        verification[name] = evaluate_verification(similarities, pairs.is_same, pairs.fold)
+        logging.info(
+            "%s: accuracy %.4f +- %.4f over %d pairs.",
+            name,
+            verification[name].accuracy_mean,
+            verification[name].accuracy_std,
+            len(pairs),
+        )
+
+    identities = {}
+    for name, arrays in labelled_sets(config).items():
+        embeddings = extractor.embed_arrays(arrays["image"], batch_size=batch_size)
+        identities[name] = identity_report(
+            embeddings,
+            arrays["label"],
+            thresholds=tuple(config.evaluate.nearest_identity_thresholds),
+            seed=config.seed,
+        )
+
+    report = {
+        "encoder": {
+            "directory": encoder.directory,
+            "architecture": encoder.architecture,
+            "provenance": encoder.provenance,
+            "weights_sha256": encoder.weights_sha256,
+        },
+        "flip_embeddings": config.evaluate.flip_embeddings,
+        "verification": {name: result.to_json() for name, result in verification.items()},
+        "identities": {name: result.to_json() for name, result in identities.items()},
+    }
+    if jax.process_index() == 0:
+        save_figure(roc_figure(verification), os.path.join(out_dir, "roc.png"))
+        save_figure(
+            similarity_histogram_figure(identities),
+            os.path.join(out_dir, "similarity_histograms.png"),
+        )
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    logging.info("Encoder report written to %s.", out_dir)
+    return report

@@ -1,0 +1,113 @@
+"""Verification pairs as decoded image arrays, from any of the formats the field ships.
+
+Each loader returns `VerificationSet`: images_a and images_b uint8 [N, R, R, 3] decoded with
+the training images' policy (`image_decoding`), is_same bool [N], and fold int [N] in 0..9.
+
+  from_verification_bin   InsightFace's lfw.bin / cfp_fp.bin / agedb_30.bin. The files carry
+                          no folds; insightface's evaluation splits the pairs in file order into
+                          10 contiguous folds (sklearn's KFold without shuffling), and so do we.
+  from_lfw_pairs          LFW's pairs.txt over an identity folder; folds from the file.
+  from_procedural         the embedded faces' held-out pairs (`procedural_face_pairs`).
+  from_heldout_images     pairs drawn afresh over the embedded faces' held-out images, at any
+                          number of pairs per fold (`verification_pairs`).
+"""
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from diffusion_jax.tasks.data.verification import lfw_pairs
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.verification import verification_bin
+from diffusion_jax.tasks.data.verification import verification_pairs
+from diffusion_jax.tasks.data.sources.image_decoding import decode_image
+
+NUM_FOLDS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class VerificationSet:
+    images_a: np.ndarray  # uint8 [N, R, R, 3]
+    images_b: np.ndarray  # uint8 [N, R, R, 3]
+    is_same: np.ndarray  # bool [N]
+    fold: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.is_same)
+
+
+def contiguous_folds(num_pairs: int, num_folds: int = NUM_FOLDS) -> np.ndarray:
+    """Fold of each pair when `num_pairs` are cut in file order into `num_folds` blocks whose
+    sizes differ by at most one, the first ones larger (sklearn's KFold(shuffle=False))."""
+    if num_pairs < num_folds:
+        raise ValueError(f"{num_pairs} pairs cannot be split into {num_folds} folds")
+    sizes = np.full(num_folds, num_pairs // num_folds)
+    sizes[: num_pairs % num_folds] += 1
+    return np.repeat(np.arange(num_folds, dtype=np.int32), sizes)
+
+
+def from_verification_bin(path: str, *, resolution: int, policy: str = "resize") -> VerificationSet:
+    """Decodes an InsightFace verification .bin (read with its restricted unpickler)."""
+    contents = verification_bin.read_verification_bin(path)
+    images = np.stack(
+        [
+            decode_image(encoded, resolution=resolution, policy=policy, source=f"{path} image {i}")
+            for i, encoded in enumerate(contents.images)
+        ]
+    )
+    return VerificationSet(
+        images_a=images[0::2],
+        images_b=images[1::2],
+        is_same=np.asarray(contents.is_same, bool),
+        fold=contiguous_folds(len(contents.is_same)),
+    )
+
+
+def from_lfw_pairs(
+    pairs_path: str, image_root: str, *, resolution: int, policy: str = "resize"
+) -> VerificationSet:
+    """Decodes the pairs of an LFW-layout pairs.txt over `image_root`."""
+    pairs = lfw_pairs.read_lfw_pairs(pairs_path, image_root)
+
+    def load(path: str) -> np.ndarray:
+        with open(path, "rb") as f:
+            return decode_image(f.read(), resolution=resolution, policy=policy, source=path)
+
+    return VerificationSet(
+        images_a=np.stack([load(pair.path_a) for pair in pairs]),
+        images_b=np.stack([load(pair.path_b) for pair in pairs]),
+        is_same=np.asarray([pair.is_same for pair in pairs], bool),
+        fold=np.asarray([pair.fold for pair in pairs], np.int32),
+    )
+
+
+def from_procedural(data_config: ml_collections.ConfigDict) -> VerificationSet:
+    """The held-out pairs of the embedded procedural faces of `data_config`."""
+    pairs = input_pipeline.load_split_arrays(data_config, "pairs")
+    return VerificationSet(
+        images_a=pairs["image_a"],
+        images_b=pairs["image_b"],
+        is_same=pairs["is_same"].astype(bool),
+        fold=pairs["fold"].astype(np.int32),
+    )
+
+
+def from_heldout_images(
+    data_config: ml_collections.ConfigDict, *, pairs_per_fold: int, seed: int
+) -> VerificationSet:
+    """`pairs_per_fold` matched and as many mismatched pairs per fold over the held-out images
+    of the embedded faces (`make_verification_pairs`, identity-disjoint folds): the identities of
+    `from_procedural`, with as many pairs as wanted (images repeat across pairs once a fold's
+    pairs outnumber its images). More pairs shrink the part of the accuracy's variance that
+    comes from which pairs are drawn, not the part that comes from which identities are held out."""
+    heldout = input_pipeline.load_split_arrays(data_config, "heldout")
+    pairs = verification_pairs.make_verification_pairs(
+        heldout["label"], pairs_per_fold=pairs_per_fold, seed=seed, num_folds=NUM_FOLDS
+    )
+    return VerificationSet(
+        images_a=heldout["image"][pairs.index_a],
+        images_b=heldout["image"][pairs.index_b],
+        is_same=pairs.is_same.astype(bool),
+        fold=pairs.fold,
+    )

@@ -1,0 +1,143 @@
+"""The networks a generation job runs, loaded once, and the jitted batches they compute.
+
+    GenerationModels.draw(cond [B, D], keys [B])  ->  uint8 [B, R, R, 3]
+        the samples, decoded to images in latent space, as a jax.Array still in flight
+    GenerationModels.embed_round(pixels uint8 [n, R, R, 3])  ->  (judge, condition):
+        judge       float32 [P, D_J]    the judge encoder's unit embeddings of the stored pixels
+                                        (rows :n; P = images_per_identity, padding included)
+        condition   float32 [P, D]      the conditioning encoder's, for cos(E(x), c) in the
+                                        manifest (the generator's own, optimistic view)
+
+Both are dispatched asynchronously (JAX returns before the device finishes) as jax.Arrays still
+in flight, so a caller can queue the next batch before reading these. `embed_round` embeds one
+identity's round as rows 0..n-1 of a batch of `images_per_identity`: an embedding's last bits
+depend on its row in the batch (`EmbeddingExtractor.embed_batch`), so judging a round alone,
+rather than inside whatever sampler batch drew it, makes the records the same bits whichever
+worker draws the identity.
+The batches are split over the mesh's devices and every network's weights are replicated.
+
+The judge is `config.generate.judge_encoder`, or WORKDIR/judge/encoder/model, which a single
+worker trains with the conditioning encoder's recipe and `encoder.seed + 1` when it is missing.
+A judge with the conditioning encoder's weights is refused.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from diffusion_jax.core import parallel
+from diffusion_jax.core.diffusion.schedules import schedule_from_config
+from diffusion_jax.core.fingerprint import array_tree_sha256
+from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
+from diffusion_jax.tasks.recognition import encoder_store
+from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+from diffusion_jax.tasks.recognition.encoder_training import train_encoder, trained_encoder_directory
+from diffusion_jax.apps.sample import restore_sampling_params
+from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
+from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
+from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
+
+
+def judge_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`config.generate.judge_encoder`, else WORKDIR/judge/encoder/model."""
+    if config.generate.judge_encoder:
+        return os.path.abspath(os.path.expanduser(config.generate.judge_encoder))
+    return trained_encoder_directory(os.path.join(workdir, "judge"))
+
+
+def ensure_judge(config: ml_collections.ConfigDict, workdir: str, may_train: bool) -> str | None:
+    """The judge's directory; trains the default judge first when it is missing and
+    `may_train`. None when SIGTERM stopped that training."""
+    directory = judge_directory(config, workdir)
+    if encoder_store.is_complete(directory):
+        return directory
+    if config.generate.judge_encoder:
+        raise FileNotFoundError(
+            f"config.generate.judge_encoder={directory} holds no complete encoder"
+        )
+    if not may_train:
+        raise FileNotFoundError(
+            f"The judge encoder {directory} does not exist and several workers must not train it "
+            "at once: train it first with --mode=train_encoder "
+            f"--workdir={os.path.join(workdir, 'judge')} --config.encoder.seed="
+            f"{config.encoder.seed + 1}, or set config.generate.judge_encoder."
+        )
+    judge_config = ml_collections.ConfigDict(config.to_dict())
+    judge_config.encoder.seed = config.encoder.seed + 1
+    logging.info("Training the judge encoder (encoder.seed=%d) in %s.", judge_config.encoder.seed,
+                 directory)
+    if train_encoder(judge_config, os.path.join(workdir, "judge")) is None:
+        return None
+    return directory
+
+
+def _to_uint8(images: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class GenerationModels:
+    """The diffusion model (sampling parameters of its checkpoint), its diffusion space, the
+    conditioning encoder and the judge, on `mesh`; `identity` describes them for the manifest."""
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, workdir: str, judge_dir: str, mesh: Mesh
+    ):
+        self.mesh = mesh
+        self.params, self.step = restore_sampling_params(config, workdir, mesh)
+        conditioning = encoder_store.load_encoder(encoder_directory(config, workdir))
+        judge = encoder_store.load_encoder(judge_dir)
+        if judge.weights_sha256 == conditioning.weights_sha256:
+            raise ValueError(
+                f"The judge {judge.directory} has the conditioning encoder's weights; generated "
+                "images must be filtered by a different network (config.generate.judge_encoder)."
+            )
+        self.conditioning = EmbeddingExtractor(conditioning.model, mesh, flip=False)
+        self.judge = EmbeddingExtractor(judge.model, mesh, flip=False)
+        self.space = diffusion_space(config, workdir, mesh)
+        schedule = schedule_from_config(
+            config.diffusion.beta_schedule, config.diffusion.num_timesteps
+        )
+        graphdef = unet_graphdef(config)
+        self.sample_fn = make_sample_fn(graphdef, schedule, config)  # (params, cond, keys) -> x_0
+        self._sample_unconditional = make_sample_fn(graphdef, schedule, config, guidance_scale=0)
+        self.condition_dim = config.condition.dim
+        self.round_batch_size = config.generate.images_per_identity
+        self.identity = {
+            "diffusion": {"step": self.step, "params_sha256": array_tree_sha256(self.params)},
+            "conditioning_encoder": conditioning.weights_sha256,
+            "judge_encoder": judge.weights_sha256,
+        }
+        if self.space.is_latent:
+            self.identity["autoencoder"] = self.space.autoencoder.weights_sha256
+        logging.info(
+            "Generating with diffusion step %d, conditioning encoder %s, judge %s.",
+            self.step, conditioning.directory, judge.directory,
+        )
+
+    def _put(self, array) -> jax.Array:
+        return jax.device_put(array, parallel.batch_sharding(self.mesh))
+
+    def draw(self, cond: np.ndarray, keys: jax.Array) -> jax.Array:
+        """Samples one image per row of `cond`, example b from keys[b] (module docstring)."""
+        images = self.space.decode(self.sample_fn(self.params, self._put(cond), self._put(keys)))
+        return _to_uint8(images)
+
+    def embed_round(self, pixels: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """(judge, conditioning) unit embeddings of one identity's round of n stored images, as
+        queued on the device (read them without waiting on later work: rows :n of each)."""
+        return (
+            self.judge.dispatch_batch(pixels, self.round_batch_size),
+            self.conditioning.dispatch_batch(pixels, self.round_batch_size),
+        )
+
+    def draw_unconditional(self, keys: jax.Array) -> jax.Array:
+        """Unconditional images [B, R, R, 3] in [-1, 1] (guidance scale 0), one per key."""
+        cond = np.zeros((keys.shape[0], self.condition_dim), np.float32)
+        return self.space.decode(
+            self._sample_unconditional(self.params, self._put(cond), self._put(keys))
+        )

@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "grain>=0.2.12,<0.3",
     "tensorflow-datasets>=4.9.9,<5",
     # TFDS's Image feature and clu's TensorBoard writer need TensorFlow; the CPU build is enough
-    # because JAX does all the accelerator work (see README, "Why TensorFlow").
+    # because JAX does all the accelerator work (docs/configs.md, "Why TensorFlow").
     "tensorflow-cpu>=2.20,<2.22",
     "tensorboard>=2.20,<2.22",
     "array-record>=0.8,<0.9",
@@ -29,7 +29,17 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<9", "pytest-xdist>=3.5,<4"],
+    # The tests, the import-layer contract (.importlinter) and the linter, as .ci/run runs them.
+    "test": [
+        "pytest>=8,<9",
+        "pytest-xdist>=3.5,<4",
+        "import-linter>=2.1,<3",
+        "ruff>=0.8,<1",
+    ],
+    # Accelerators: JAX's own builds for NVIDIA GPUs (CUDA 12 wheels, no system CUDA needed) and
+    # for Cloud TPU VMs. The rest of the project is the same on every backend.
+    "cuda12": ["jax[cuda12]>=0.10,<0.11"],
+    "tpu": ["jax[tpu]>=0.10,<0.11"],
     # PyTorch twin of the UNet for benchmarks and, later, weight converters. Install the CPU wheel
     # first (`pip install torch==2.13.0`); any 2.x satisfies this range.
     "torch": ["torch>=2.4,<3"],

@@ -8,10 +8,10 @@ resizes) and, for training, the same labels over NUM_CLASSES identities:
 
     embed       unit-norm embeddings of a batch, eval mode, no mirror flip.
                 JAX: `recognition.embeddings.EmbeddingExtractor(flip=False)` on a mesh of the local
-                devices. Twin: `tests/torch_iresnet.py` in eval mode under `torch.inference_mode`,
-                then L2 normalisation.
+                devices. Twin: `diffusion_jax.torch_twins.iresnet` in eval mode under
+                `torch.inference_mode`, then L2 normalisation.
     train_step  one optimiser step of the encoder and its margin-softmax head.
-                JAX: the project's shared step, `train.step.make_train_step` over
+                JAX: the project's shared step, `core.training.step.make_train_step` over
                 `encoder_builder(config, NUM_CLASSES)` and `make_margin_loss()`, jitted by
                 `jit_train_step` (gradient clipping, AdamW, EMA, metrics included).
                 Twin: the torch IResNet in train mode, a normalised-weight margin head with the
@@ -22,7 +22,8 @@ Reported per phase: images/s, GFLOP per image from XLA's cost analysis (of the J
 twin does the same arithmetic), compile time, peak resident memory, and jax/torch ratios. Each
 measurement runs in a fresh process, so its peak resident memory is its own and JAX's and
 PyTorch's thread pools never compete for the cores. The timing helpers are those of
-`unet_throughput.py`.
+`unet_throughput.py`. The report is a `diffusion_jax.benchmark_record` (commit, machine, command
+line, settings, results).
 
     python benchmarks/encoder_throughput.py --quick
     python benchmarks/encoder_throughput.py --sizes=demo,base
@@ -32,7 +33,6 @@ PyTorch's thread pools never compete for the cores. The timing helpers are those
 import argparse
 import importlib.metadata
 import importlib.util
-import json
 import math
 import os
 import pathlib
@@ -43,7 +43,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-# This script's directory is on sys.path (it is run as a script); spawned workers inherit it.
+# unet_throughput.py sits beside this script, and Python looks for modules first in the directory
+# of the script it runs (spawned workers too: they start with the parent's module path).
 from unet_throughput import (
     by_metric,
     images_per_second,
@@ -52,6 +53,8 @@ from unet_throughput import (
     peak_rss_mb,
     rounded,
 )
+
+from diffusion_jax.benchmark_record import write_benchmark_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("embed", "train_step")
@@ -115,10 +118,14 @@ def measure_jax(
 
     from diffusion_jax.core import parallel
     from diffusion_jax.core.models.iresnet import IResNet
-    from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
-    from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture, encoder_builder, make_margin_loss
     from diffusion_jax.core.training import state as state_lib
     from diffusion_jax.core.training.step import jit_train_step, make_train_step
+    from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+    from diffusion_jax.tasks.recognition.encoder_training import (
+        encoder_architecture,
+        encoder_builder,
+        make_margin_loss,
+    )
 
     mesh = parallel.make_mesh(config.mesh)
     batch = make_batch(config, batch_size)
@@ -175,16 +182,6 @@ def measure_jax(
 # PyTorch twin.
 
 
-def load_torch_iresnet():
-    """tests/torch_iresnet.py, the arcface_torch-layout twin of the project's IResNet."""
-    spec = importlib.util.spec_from_file_location(
-        "torch_iresnet", REPO_ROOT / "tests" / "torch_iresnet.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def torch_margin_logits(
     cosines, labels, *, scale: float, margins: tuple[float, float, float], cosine_clip: float
 ):
@@ -220,12 +217,14 @@ def measure_torch(
     import torch
     import torch.nn.functional as F
 
+    from diffusion_jax.torch_twins import iresnet as torch_iresnet
+
     torch.set_num_threads(threads)
     torch.manual_seed(config.encoder.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     encoder = config.encoder
-    model = load_torch_iresnet().build(constants["architecture"]).to(device)
+    model = torch_iresnet.build(constants["architecture"]).to(device)
     batch = make_batch(config, batch_size)
     images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(batch["label"]).long().to(device)
@@ -398,24 +397,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    report: dict[str, Any] = {
-        "argv": argv,
-        "jax_version": importlib.metadata.version("jax"),
-        "cpu_count": os.cpu_count(),
-        "iterations": args.iterations,
-        "budget_s": args.budget_s,
-        **({"note": args.note} if args.note else {}),
-        "sizes": {
-            size: benchmark_preset(config, args) for size, config in args.configs.items()
-        },
+    results = {
+        "sizes": {size: benchmark_preset(config, args) for size, config in args.configs.items()}
     }
-    text = json.dumps(rounded(report), indent=2)
-    print(text)
-    if args.output:
-        pathlib.Path(args.output).write_text(text + "\n")
+    settings = {
+        "sizes": args.sizes,
+        "batch": args.batch,
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "budget_s": args.budget_s,
+        "threads": args.threads,
+        "with_torch": args.with_torch,
+        "quick": args.quick,
+        **({"note": args.note} if args.note else {}),
+    }
+    # The record reads the machine now, so the parent takes JAX's backend only after the
+    # measurements' processes are done.
+    write_benchmark_json(args.output, "encoder_throughput", rounded(results), settings)
 
 
 if __name__ == "__main__":
-    # Runs from a checkout without installing the package; spawned workers inherit sys.path.
-    sys.path.insert(1, str(REPO_ROOT))
     main(sys.argv[1:])

@@ -21,7 +21,8 @@ of the host's part: `host_share_from_job` = 1 - (seconds blocked waiting for the
 (shard-loop seconds). The peer is DDPM with all of the
 schedule's steps, IDiff-Face's sampler, measured in the same run (on fewer images and a batch of
 8, as it does 40 times the work per image): `speedup_vs_ddpm` is the ratio of images drawn per
-second.
+second. The report is a `diffusion_jax.benchmark_record` (commit, machine, command line,
+settings, results).
 
     python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=runs/demo
     python benchmarks/generation_throughput.py --workdir=runs/demo
@@ -32,7 +33,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,13 +41,13 @@ import time
 import jax
 import numpy as np
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from diffusion_jax.benchmark_record import write_benchmark_json
+from diffusion_jax.core import parallel
+from diffusion_jax.tasks.generation import generation_job
+from diffusion_jax.tasks.generation.generation_models import GenerationModels, judge_directory
+from diffusion_jax.tasks.generation.image_seeds import image_keys
 
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.tasks.generation import generation_job  # noqa: E402
-from diffusion_jax.tasks.generation.generation_models import GenerationModels, judge_directory  # noqa: E402
-from diffusion_jax.tasks.generation.image_seeds import image_keys  # noqa: E402
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_preset(preset: str):
@@ -158,19 +158,9 @@ def main() -> None:
     for result in results:
         if ddpm is not None:
             result["speedup_vs_ddpm"] = result["drawn_per_second"] / ddpm["drawn_per_second"]
-    report = {
-        "benchmark": "generation_throughput",
-        "preset": args.preset,
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        pathlib.Path(args.output).write_text(text + "\n")
+    write_benchmark_json(
+        args.output, "generation_throughput", {"samplers": results}, settings=vars(args)
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ latent scale before the UNet trains on the rest.
 Each arm is then graded by `--mode=evaluate_samples` with the judge: the judge's cosine similarity
 between samples and their identity's source image, rank-1 identification among the sources, and
 the Frechet distance between the judge's embeddings of the samples and of real images of the same
-identities. Writes JSON (the numbers, steps reached, settings) and a PNG with both arms' grids.
+identities. Writes a `diffusion_jax.benchmark_record` (commit, machine, command line, settings;
+results: the numbers and steps reached per arm) and a PNG with both arms' grids.
 
     python benchmarks/pixel_vs_latent.py --budget_minutes=12
     python benchmarks/pixel_vs_latent.py --budget_minutes=1 --workdir=/tmp/pvl   # a smoke run
@@ -24,7 +25,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import shutil
 import signal
 import subprocess
@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 from PIL import Image
+
+from diffusion_jax.benchmark_record import write_benchmark_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "pixel_vs_latent_cpu2.json"
@@ -119,7 +121,9 @@ def main(argv: list[str]) -> None:
     arms = {}
     if set(spaces) != set(SPACES):
         with open(args.output) as f:
-            arms = json.load(f)["arms"]
+            previous = json.load(f)
+        # A benchmark record keeps the arms under "results"; files older than the format, on top.
+        arms = previous.get("results", previous)["arms"]
     for space in spaces:
         preset = f"{args.preset},{space}"
         arm_workdir = os.path.join(workdir, space)
@@ -159,11 +163,7 @@ def main(argv: list[str]) -> None:
             "frechet_real_images": report["frechet_real_images"],
         }
 
-    result = {
-        "benchmark": "pixel_vs_latent",
-        "budget_minutes": args.budget_minutes,
-        "preset": args.preset,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+    results = {
         "arms": arms,
         "latent_over_pixel": {
             key: arms["latent"][key] / arms["pixel"][key]
@@ -171,13 +171,17 @@ def main(argv: list[str]) -> None:
             if arms["pixel"][key]
         },
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    settings = {
+        "budget_minutes": args.budget_minutes,
+        "preset": args.preset,
+        "samples_per_identity": args.samples_per_identity,
+        "spaces": spaces,
+        "workdir": workdir,
+    }
+    write_benchmark_json(args.output, "pixel_vs_latent", results, settings)
     grid = "sample_report/consistency_grid.png"
     grids = [os.path.join(workdir, space, grid) for space in SPACES]
     side_by_side(grids, os.path.splitext(args.output)[0] + ".png")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ The process pins itself to one core before JAX starts (`os.sched_setaffinity`, l
               process shares the core), best of --repeats calls, and the compile time.
     prepare   building the `procedural_faces` TFDS dataset (render, PNG-encode, write
               ArrayRecord) at --pipeline-resolution, in images/s, unless --data-dir holds it.
-    pipeline  `input_pipeline.make_train_iterator` (worker_count 0): read, PNG-decode, flip, scale and
-              batch, in images/s.
+    pipeline  `input_pipeline.make_train_iterator` (worker_count 0): read, PNG-decode, flip, scale
+              and batch, in images/s.
+
+The report is a `diffusion_jax.benchmark_record` (commit, machine, command line, settings,
+results), printed and, with --output, written.
 
     python benchmarks/render_throughput.py
     python benchmarks/render_throughput.py --resolutions=64 --repeats=10 --core=1
@@ -19,11 +22,12 @@ The process pins itself to one core before JAX starts (`os.sched_setaffinity`, l
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
 import time
+
+from diffusion_jax.benchmark_record import write_benchmark_json
 
 
 def _parse_args() -> argparse.Namespace:
@@ -47,6 +51,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", default=None, help="TFDS data dir to reuse (default: a temporary one)"
     )
+    parser.add_argument("--output", default=None, help="also write the JSON report to this file")
     return parser.parse_args()
 
 
@@ -130,19 +135,22 @@ def _pipeline_throughput(args: argparse.Namespace, data_dir: str) -> dict:
 def main() -> None:
     args = _parse_args()
     core = _pin_to_one_core(args.core)
-    import jax
-
-    report = {
-        "core": core,
-        "xla_flags": os.environ["XLA_FLAGS"].strip(),
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
+    results = {
         "render": [_render_throughput(int(r), args.repeats) for r in args.resolutions.split(",")],
     }
     with tempfile.TemporaryDirectory() as temporary:
-        report["pipeline"] = _pipeline_throughput(args, args.data_dir or temporary)
-    json.dump(report, sys.stdout, indent=2)
-    print()
+        results["pipeline"] = _pipeline_throughput(args, args.data_dir or temporary)
+    settings = {
+        "core": core,
+        "xla_flags": os.environ["XLA_FLAGS"].strip(),
+        "resolutions": [int(r) for r in args.resolutions.split(",")],
+        "repeats": args.repeats,
+        "pipeline_resolution": args.pipeline_resolution,
+        "pipeline_identities": args.pipeline_identities,
+        "pipeline_batches": args.pipeline_batches,
+        "data_dir": args.data_dir,
+    }
+    write_benchmark_json(args.output, "render_throughput", results, settings)
 
 
 if __name__ == "__main__":

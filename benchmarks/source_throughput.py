@@ -1,4 +1,5 @@
-"""Decoded images/s of every training source through `input_pipeline.make_train_iterator`; writes JSON.
+"""Decoded images/s of every training source through `input_pipeline.make_train_iterator`; writes
+JSON.
 
 One set of procedural faces (--identities x --images-per-identity, rendered at 112x112, the
 common aligned-crop size, and saved as JPEG quality 95) is laid out in each format:
@@ -16,7 +17,8 @@ workers), then --batches batches of --batch-size are timed (horizontal flips on)
 folders and TFDS, cutting the source to half its identities (`data.max_identities`) is timed
 twice, from no label cache (label_scan_s: every record read) and again (label_cache_s: the labels
 read back from `record_label_cache`). Runs under absl, since grain's worker processes need
-parsed flags.
+parsed flags. The report is a `diffusion_jax.benchmark_record` (commit, machine, command line,
+settings, results).
 
     python benchmarks/source_throughput.py --output=benchmarks/results/source_throughput_cpu2.json
 """
@@ -38,9 +40,9 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.data.sources import recordio
+from diffusion_jax.benchmark_record import write_benchmark_json
 from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.tasks.data.sources import input_pipeline, recordio
 
 _OUTPUT = flags.DEFINE_string("output", None, "where to write the JSON (also printed)")
 _IDENTITIES = flags.DEFINE_integer("identities", 50, "identities of the generated datasets")
@@ -167,8 +169,8 @@ def _throughput(data_config: ml_collections.ConfigDict) -> dict:
 
 
 def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
-    """Seconds of `input_pipeline.training_records` cut to half the identities: without a label cache
-    (every label cache under data_dir deleted first), then with the one that call left."""
+    """Seconds of `input_pipeline.training_records` cut to half the identities: without a label
+    cache (every label cache under data_dir deleted first), then with the one that call left."""
     for cache in glob.glob(os.path.join(data_config.data_dir, "**", "record_labels_*.npz"),
                            recursive=True):
         os.remove(cache)
@@ -229,20 +231,20 @@ def main(argv: list[str]) -> None:
                     print(json.dumps(measurement), file=sys.stderr)
                     measurements.append(measurement)
 
-    report = {
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "images": _IDENTITIES.value * _IMAGES_PER_IDENTITY.value,
+    settings = {
+        "identities": _IDENTITIES.value,
+        "images_per_identity": _IMAGES_PER_IDENTITY.value,
         "stored_resolution": FACE_RESOLUTION,
         "batch_size": _BATCH_SIZE.value,
         "timed_batches": _BATCHES.value,
+        "worker_counts": [int(count) for count in _WORKER_COUNTS.value],
+    }
+    results = {
+        "images": _IDENTITIES.value * _IMAGES_PER_IDENTITY.value,
         "note": "prepare_s is paid once: a second worker_count reuses the prepared data",
         "measurements": measurements,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if _OUTPUT.value:
-        with open(_OUTPUT.value, "w") as file:
-            file.write(text + "\n")
+    write_benchmark_json(_OUTPUT.value, "source_throughput", results, settings)
 
 
 if __name__ == "__main__":

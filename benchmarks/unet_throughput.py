@@ -5,19 +5,22 @@ Each size is a preset of configs/faces.py, with its model, diffusion, train and 
 Three phases are measured per size and framework:
 
     forward     one eval-mode network evaluation.
-    train_step  `diffusion_jax.core.training.step.make_train_step` jitted by `jit_train_step`: draw t and
+    train_step  `core.training.step.make_train_step` jitted by `jit_train_step`: draw t and
                 noise, noise x_0, drop conditions, weighted eps/x0/v loss, clip the gradient,
-                AdamW, EMA. Twin: `torch_unet.make_train_step`.
-    sample      `diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn`: the configured sampler (DDIM) with
-                classifier-free guidance as one batched forward per step. Twin:
-                `torch_unet.make_ddim_sampler` on the same timesteps, under inference mode.
+                AdamW, EMA. Twin: `diffusion_jax.torch_twins.unet.make_train_step`.
+    sample      `tasks.conditional_diffusion.sample_functions.make_sample_fn` with DDIM (whatever
+                sampler the preset generates with) and the preset's steps, eta and classifier-free
+                guidance, as one batched forward per step.
+                Twin: `diffusion_jax.torch_twins.unet.make_ddim_sampler` on the same timesteps,
+                under inference mode.
 
 Reported per phase: images/s, GFLOP per image from XLA's cost analysis, the achieved GFLOP/s and
 its fraction of a matmul peak in the compute dtype measured in this run, compile time, XLA's temp
 memory, peak resident memory, and jax/torch ratios; per size, the network evaluations per image.
 Each measurement runs in a fresh process, so its peak resident memory is its own and JAX's and
 PyTorch's thread pools never compete for the cores. A measurement stops timing after --budget-s
-seconds of calls (after one timed call at least), so that slow phases stay bounded.
+seconds of calls (after one timed call at least), so that slow phases stay bounded. The report is
+a `diffusion_jax.benchmark_record` (commit, machine, command line, settings, results).
 
     python benchmarks/unet_throughput.py --quick
     python benchmarks/unet_throughput.py --sizes=demo --output=/tmp/unet_demo.json
@@ -28,7 +31,6 @@ import argparse
 import concurrent.futures
 import importlib.metadata
 import importlib.util
-import json
 import multiprocessing
 import os
 import pathlib
@@ -41,6 +43,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from diffusion_jax.benchmark_record import write_benchmark_json
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("forward", "train_step", "sample")
 DTYPES = ("float32", "bfloat16")
@@ -50,12 +54,16 @@ CPU_BATCH_PIXELS = 32 * 32 * 32
 
 def load_preset(preset: str) -> ml_collections.ConfigDict:
     """`configs/faces.py:<preset>,pixel`, loaded the way `config_flags` loads a config file: the
-    UNet is timed on images (in pixel space), whatever space the preset defaults to."""
+    UNet is timed on images (in pixel space), whatever space the preset defaults to, and sampled
+    with DDIM, the sampler the twin has (the demo preset generates with DPM-Solver++(2M), also
+    one guided network evaluation per step)."""
     path = REPO_ROOT / "configs" / "faces.py"
     spec = importlib.util.spec_from_file_location("faces_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(f"{preset},pixel")
+    config = module.get_config(f"{preset},pixel")
+    config.sample.sampler = "ddim"
+    return config
 
 
 def default_batch_size(config: ml_collections.ConfigDict, platform: str) -> int:
@@ -159,9 +167,9 @@ def project_constants(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     from diffusion_jax.core.diffusion.samplers import sampling_timesteps
     from diffusion_jax.core.diffusion.schedules import schedule_from_config
-    from diffusion_jax.tasks.conditional_diffusion.sample_functions import sampler_options
     from diffusion_jax.core.training import state as state_lib
     from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_architecture, unet_builder
+    from diffusion_jax.tasks.conditional_diffusion.sample_functions import sampler_options
 
     num_timesteps = config.diffusion.num_timesteps
     schedule = schedule_from_config(config.diffusion.beta_schedule, num_timesteps)
@@ -189,10 +197,17 @@ def measure_jax(
 
     from diffusion_jax.core import parallel
     from diffusion_jax.core.diffusion.schedules import schedule_from_config
-    from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn, sampler_options
     from diffusion_jax.core.training import state as state_lib
-    from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder, unet_graphdef
     from diffusion_jax.core.training.step import jit_train_step, make_train_step
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import (
+        make_diffusion_loss,
+        unet_builder,
+        unet_graphdef,
+    )
+    from diffusion_jax.tasks.conditional_diffusion.sample_functions import (
+        make_sample_fn,
+        sampler_options,
+    )
 
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     mesh = parallel.make_mesh(config.mesh)
@@ -265,9 +280,10 @@ def measure_torch(
     budget_s: float,
     threads: int,
 ) -> dict[str, Any]:
-    """Times one phase of the twin in `torch_unet`, on the inputs the JAX phase gets."""
+    """Times one phase of the twin `torch_twins.unet`, on the inputs the JAX phase gets."""
     import torch
-    import torch_unet
+
+    from diffusion_jax.torch_twins import unet as torch_unet
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -437,11 +453,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a check that everything runs: the test preset, batch 4, 2 iterations, 1 warmup",
+        help="a check that everything runs: the demo preset, batch 4, 2 iterations, 1 warmup",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.batch, args.iterations, args.warmup = "test", 4, 2, 1
+        args.sizes, args.batch, args.iterations, args.warmup = "demo", 4, 2, 1
         args.matmul_size = 1024
     args.sizes = args.sizes.split(",")
     for name in ("batch", "iterations", "matmul_size", "threads"):
@@ -468,24 +484,29 @@ def main(argv: list[str]) -> None:
     peaks = {
         dtype: in_fresh_process(matmul_peak_gflops, args.matmul_size, dtype) for dtype in dtypes
     }
-    report: dict[str, Any] = {
-        "argv": argv,
+    results = {
         "matmul_peak": peaks,
-        "cpu_count": os.cpu_count(),
-        "iterations": args.iterations,
-        "budget_s": args.budget_s,
         "sizes": {
             size: benchmark_preset(config, args, peaks[config.model.dtype], with_torch)
             for size, config in args.configs.items()
         },
     }
-    text = json.dumps(rounded(report), indent=2)
-    print(text)
-    if args.output:
-        pathlib.Path(args.output).write_text(text + "\n")
+    settings = {
+        "sizes": args.sizes,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "budget_s": args.budget_s,
+        "matmul_size": args.matmul_size,
+        "threads": args.threads,
+        "with_torch": with_torch,
+        "quick": args.quick,
+    }
+    # The record reads the machine now, so the parent takes JAX's backend only after the
+    # measurements' processes are done.
+    write_benchmark_json(args.output, "unet_throughput", rounded(results), settings)
 
 
 if __name__ == "__main__":
-    # Runs from a checkout without installing the package; spawned workers inherit sys.path.
-    sys.path.insert(1, str(REPO_ROOT))
     main(sys.argv[1:])

@@ -15,15 +15,17 @@ autoencoder_kl: a diffusers `AutoencoderKL` directory (config.json and
 diffusion_pytorch_model.safetensors, or the --weights file) -> an autoencoder directory
 (`latent.autoencoder_store`) whose latent scale is config.json's `scaling_factor` and whose
 provenance records the source directory, the weights file and its SHA-256, and the config.
+
+Inputs and outputs may be local paths or `gs://` URLs (`core.paths`).
 """
 
 import argparse
-import os
 from collections.abc import Sequence
 
 import jax
 from flax import nnx
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.convert.arcface_torch import convert_arcface_state_dict, infer_arcface_architecture
 from diffusion_jax.tasks.convert.autoencoder_kl import DIFFUSERS_WEIGHTS, convert_autoencoder_kl_state_dict, from_diffusers_config, read_diffusers_config
 from diffusion_jax.tasks.convert.tensor_files import load_tensors
@@ -35,8 +37,8 @@ from diffusion_jax.tasks.recognition.encoder_store import save_encoder
 
 def convert_arcface_torch(args: argparse.Namespace) -> None:
     """The `arcface_torch` subcommand: checkpoint file -> encoder directory."""
-    output = os.path.abspath(os.path.expanduser(args.output))
-    if os.path.isdir(output) and os.listdir(output):
+    output = str(paths.resolve(args.output))
+    if paths.is_nonempty_dir(output):
         raise SystemExit(f"--output {output} is not empty; refusing to overwrite it.")
     tensors = load_tensors(args.checkpoint)
     name = args.architecture or infer_arcface_architecture(tensors)
@@ -51,7 +53,7 @@ def convert_arcface_torch(args: argparse.Namespace) -> None:
     model = convert_arcface_state_dict(tensors, architecture)
     provenance = {
         "converted_from": "arcface_torch",
-        "source": os.path.abspath(args.checkpoint),
+        "source": str(paths.resolve(args.checkpoint)),
         "source_sha256": file_sha256(args.checkpoint),
         "architecture_name": name,
     }
@@ -65,13 +67,13 @@ def convert_arcface_torch(args: argparse.Namespace) -> None:
 
 def convert_autoencoder_kl(args: argparse.Namespace) -> None:
     """The `autoencoder_kl` subcommand: diffusers AutoencoderKL directory -> autoencoder dir."""
-    output = os.path.abspath(os.path.expanduser(args.output))
-    if os.path.isdir(output) and os.listdir(output):
+    output = str(paths.resolve(args.output))
+    if paths.is_nonempty_dir(output):
         raise SystemExit(f"--output {output} is not empty; refusing to overwrite it.")
-    model_dir = os.path.abspath(os.path.expanduser(args.model_dir))
+    model_dir = str(paths.resolve(args.model_dir))
     config = read_diffusers_config(model_dir)
     architecture, latent_scale = from_diffusers_config(config)
-    weights = os.path.abspath(args.weights or os.path.join(model_dir, DIFFUSERS_WEIGHTS))
+    weights = str(paths.resolve(args.weights or paths.Path(model_dir) / DIFFUSERS_WEIGHTS))
     model = convert_autoencoder_kl_state_dict(load_tensors(weights), architecture)
     provenance = {
         "converted_from": "diffusers AutoencoderKL",

@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: the repo root, the `test` preset of configs/faces.py, and running
-the main job through its command line."""
+"""Helpers shared by the tests: the repo root, the configs (the presets of configs/faces.py, and
+the unit tests' own config tests/configs/unit.py, called the `test` preset here), and running the
+main job through its command line."""
 
 import importlib.util
 import os
@@ -10,14 +11,27 @@ import jax
 import ml_collections
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNIT_CONFIG = os.path.join("tests", "configs", "unit.py")
+
+
+def config_argument(preset: str) -> str:
+    """The --config value of `preset`: "test[,SPACE]" is tests/configs/unit.py[:SPACE], any other
+    preset configs/faces.py:<preset>."""
+    name, _, space = preset.partition(",")
+    if name == "test":
+        return UNIT_CONFIG + (f":{space}" if space else "")
+    return f"configs/faces.py:{preset}"
 
 
 def load_config(preset: str) -> ml_collections.ConfigDict:
-    """`configs/faces.py:<preset>`, loaded the way `config_flags` loads it."""
-    spec = importlib.util.spec_from_file_location("faces_config", os.path.join(REPO_ROOT, "configs", "faces.py"))
+    """The config of `config_argument(preset)`, loaded the way `config_flags` loads it."""
+    path, colon, argument = config_argument(preset).partition(":")
+    spec = importlib.util.spec_from_file_location(
+        f"{os.path.splitext(os.path.basename(path))[0]}_config", os.path.join(REPO_ROOT, path)
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return module.get_config(argument) if colon else module.get_config()
 
 
 def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
@@ -34,15 +48,18 @@ def run_main_job(
     overrides: dict | None = None,
     timeout: int = 600,
     mode: str = "train",
+    stages: str = "",
 ) -> None:
-    """Runs `python -m diffusion_jax.main --config=configs/faces.py:<preset> --mode=<mode>` in a
-    subprocess that shares the tests' persistent compilation cache; fails the test with its
-    stderr if it fails."""
+    """Runs `python -m diffusion_jax.main --config=<config_argument(preset)> --mode=<mode>` (with
+    `stages`: `--mode=pipeline --stages=<stages>`) in a subprocess that shares the tests'
+    persistent compilation cache; fails the test with its stderr if it fails."""
+    if stages:
+        mode = f"pipeline --stages={stages}"
     command = [
         sys.executable, "-m", "diffusion_jax.main",
-        f"--config=configs/faces.py:{preset}",
+        f"--config={config_argument(preset)}",
         f"--workdir={workdir}",
-        f"--mode={mode}",
+        *f"--mode={mode}".split(),
         f"--config.data.data_dir={data_dir}",
     ] + [f"--config.{field}={value}" for field, value in (overrides or {}).items()]
     environment = {

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.stages import MissingStageOutput
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
 from diffusion_jax.tasks.latent import autoencoder_store
@@ -161,17 +162,22 @@ def test_the_perceptual_encoder_is_an_input_of_the_step_not_a_constant():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data_dir):
-    """(config, workdir) after `--mode=train_autoencoder` on the `test` preset: the encoder of
-    the perceptual term (4 steps), then the autoencoder (4 steps) with its discriminator."""
+    """(config, workdir) after `--mode=train_encoder` (the encoder of the perceptual term, 4
+    steps) and `--mode=train_autoencoder` (4 steps, with its discriminator) on the `test` preset;
+    the autoencoder alone is refused first, naming the command that makes the encoder."""
     config = tiny_config(prepared_data_dir)
     config.autoencoder.discriminator_weight = 0.5
     workdir = str(tmp_path_factory.mktemp("autoencoder"))
+    with pytest.raises(MissingStageOutput, match=r"encoder stage's outputs .*--mode=train_encoder"):
+        MODES["train_autoencoder"](config, workdir)
+    MODES["train_encoder"](config, workdir)
     assert MODES["train_autoencoder"](config, workdir) == os.path.join(
         workdir, "autoencoder", "model"
     )
     return config, workdir
 
 
+@pytest.mark.slow  # `trained` runs the encoder and autoencoder training modes
 def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trained):
     config, workdir = trained
     loaded = autoencoder_store.load_autoencoder(os.path.join(workdir, "autoencoder", "model"))
@@ -193,6 +199,7 @@ def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trai
     np.testing.assert_allclose(loaded.latent_scale, expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_complete_autoencoder_is_reused_and_another_architecture_refused(trained):
     config, workdir = trained
     model_dir = os.path.join(workdir, "autoencoder", "model")

@@ -1,17 +1,43 @@
 """Bad configs are refused before anything runs, with a message that names the field."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 
 import pytest
 
 from diffusion_jax.apps import config_checks
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, config_argument, load_config
+
+# The presets of configs/faces.py, and "test": the unit tests' config, tests/configs/unit.py.
+PRESETS = ["demo", "base", "large", "test"]
 
 
-@pytest.mark.parametrize("preset", ["demo", "base", "large", "test"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_presets_are_valid(preset):
     config_checks.validate(load_config(preset))
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        nested = isinstance(value, dict)
+        keys |= _dotted_keys(value, f"{prefix}{key}.") if nested else {prefix + key}
+    return keys
+
+
+@pytest.mark.parametrize("space", ["", ",pixel", ",latent"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_set_only_keys_the_default_declares(preset, space):
+    spec = importlib.util.spec_from_file_location(
+        "default_config", os.path.join(REPO_ROOT, "configs", "default.py")
+    )
+    default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(default)
+    config = load_config(preset + space)
+    assert _dotted_keys(config.to_dict()) == _dotted_keys(default.get_config().to_dict())
+    assert config.preset == preset + space
 
 
 @pytest.mark.parametrize(
@@ -72,7 +98,7 @@ def test_inconsistent_values_are_refused_naming_the_field(field, value, message)
 )
 def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, override, message):
     command = [
-        sys.executable, "-m", "diffusion_jax.main", "--config=configs/faces.py:test",
+        sys.executable, "-m", "diffusion_jax.main", f"--config={config_argument('test')}",
         f"--workdir={tmp_path}", override,
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -1,7 +1,8 @@
 """arcface_torch import: embeddings equal PyTorch's, the CLI round trip, and refused inputs.
 
-The reference is `tests/torch_iresnet.py`, a PyTorch IResNet with arcface_torch's module names,
-randomly initialised with random BN statistics, BN affines and PReLU slopes, in eval mode.
+The reference is `diffusion_jax/torch_twins/iresnet.py`, a PyTorch IResNet with arcface_torch's
+module names, randomly initialised with random BN statistics, BN affines and PReLU slopes, in eval
+mode.
 """
 
 import hashlib
@@ -15,9 +16,12 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from diffusion_jax.tasks.convert.arcface_torch import convert_arcface_state_dict, infer_arcface_architecture
-from diffusion_jax.tasks.convert.tensor_files import load_tensors
 from diffusion_jax.core.models.iresnet import iresnet_architecture
+from diffusion_jax.tasks.convert.arcface_torch import (
+    convert_arcface_state_dict,
+    infer_arcface_architecture,
+)
+from diffusion_jax.tasks.convert.tensor_files import load_tensors
 from tests.helpers import REPO_ROOT
 
 SMALL = iresnet_architecture("iresnet_small", input_resolution=32)
@@ -28,9 +32,9 @@ embed = nnx.jit(lambda model, images: model(images))
 
 @pytest.fixture(scope="module")
 def torch_twin():
-    """(torch, tests.torch_iresnet); skips the test without PyTorch."""
+    """(torch, diffusion_jax.torch_twins.iresnet); skips the test without PyTorch."""
     torch = pytest.importorskip("torch")
-    from tests import torch_iresnet
+    from diffusion_jax.torch_twins import iresnet as torch_iresnet
 
     return torch, torch_iresnet
 

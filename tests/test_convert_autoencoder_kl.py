@@ -1,8 +1,9 @@
 """diffusers AutoencoderKL import: encodings and decodings equal PyTorch's, the CLI round trip, and
 the configs and state dicts that are refused.
 
-The reference is `tests/torch_autoencoder_kl.py`, a PyTorch AutoencoderKL with diffusers' module
-names, built from a diffusers config.json and randomly initialised, GroupNorm affines included.
+The reference is `diffusion_jax/torch_twins/autoencoder_kl.py`, a PyTorch AutoencoderKL with
+diffusers' module names, built from a diffusers config.json and randomly initialised, GroupNorm
+affines included.
 """
 
 import hashlib
@@ -20,9 +21,12 @@ import safetensors.numpy
 from flax import nnx
 
 from diffusion_jax.convert import main as convert_main
-from diffusion_jax.tasks.convert.autoencoder_kl import convert_autoencoder_kl_state_dict, from_diffusers_config
 from diffusion_jax.core.fingerprint import array_tree_sha256
 from diffusion_jax.core.models.autoencoder import AutoencoderKL, autoencoder_architecture
+from diffusion_jax.tasks.convert.autoencoder_kl import (
+    convert_autoencoder_kl_state_dict,
+    from_diffusers_config,
+)
 from tests.helpers import REPO_ROOT
 
 RESOLUTION = 16
@@ -34,9 +38,9 @@ decode = nnx.jit(lambda model, latents: model.decode(latents))
 
 @pytest.fixture(scope="module")
 def torch_twin():
-    """(torch, tests.torch_autoencoder_kl); skips the test without PyTorch."""
+    """(torch, diffusion_jax.torch_twins.autoencoder_kl); skips the test without PyTorch."""
     torch = pytest.importorskip("torch")
-    from tests import torch_autoencoder_kl
+    from diffusion_jax.torch_twins import autoencoder_kl as torch_autoencoder_kl
 
     return torch, torch_autoencoder_kl
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core import parallel
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation import verification_sets
@@ -27,6 +28,9 @@ from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.tasks.conditional_diffusion.identity_conditions import identity_conditions
 from tests.helpers import run_main_job, tiny_config
+
+# Every test reads one run of the main job in a subprocess (module fixture `run`).
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # The `test` preset's encoder (iresnet_small at 32x32, CosFace head) trained long enough to
 # separate the preset's 8 training identities: 40 steps at batch 16, 20 epochs of its 32 images.
@@ -54,7 +58,7 @@ def run(tmp_path_factory, prepared_data_dir):
     """(config, workdir) of one run of the main job: the encoder (40 steps), then the diffusion
     model (6 steps). It shares the tests' persistent compilation cache."""
     workdir = str(tmp_path_factory.mktemp("encoder_conditioned"))
-    run_main_job("test", workdir, prepared_data_dir, OVERRIDES)
+    run_main_job("test", workdir, prepared_data_dir, OVERRIDES, stages="diffusion")
     return run_config(prepared_data_dir), workdir
 
 
@@ -190,7 +194,8 @@ def test_a_complete_encoder_is_not_trained_again(run, monkeypatch):
         raise AssertionError("train_encoder trained a complete encoder again")
 
     monkeypatch.setattr(encoder_training, "run_training", fail)
-    assert encoder_training.train_encoder(config, workdir) == encoder_directory(workdir)
+    layout = RunLayout.from_config(workdir, config)
+    assert encoder_training.train_encoder(config, layout.encoder) == encoder_directory(workdir)
     assert os.stat(description).st_mtime_ns == modified
     checkpoints = Checkpointer(os.path.join(workdir, "encoder", "checkpoints"), read_only=True)
     assert checkpoints.all_steps() == [20, 40]
@@ -203,7 +208,7 @@ def test_another_architecture_over_a_complete_encoder_is_refused_naming_both(run
     trained = encoder_store.read_description(encoder_directory(workdir))["architecture"]
     asked = encoder_training.encoder_architecture(other.encoder)
     with pytest.raises(ValueError) as error:
-        encoder_training.train_encoder(other, workdir)
+        encoder_training.train_encoder(other, RunLayout.from_config(workdir, other).encoder)
     assert f"has architecture {trained}" in str(error.value)
     assert f"asks for {asked}" in str(error.value)
 

@@ -28,7 +28,10 @@ from diffusion_jax.tasks.generation import manifest
 from diffusion_jax.tasks.generation import shard_drawing
 from diffusion_jax.tasks.generation.generation_models import GenerationModels
 from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
-from tests.helpers import REPO_ROOT, run_main_job, tiny_config
+from tests.helpers import REPO_ROOT, config_argument, run_main_job, tiny_config
+
+# A run of the main job in a subprocess, then generation jobs in- and out-of-process.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TRAIN_OVERRIDES = {"condition.source": "encoder"}
 # 6 identities of 3 images in 6 shards. DDPM (all 100 steps, fresh noise at each) makes a shard
@@ -50,7 +53,7 @@ def job_config(data_dir: str, **overrides):
 def command(workdir: str, data_dir: str, out_dir: str, mode: str = "generate", **overrides):
     flags = {**GENERATE_OVERRIDES, "generate.output_dir": out_dir, **overrides}
     return [
-        sys.executable, "-m", "diffusion_jax.main", "--config=configs/faces.py:test",
+        sys.executable, "-m", "diffusion_jax.main", f"--config={config_argument('test')}",
         f"--workdir={workdir}", f"--mode={mode}", f"--config.data.data_dir={data_dir}",
     ] + [f"--config.{key}={value}" for key, value in flags.items()]
 
@@ -81,15 +84,16 @@ def dataset_files(out_dir: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data_dir):
-    """A workdir with the `test` preset's encoder-conditioned pixel model (4 + 6 steps)."""
+    """A workdir with the `test` preset's encoder-conditioned pixel model (4 + 6 steps) and its
+    judge: the pipeline's `diffusion` and `judge` stages."""
     workdir = str(tmp_path_factory.mktemp("generation_model"))
-    run_main_job("test", workdir, prepared_data_dir, TRAIN_OVERRIDES)
+    run_main_job("test", workdir, prepared_data_dir, TRAIN_OVERRIDES, stages="diffusion,judge")
     return workdir
 
 
 @pytest.fixture(scope="module")
 def generated(trained, prepared_data_dir):
-    """(out_dir, summary) of one uninterrupted in-process generation (it trains the judge)."""
+    """(out_dir, summary) of one uninterrupted in-process generation."""
     config = job_config(prepared_data_dir)
     config.generate.output_dir = os.path.join(trained, "dataset_a")
     summary = generation_job.generate_dataset(config, trained)

@@ -86,7 +86,7 @@ def test_parameter_count_matches_the_torch_twin():
     pytest.importorskip("torch")
     import torch
 
-    from tests import torch_iresnet
+    from diffusion_jax.torch_twins import iresnet as torch_iresnet
 
     architecture = iresnet.iresnet_architecture("iresnet50")
     with torch.device("meta"):

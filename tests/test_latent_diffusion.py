@@ -140,10 +140,13 @@ def latent_run(tmp_path_factory, prepared_data_dir):
     """One run of the main job in latent space through its command line: the perceptual
     encoder, the autoencoder and the latent UNet, 4 + 4 + 6 steps."""
     workdir = str(tmp_path_factory.mktemp("latent_run"))
-    run_main_job("test,latent", workdir, prepared_data_dir, LATENT_RUN_OVERRIDES, timeout=900)
+    run_main_job("test,latent", workdir, prepared_data_dir, LATENT_RUN_OVERRIDES, timeout=900,
+                 stages="diffusion,judge")
     return workdir
 
 
+@pytest.mark.slow  # reads the module's latent run of the main job (a subprocess)
+@pytest.mark.e2e
 def test_latent_training_leaves_an_autoencoder_checkpoints_and_decoded_figures(latent_run):
     assert autoencoder_store.is_complete(os.path.join(latent_run, "autoencoder", "model"))
     checkpoints = Checkpointer(os.path.join(latent_run, "checkpoints"), read_only=True)
@@ -152,6 +155,8 @@ def test_latent_training_leaves_an_autoencoder_checkpoints_and_decoded_figures(l
         assert os.path.getsize(os.path.join(latent_run, "figures", f"{name}.png")) > 1000
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_dir):
     config = latent_config(prepared_data_dir)
     out_dir = MODES["sample"](config, latent_run)
@@ -168,6 +173,8 @@ def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_
         MODES["sample"](other, latent_run)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_generation_job_decodes_latent_samples_to_images(latent_run, prepared_data_dir):
     workdir = latent_run
     config = latent_config(prepared_data_dir)

@@ -7,7 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO_ROOT
+
+# A subprocess with 4 virtual CPU devices compiles and runs the sharded step: minutes on 2 cores.
+pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
 import jax, numpy as np

@@ -15,10 +15,14 @@ from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
 from diffusion_jax.core import parallel
+from diffusion_jax.core.preemption import Preempted
 from diffusion_jax.apps import sample as sample_mode
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, make_margin_loss
 from tests.helpers import run_main_job, tiny_config
+
+# A run of the main job in a subprocess (module fixture) and in-process training runs.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def restore_params(workdir: str, config, step: int | None = None):
@@ -115,7 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepared_data_dir):
     config = tiny_config(data_dir=prepared_data_dir)
-    out_dir = sample_mode.sample_from_checkpoint(config, cli_run)
+    out_dir = sample_mode.run(config, cli_run)
     assert out_dir.endswith("step_6")
     for label in config.sample.identities:
         files = sorted(os.listdir(os.path.join(out_dir, f"identity_{label}")))
@@ -125,7 +129,7 @@ def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepa
     other = tiny_config(data_dir=prepared_data_dir)
     other.model.base_channels = 24
     with pytest.raises(ValueError, match="model.base_channels: checkpoint has 16, config has 24"):
-        sample_mode.sample_from_checkpoint(other, cli_run)
+        sample_mode.run(other, cli_run)
 
 
 def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(tmp_path, prepared_data_dir):
@@ -152,7 +156,7 @@ def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(tmp_pat
         every_steps=1,
     )
     before = signal.getsignal(signal.SIGTERM)
-    result = loop.run_training(task, str(tmp_path), parallel.make_mesh(config.mesh), jax.random.key(0))
-    assert not result.completed and int(result.state.step) == 4
+    with pytest.raises(Preempted, match=r"preempted encoder after saving step 4 "):
+        loop.run_training(task, str(tmp_path), parallel.make_mesh(config.mesh), jax.random.key(0))
     assert Checkpointer(os.path.join(tmp_path, "checkpoints"), read_only=True).all_steps() == [4]
     assert signal.getsignal(signal.SIGTERM) is before  # the loop's handler is removed again

@@ -1,7 +1,5 @@
 """Tests for the conditional UNet and its layers: shapes, conditioning, dropout, dtypes, parity."""
 
-import importlib.util
-import pathlib
 import re
 
 import jax
@@ -31,7 +29,6 @@ TINY = dict(
 )
 BATCH = 3
 ALL_KEPT = jnp.ones((BATCH,), bool)
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _inputs(seed: int = 0):
@@ -302,11 +299,7 @@ def test_jit_of_split_merge_matches_eager(graphdefs, apply_eval, perturbed):
 
 def test_torch_twin_has_the_same_parameters_and_function(apply_eval, perturbed):
     torch = pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location(
-        "torch_unet", REPO_ROOT / "benchmarks" / "torch_unet.py"
-    )
-    torch_unet = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(torch_unet)
+    from diffusion_jax.torch_twins import unet as torch_unet
 
     twin = torch_unet.TorchUNet(**TINY).eval()
     assert sum(p.numel() for p in twin.parameters()) == sum(

@@ -1,7 +1,8 @@
 """The four pictures of a diffusion run, as small functions a notebook can call too.
 
 Each `*_figure` function takes arrays (images in [-1, 1], NHWC) and returns a matplotlib Figure;
-`save_figure` writes it as PNG and returns the rendered RGB array (for TensorBoard).
+`save_figure` writes it as PNG (to a local path or a `gs://` URL, `core.paths`) and returns the
+rendered RGB array (for TensorBoard).
 
   forward_process   rows of x_0 noised to x_t at evenly spaced t, up to x_T
   x0_estimates      for the same x_t, the model's estimate of x_0
@@ -9,7 +10,7 @@ Each `*_figure` function takes arrays (images in [-1, 1], NHWC) and returns a ma
   identities        one row per conditioning identity, several samples each
 """
 
-import os
+import io
 from typing import Sequence
 
 import matplotlib
@@ -18,6 +19,8 @@ matplotlib.use("Agg")  # headless: figures are only ever written to files
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from diffusion_jax.core import paths  # noqa: E402
 
 
 def evenly_spaced_timesteps(num_timesteps: int, num_columns: int) -> np.ndarray:
@@ -92,10 +95,12 @@ def identities_figure(samples: np.ndarray, identity_labels: Sequence[int]) -> pl
     )
 
 
-def save_figure(figure: plt.Figure, path: str) -> np.ndarray:
-    """Writes `figure` to `path` (PNG), closes it and returns its pixels as uint8 RGB."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
+def save_figure(figure: plt.Figure, path: paths.PathLike) -> np.ndarray:
+    """Writes `figure` to `path` (PNG, in one atomic write), closes it and returns its pixels as
+    uint8 RGB."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    paths.write_bytes_atomically(paths.resolve(path), buffer.getvalue())
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)

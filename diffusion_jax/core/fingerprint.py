@@ -3,7 +3,8 @@
 `array_tree_sha256(tree)` hashes every array leaf of a pytree (its path, dtype, shape and bytes,
 in the tree's deterministic leaf order), so two models with equal weights hash equally and any
 change to any weight changes the hash. Used to key caches (a stale cache is never read) and to
-name checkpoints in manifests.
+name checkpoints in manifests. `file_sha256` reads through `core.paths`, so a file may be local or
+on an object store (`gs://`).
 """
 
 import hashlib
@@ -11,6 +12,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from diffusion_jax.core import paths
 
 
 def array_tree_sha256(tree: Any) -> str:
@@ -25,10 +28,10 @@ def array_tree_sha256(tree: Any) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+def file_sha256(path: paths.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -15,11 +15,14 @@ shapes are read from the checkpoint's metadata before anything is restored).
 
 `recognition.encoder_store` and `latent.autoencoder_store` each fix one `ModelStore`: the name of
 the description file, its format version and the model class.
+
+DIR may be a local path or a `gs://` URL (`core.paths`; Orbax writes and reads either): the
+description is one atomic write (a rename locally, one upload on an object store), and as it is
+written after the weights, it is the commit marker on both.
 """
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from diffusion_jax.core import paths
 from diffusion_jax.core.fingerprint import array_tree_sha256
 
 WEIGHTS_DIR = "weights"
@@ -50,13 +54,13 @@ class ModelStore:
     model_class: Callable[..., nnx.Module]
     written_by: str
 
-    def is_complete(self, directory: str) -> bool:
+    def is_complete(self, directory: paths.PathLike) -> bool:
         """Whether `directory` holds a fully written model."""
-        return os.path.isfile(os.path.join(os.path.expanduser(directory), self.description_file))
+        return (paths.resolve(directory) / self.description_file).is_file()
 
     def save(
         self,
-        directory: str,
+        directory: paths.PathLike,
         model: nnx.Module,
         architecture: dict[str, Any],
         fields: dict[str, Any],
@@ -67,8 +71,8 @@ class ModelStore:
         Every process must call it (Orbax writes the shards each process holds); process 0
         writes the description once the weights are complete.
         """
-        directory = os.path.abspath(os.path.expanduser(directory))
-        if os.path.isdir(directory) and os.listdir(directory):
+        directory = paths.resolve(directory)
+        if paths.is_nonempty_dir(directory):
             raise FileExistsError(
                 f"{directory} is not empty; refusing to overwrite it. Remove it or choose another "
                 "output directory."
@@ -82,25 +86,24 @@ class ModelStore:
             raise ValueError(f"The model does not fit the architecture {architecture}: {problems}")
         description["weights_sha256"] = array_tree_sha256(state)
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(directory, WEIGHTS_DIR), state)
+            checkpointer.save(directory / WEIGHTS_DIR, state)
             checkpointer.wait_until_finished()
         if jax.process_index() == 0:
-            temporary = os.path.join(directory, self.description_file + ".tmp")
-            with open(temporary, "w") as f:
-                json.dump(description, f, indent=2, sort_keys=True)
-            os.replace(temporary, os.path.join(directory, self.description_file))
+            paths.write_bytes_atomically(
+                directory / self.description_file,
+                json.dumps(description, indent=2, sort_keys=True).encode(),
+            )
         return description["weights_sha256"]
 
-    def read_description(self, directory: str) -> dict[str, Any]:
+    def read_description(self, directory: paths.PathLike) -> dict[str, Any]:
         """The description in `directory`, checked for completeness and format version."""
-        path = os.path.join(os.path.abspath(os.path.expanduser(directory)), self.description_file)
-        if not os.path.isfile(path):
+        path = paths.resolve(directory) / self.description_file
+        if not path.is_file():
             raise FileNotFoundError(
                 f"No {self.description_file} in {directory}: not a directory of this kind, or "
                 f"its save was interrupted. {self.written_by}"
             )
-        with open(path) as f:
-            description = json.load(f)
+        description = paths.read_json(path)
         if description.get("format_version") != self.format_version:
             raise ValueError(
                 f"{path}: format_version {description.get('format_version')!r} is not "
@@ -108,12 +111,12 @@ class ModelStore:
             )
         return description
 
-    def load(self, directory: str) -> tuple[nnx.Module, dict[str, Any]]:
+    def load(self, directory: paths.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
         """(the model saved in `directory`, on the first local device; its description)."""
-        directory = os.path.abspath(os.path.expanduser(directory))
+        directory = paths.resolve(directory)
         description = self.read_description(directory)
         architecture = description["architecture"]
-        description_path = os.path.join(directory, self.description_file)
+        description_path = directory / self.description_file
         try:
             graphdef, abstract_state = nnx.split(self._abstract_model(architecture))
         except (TypeError, ValueError) as error:
@@ -126,7 +129,7 @@ class ModelStore:
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
             abstract_state,
         )
-        weights = os.path.join(directory, WEIGHTS_DIR)
+        weights = directory / WEIGHTS_DIR
         with ocp.StandardCheckpointer() as checkpointer:
             stored = _shapes(checkpointer.metadata(weights).item_metadata)
             if problems := _mismatches(stored, _shapes(abstract_state), stored_as="checkpoint"):

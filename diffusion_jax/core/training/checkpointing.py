@@ -8,7 +8,6 @@ Saves are asynchronous; `close()` waits for the last one. Restores go straight i
 shardings of an abstract state built with `jax.eval_shape`.
 """
 
-import os
 from typing import Any
 
 import grain
@@ -16,14 +15,17 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffusion_jax.core import paths
 from diffusion_jax.core.training.state import TrainState
 
 
 class Checkpointer:
     """A thin, typed wrapper over `ocp.CheckpointManager` with the three items above."""
 
-    def __init__(self, directory: str, *, max_to_keep: int = 3, read_only: bool = False):
-        self.directory = os.path.abspath(os.path.expanduser(directory))
+    def __init__(
+        self, directory: paths.PathLike, *, max_to_keep: int = 3, read_only: bool = False
+    ):
+        self.directory = paths.resolve(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

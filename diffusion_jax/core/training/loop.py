@@ -1,16 +1,17 @@
-"""The training loop shared by every model: `run_training(task, workdir, mesh)`.
+"""The training loop shared by every model: `run_training(task, run_dir, mesh)`.
 
-Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves in
-`workdir`: config.json (the resolved config), checkpoints/ (Orbax: train state, data-iterator
-position, config) and TensorBoard events. What differs between models (the network, its loss,
-how a batch of images and labels becomes its input, periodic pictures) is a `TrainingTask`.
+Resumes from the latest checkpoint in `run_dir/checkpoints` when there is one. Leaves in
+`run_dir` (a local path or gs://): config.json (the resolved config), checkpoints/ (Orbax: train
+state, data-iterator position, config) and TensorBoard events. What differs between models (the
+network, its loss, how a batch of images and labels becomes its input, periodic pictures) is a
+`TrainingTask`. SIGTERM saves the step in progress and raises `preemption.Preempted`.
 """
 
+import contextlib
 import dataclasses
-import os
-import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
@@ -20,7 +21,8 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, paths
+from diffusion_jax.core.preemption import Preempted, sigterm_flag
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.core.training.step import Batch, LossFn, jit_train_step, make_train_step
@@ -64,26 +66,26 @@ class TrainingTask:
 class TrainingResult:
     state: state_lib.TrainState
     first_step: int  # the step training (re)started from
-    completed: bool  # reached num_steps (False when stopped by SIGTERM)
     writer: metric_writers.MetricWriter
 
 
-def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_resolved_config(config: ml_collections.ConfigDict, run_dir: paths.Path) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def run_training(
-    task: TrainingTask, workdir: str, mesh: jax.sharding.Mesh, rng: jax.Array
+    task: TrainingTask, run_dir: paths.PathLike, mesh: jax.sharding.Mesh, rng: jax.Array
 ) -> TrainingResult:
-    """Trains (or resumes) `task` in `workdir` up to `task.train_config.num_steps`."""
+    """Trains (or resumes) `task` in `run_dir` up to `task.train_config.num_steps`; raises
+    `Preempted` when SIGTERM stopped it first (after saving that step)."""
     # ------------------------------------------------------------------ Setup
     train_config = task.train_config
-    os.makedirs(workdir, exist_ok=True)
-    write_resolved_config(task.config, workdir)
+    run_dir = paths.resolve(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(task.config, run_dir)
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+        str(run_dir), just_logging=jax.process_index() > 0, asynchronous=True
     )
     init_rng, train_rng = jax.random.split(rng)
 
@@ -92,7 +94,7 @@ def run_training(
     abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
     shardings = parallel.state_shardings(mesh, abstract_state)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=train_config.keep_checkpoints
+        run_dir / "checkpoints", max_to_keep=train_config.keep_checkpoints
     )
     if checkpointer.latest_step() is not None:
         logging.info("%s: resuming from step %d.", task.name, checkpointer.latest_step())
@@ -114,12 +116,12 @@ def run_training(
     frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
 
     # ------------------------------------------------------------------ Loop
-    preempted, previous_handler = _install_sigterm_flag()
     first_step, num_steps = int(state.step), train_config.num_steps
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     all_finite = jnp.array(True)
     last_log_time, last_log_step = time.perf_counter(), first_step
-    try:
+    with sigterm_flag() as preempted, contextlib.closing(checkpointer):
+        # Closing the checkpointer waits for any save in flight, also when the loop raised.
         for step in range(first_step + 1, num_steps + 1):
             batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
             state, metrics = train_step(state, batch, train_rng, frozen)
@@ -128,7 +130,7 @@ def run_training(
 
             # Read the flag once: a SIGTERM arriving later in this iteration is handled after
             # the next step, which is then saved before stopping.
-            stop = preempted["flag"]
+            stop = bool(preempted)
             is_last = step == num_steps or stop
             if step % train_config.log_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
@@ -145,18 +147,13 @@ def run_training(
             if task.on_step is not None and task.every_steps and step % task.every_steps == 0:
                 task.on_step(step, state, writer)
             if stop:
-                logging.warning("SIGTERM received: saved step %d and stopping.", step)
                 break
-    finally:
-        checkpointer.close()  # waits for any save in flight, also when the loop raised
-        signal.signal(signal.SIGTERM, previous_handler)
     writer.flush()
-    return TrainingResult(
-        state=state,
-        first_step=first_step,
-        completed=int(state.step) >= num_steps,
-        writer=writer,
-    )
+    if int(state.step) < num_steps:
+        logging.warning("SIGTERM received: saved step %d of %s and stopping.", int(state.step),
+                        task.name)
+        raise Preempted(task.name, f"step {int(state.step)} in {checkpointer.directory}")
+    return TrainingResult(state=state, first_step=first_step, writer=writer)
 
 
 def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) -> None:
@@ -167,14 +164,3 @@ def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) 
             f"The last good checkpoint is step {checkpointer.latest_step()} in "
             f"{checkpointer.directory}. Lower the learning rate or check the data."
         )
-
-
-def _install_sigterm_flag() -> tuple[dict[str, bool], Any]:
-    """Turns SIGTERM (preemption) into a flag the loop checks: save, then exit cleanly. Returns
-    the flag and the handler it replaced (restored when training ends)."""
-    preempted = {"flag": False}
-
-    def handler(signum, frame):
-        preempted["flag"] = True
-
-    return preempted, signal.signal(signal.SIGTERM, handler)

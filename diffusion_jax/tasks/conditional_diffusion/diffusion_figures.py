@@ -7,7 +7,6 @@ In latent space the forward process, the x_0 estimates and the reverse process r
 and every picture shows their decoding by the autoencoder (`DiffusionSpace.decode`).
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from flax import nnx
 from diffusion_jax.tasks.conditional_diffusion import sample_functions
 from diffusion_jax.core.diffusion.gaussian import q_sample
 from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
-from diffusion_jax.core import figures
+from diffusion_jax.core import figures, paths
 from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace
 
 NUM_COLUMNS = 8
@@ -103,10 +102,10 @@ class DiffusionFigureWriter:
             "reverse_process": figures.reverse_process_figure(reverse, step_timesteps[columns]),
             "identities": figures.identities_figure(samples, identity_labels),
         }
-        paths, pixels = {}, {}
+        written, pixels = {}, {}
         for name, figure in made.items():
-            paths[name] = os.path.join(out_dir, f"{name}.png")
-            pixels[name] = figures.save_figure(figure, paths[name])[None]
+            written[name] = str(paths.Path(out_dir) / f"{name}.png")
+            pixels[name] = figures.save_figure(figure, written[name])[None]
         if writer is not None:
             writer.write_images(step, {f"figures/{name}": image for name, image in pixels.items()})
-        return paths, samples
+        return written, samples

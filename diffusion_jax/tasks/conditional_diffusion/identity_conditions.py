@@ -9,8 +9,7 @@
 """
 
 import dataclasses
-import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -18,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.models.conditioning import random_identity_embeddings
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
@@ -37,13 +37,6 @@ class IdentityConditions:
     of_images: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def encoder_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The conditioning encoder: `config.encoder.checkpoint`, else WORKDIR/encoder/model."""
-    if config.encoder.checkpoint:
-        return os.path.abspath(os.path.expanduser(config.encoder.checkpoint))
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "encoder", "model")
-
-
 def identity_conditions(
     config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
 ) -> IdentityConditions:
@@ -59,7 +52,7 @@ def identity_conditions(
 def _encoder_conditions(
     config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
 ) -> IdentityConditions:
-    encoder = load_encoder(encoder_directory(config, workdir))
+    encoder = load_encoder(RunLayout.from_config(workdir, config).encoder.export_dir)
     if encoder.embedding_dim != config.condition.dim:
         raise ValueError(
             f"condition.dim is {config.condition.dim} but the encoder in {encoder.directory} "

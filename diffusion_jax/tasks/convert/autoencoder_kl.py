@@ -39,9 +39,7 @@ renames them when it loads them, too); they are read as to_q, to_k, to_v and to_
 missing, left over or of the wrong shape is refused with a ValueError that lists it.
 """
 
-import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -51,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusion_jax.core import paths
 from diffusion_jax.core.models.autoencoder import AutoencoderKL, autoencoder_architecture
 
 DIFFUSERS_CONFIG = "config.json"
@@ -84,15 +83,14 @@ _KEYS_SHOWN = 10
 
 
 def read_diffusers_config(model_dir: str) -> dict[str, Any]:
-    """The config.json of the diffusers model directory `model_dir`."""
-    path = os.path.join(os.path.expanduser(model_dir), DIFFUSERS_CONFIG)
-    if not os.path.isfile(path):
+    """The config.json of the diffusers model directory `model_dir` (local or a `gs://` URL)."""
+    path = paths.resolve(model_dir) / DIFFUSERS_CONFIG
+    if not path.is_file():
         raise FileNotFoundError(
             f"No {DIFFUSERS_CONFIG} in {model_dir}: not a diffusers model directory (a diffusers "
             "pipeline keeps its VAE in the vae/ subdirectory)"
         )
-    with open(path) as f:
-        return json.load(f)
+    return paths.read_json(path)
 
 
 def from_diffusers_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], float]:

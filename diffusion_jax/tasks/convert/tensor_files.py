@@ -9,10 +9,12 @@ A PyTorch file may hold the state dict itself or nest it under one of NESTED_STA
 (arcface_torch's training checkpoints `checkpoint_gpu_*.pt` keep the backbone under
 "state_dict_backbone", next to the optimiser's state). A leading "module." (what
 DistributedDataParallel adds) is stripped from every name. Floating-point tensors come back as
-float32, integer ones keep their integer type.
+float32, integer ones keep their integer type. A file may be local or a `gs://` URL
+(`core.paths`): a local file is read in place (safetensors maps it), one on an object store is
+read into memory first.
 """
 
-import os
+import io
 import pickle
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +22,8 @@ from typing import Any
 import numpy as np
 import safetensors
 import safetensors.numpy
+
+from diffusion_jax.core import paths
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -29,10 +33,10 @@ DDP_PREFIX = "module."
 
 def load_tensors(path: str) -> dict[str, np.ndarray]:
     """The tensors of the .safetensors or PyTorch file at `path`, by name (see the docstring)."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
+    path = str(paths.resolve(path))
+    if not paths.Path(path).is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}")
-    suffix = os.path.splitext(path)[1].lower()
+    suffix = paths.Path(path).suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         tensors = _load_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
@@ -47,7 +51,10 @@ def load_tensors(path: str) -> dict[str, np.ndarray]:
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
-        arrays = safetensors.numpy.load_file(path)
+        if paths.is_url(path):
+            arrays = safetensors.numpy.load(paths.Path(path).read_bytes())
+        else:
+            arrays = safetensors.numpy.load_file(path)
     except TypeError as error:  # numpy has no bfloat16
         raise ValueError(
             f"{path}: {error}; save the tensors as float32 (or float16) to convert them"
@@ -66,7 +73,8 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             "or convert the file to .safetensors elsewhere."
         ) from error
     try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(paths.Path(path).read_bytes()) if paths.is_url(path) else path
+        contents = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise ValueError(
             f"{path} is not a PyTorch file of tensors that can be read safely (loaded with "

@@ -18,7 +18,6 @@ the training data (the same number of identities).
 
 import io
 import json
-import os
 
 import jax
 import ml_collections
@@ -27,7 +26,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, paths
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
@@ -50,23 +50,25 @@ DIFFUSION_FIGURES = ("forward_process", "x0_estimates", "reverse_process", "iden
 def load_generated(out_dir: str, max_images: int) -> dict[str, np.ndarray]:
     """The kept images of a generated dataset, identity by identity, at most `max_images`:
     {"image": uint8 [N, R, R, 3], "label": [N], "condition_similarity": [N]}."""
-    contents = manifest.read_json(os.path.join(out_dir, manifest.MANIFEST_FILE))
+    out_dir = paths.Path(out_dir)
+    contents = paths.read_json(out_dir / manifest.MANIFEST_FILE)
     kept = sorted(
         (image for path in contents["shards"]
-         for image in manifest.read_json(os.path.join(out_dir, path))["images"]
+         for image in paths.read_json(out_dir / path)["images"]
          if image["decision"] == "kept"),
         key=lambda image: (image["identity"], image["image_index"]),
     )[:max_images]
     formats = contents["plan"]["generate"]["formats"]
     if "folders" in formats:
-        images = [np.asarray(Image.open(os.path.join(out_dir, image["path"]))) for image in kept]
+        images = [np.asarray(Image.open(io.BytesIO((out_dir / image["path"]).read_bytes())))
+                  for image in kept]
     elif "recordio" in formats:
-        reader = RecordIOReader(os.path.join(out_dir, dataset_writers.RECORDIO_REC))
+        reader = RecordIOReader(str(out_dir / dataset_writers.RECORDIO_REC))
         images = [np.asarray(Image.open(io.BytesIO(reader[p]["image_bytes"])))
                   for p in range(len(kept))]
     else:  # the TFDS dataset, stored in the same (identity, image index) order
         records = tfds.builder_from_directory(
-            os.path.join(out_dir, dataset_writers.TFDS_DIR)
+            out_dir / dataset_writers.TFDS_DIR
         ).as_data_source(dataset_writers.TFDS_SPLIT)
         images = [np.asarray(records[p]["image"]) for p in range(len(kept))]
     return {
@@ -170,11 +172,12 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claim_report(
-    config: ml_collections.ConfigDict, workdir: str, generated_dir: str,
-    recognizers: dict[str, str], judge_dir: str,
-) -> dict:
-    """Writes the report of the module docstring; `recognizers` names "real" and "synthetic"."""
+def write_claim_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Writes the report of the module docstring from the outputs of the run in `workdir`: the
+    generated dataset, the recognisers "real" and "synthetic", and the judge."""
+    layout = RunLayout.from_config(workdir, config)
+    generated_dir, judge_dir = str(layout.generated), str(layout.judge.export_dir)
+    recognizers = {name: str(layout.recognizer(name).export_dir) for name in ("real", "synthetic")}
     mesh = parallel.make_mesh(config.mesh)
     verification = verify_recognizers(config, recognizers, mesh)
     claim = {}
@@ -215,20 +218,18 @@ def write_claim_report(
         },
     }
     if jax.process_index() == 0:
-        out_dir = os.path.join(workdir, "report")
-        os.makedirs(out_dir, exist_ok=True)
-        save_figure(roc_of_all(verification), os.path.join(out_dir, "roc.png"))
+        out_dir = layout.report
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_figure(roc_of_all(verification), out_dir / "roc.png")
         save_figure(
             similarity_histogram_figure({"generated": generated_report, "real": real_report}),
-            os.path.join(out_dir, "similarity_histograms.png"),
+            out_dir / "similarity_histograms.png",
         )
         save_figure(
             image_grid(_grid(generated, real), title="Generated identities (left), real (right)"),
-            os.path.join(out_dir, "generated_vs_real.png"),
+            out_dir / "generated_vs_real.png",
         )
-        with open(os.path.join(out_dir, "report.json"), "w") as file:
-            json.dump(report, file, indent=2)
-        with open(os.path.join(out_dir, "report.md"), "w") as file:
-            file.write(_markdown(report))
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "report.md").write_text(_markdown(report))
         logging.info("Claim report written to %s: %s", out_dir, json.dumps(claim))
     return report

@@ -16,14 +16,15 @@ Embeddings are flip-augmented when `config.evaluate.flip_embeddings` is set, as 
 """
 
 import json
-import os
+import re
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, paths, stages
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation import verification_sets
 from diffusion_jax.core.figures import save_figure
@@ -31,10 +32,12 @@ from diffusion_jax.tasks.evaluation.identity_report import identity_report, simi
 from diffusion_jax.tasks.evaluation.verification import evaluate_verification, roc_figure
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
-from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
 
 MAX_LABELLED_IMAGES = 20_000
 HELDOUT_RESAMPLED = "heldout@"  # heldout@N: N matched + N mismatched pairs per fold, drawn afresh
+
+# The ':' between PAIRS_TXT and IMAGE_ROOT, not the one of a URL's scheme (gs://).
+_PAIRS_SEPARATOR = r":(?!//)"
 
 
 def _resampled_pairs_per_fold(entry: str) -> int:
@@ -69,13 +72,14 @@ def load_verification_sets(
                     config.data, pairs_per_fold=_resampled_pairs_per_fold(entry), seed=config.seed
                 )
         elif entry.endswith(".bin"):
-            name = os.path.splitext(os.path.basename(entry))[0]
-            sets[name] = verification_sets.from_verification_bin(
-                os.path.expanduser(entry), resolution=resolution, policy=config.data.image_policy
+            sets[paths.Path(entry).stem] = verification_sets.from_verification_bin(
+                str(paths.resolve(entry)), resolution=resolution, policy=config.data.image_policy
             )
-        elif ":" in entry:
-            pairs_path, image_root = (os.path.expanduser(part) for part in entry.split(":", 1))
-            sets[os.path.basename(os.path.normpath(image_root))] = verification_sets.from_lfw_pairs(
+        elif re.search(_PAIRS_SEPARATOR, entry):
+            pairs_path, image_root = (
+                str(paths.resolve(part)) for part in re.split(_PAIRS_SEPARATOR, entry, maxsplit=1)
+            )
+            sets[paths.Path(image_root).name] = verification_sets.from_lfw_pairs(
                 pairs_path, image_root, resolution=resolution, policy=config.data.image_policy
             )
         else:
@@ -115,10 +119,11 @@ def pair_similarities(
 
 def evaluate_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes the report of the module docstring; returns its JSON contents."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    out_dir = os.path.join(workdir, "encoder_report")
-    os.makedirs(out_dir, exist_ok=True)
-    encoder = load_encoder(encoder_directory(config, workdir))
+    layout = RunLayout.from_config(workdir, config)
+    stages.require(layout, config, "encoder")
+    out_dir = layout.encoder_report
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = load_encoder(layout.encoder.export_dir)
     input_pipeline.ensure_prepared(config.data)
     extractor = EmbeddingExtractor(
         encoder.model, parallel.make_mesh(config.mesh), flip=config.evaluate.flip_embeddings
@@ -159,12 +164,8 @@ def evaluate_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "identities": {name: result.to_json() for name, result in identities.items()},
     }
     if jax.process_index() == 0:
-        save_figure(roc_figure(verification), os.path.join(out_dir, "roc.png"))
-        save_figure(
-            similarity_histogram_figure(identities),
-            os.path.join(out_dir, "similarity_histograms.png"),
-        )
-        with open(os.path.join(out_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        save_figure(roc_figure(verification), out_dir / "roc.png")
+        save_figure(similarity_histogram_figure(identities), out_dir / "similarity_histograms.png")
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     logging.info("Encoder report written to %s.", out_dir)
     return report

@@ -9,39 +9,39 @@ WORKDIR/recognizers. Writes WORKDIR/evaluation/report.json and roc.png.
 """
 
 import json
-import os
 
 import jax
 import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, paths
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation.encoder_report import load_verification_sets, pair_similarities
 from diffusion_jax.core.figures import save_figure
 from diffusion_jax.tasks.evaluation.verification import VerificationResult, evaluate_verification, roc_figure
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
-from diffusion_jax.tasks.evaluation.recognizer_training import RECOGNIZERS_DIR, recognizer_directory
 
 
 def named_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     """{name: encoder directory} of the recognisers `--mode=evaluate` verifies."""
+    layout = RunLayout.from_config(workdir, config)
     named = {}
     for entry in config.recognizer.evaluate:
         name, _, directory = entry.rpartition("=")
-        directory = os.path.abspath(os.path.expanduser(directory))
-        named[name or os.path.basename(os.path.normpath(directory))] = directory
+        directory = paths.resolve(directory)
+        named[name or directory.name] = str(directory)
     if not named:
-        root = os.path.join(workdir, RECOGNIZERS_DIR)
-        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            if encoder_store.is_complete(recognizer_directory(workdir, name)):
-                named[name] = recognizer_directory(workdir, name)
+        trained = sorted(layout.recognizers.iterdir()) if layout.recognizers.is_dir() else []
+        for name in (path.name for path in trained):
+            if encoder_store.is_complete(layout.recognizer(name).export_dir):
+                named[name] = str(layout.recognizer(name).export_dir)
     if not named:
         raise ValueError(
             "no recogniser to evaluate: set --config.recognizer.evaluate='(\"NAME=DIR\",)' or "
-            f"train one with --mode=train_recognizer into {os.path.join(workdir, RECOGNIZERS_DIR)}"
+            f"train one with --mode=train_recognizer into {layout.recognizers}"
         )
     for name, directory in named.items():
         if not encoder_store.is_complete(directory):
@@ -77,7 +77,6 @@ def roc_of_all(results: dict[str, dict[str, VerificationResult]]):
 
 def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=evaluate (module docstring); returns the report's JSON."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
     if any(entry.startswith("heldout") for entry in config.evaluate.verification_sets):
         input_pipeline.ensure_prepared(config.data)
     recognizers = named_recognizers(config, workdir)
@@ -90,10 +89,9 @@ def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dic
         },
     }
     if jax.process_index() == 0:
-        out_dir = os.path.join(workdir, "evaluation")
-        os.makedirs(out_dir, exist_ok=True)
-        save_figure(roc_of_all(results), os.path.join(out_dir, "roc.png"))
-        with open(os.path.join(out_dir, "report.json"), "w") as file:
-            json.dump(report, file, indent=2)
+        out_dir = RunLayout.from_config(workdir, config).evaluation
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_figure(roc_of_all(results), out_dir / "roc.png")
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         logging.info("Evaluation written to %s.", out_dir)
     return report

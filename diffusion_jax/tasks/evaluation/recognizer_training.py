@@ -3,7 +3,7 @@
 `train_recognizer(config, workdir, name, data_config)` trains `config.encoder`'s architecture,
 margin head and training section (optimiser, batch size; steps: `config.recognizer.num_steps`
 when positive) with seed `config.recognizer.seed` on `data_config`, in
-WORKDIR/recognizers/<name>, and exports it to
+WORKDIR/recognizers/<name>/encoder, and exports it to
 WORKDIR/recognizers/<name>/encoder/model (`encoder_training`, which resumes an interrupted run and
 never retrains a complete one). The pipeline trains `synthetic` on the generated dataset and
 `real` on the real training data (`real_data_config`: as many images per identity as were
@@ -16,25 +16,13 @@ generated) with one recipe, so the only difference is the data; `recognizer.num_
 `data_path` (default: `config.data`), e.g. on a dataset generated elsewhere.
 """
 
-import os
-
 import ml_collections
 
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.recognition.encoder_training import train_encoder, trained_encoder_directory
-
-RECOGNIZERS_DIR = "recognizers"
-
-
-def recognizer_workdir(workdir: str, name: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), RECOGNIZERS_DIR, name)
-
-
-def recognizer_directory(workdir: str, name: str) -> str:
-    """Where the recogniser `name` is exported."""
-    return trained_encoder_directory(recognizer_workdir(workdir, name))
-
+from diffusion_jax.core import paths
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.recognition.encoder_training import train_encoder
 
 def _apply_recognizer_section(
     data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict
@@ -59,14 +47,14 @@ def generated_data_config(
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.max_identities = data.max_images_per_identity = -1
     formats = config.generate.formats
+    out_dir = paths.Path(out_dir)
     if "recordio" in formats:
-        data.source, data.path = "recordio", os.path.join(out_dir, dataset_writers.RECORDIO_REC)
+        data.source, data.path = "recordio", str(out_dir / dataset_writers.RECORDIO_REC)
     elif "folders" in formats:
-        data.source, data.path = "image_folder", os.path.join(out_dir, dataset_writers.FOLDERS_DIR)
+        data.source, data.path = "image_folder", str(out_dir / dataset_writers.FOLDERS_DIR)
     else:
         data.source, data.path = "tfds", dataset_writers.TFDS_NAME
-        data.data_dir = os.path.join(out_dir, os.path.dirname(os.path.dirname(
-            dataset_writers.TFDS_DIR)))
+        data.data_dir = str(out_dir / paths.Path(dataset_writers.TFDS_DIR).parent.parent)
     _apply_recognizer_section(data, config.recognizer)
     return data
 
@@ -106,18 +94,18 @@ def train_recognizer(
     workdir: str,
     name: str,
     data_config: ml_collections.ConfigDict,
-) -> str | None:
-    """Trains the recogniser `name` on `data_config`; returns its directory, or None when
-    SIGTERM stopped it (a rerun resumes)."""
+) -> str:
+    """Trains the recogniser `name` on `data_config`; returns its export directory (raises
+    `preemption.Preempted` when SIGTERM stopped it; a rerun resumes)."""
     recipe = ml_collections.ConfigDict(config.to_dict())
     recipe.data = ml_collections.ConfigDict(data_config.to_dict())
     recipe.encoder.seed = config.recognizer.seed
     if config.recognizer.num_steps > 0:
         recipe.encoder.train.num_steps = config.recognizer.num_steps
-    return train_encoder(recipe, recognizer_workdir(workdir, name))
+    return train_encoder(recipe, RunLayout.from_config(workdir, config).recognizer(name))
 
 
-def train_recognizer_mode(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+def train_recognizer_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
     """--mode=train_recognizer (module docstring)."""
     data = ml_collections.ConfigDict(config.data.to_dict())
     if config.recognizer.data_source:

@@ -12,14 +12,14 @@ second real image, samples).
 """
 
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, stages
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.core.diffusion.schedules import schedule_from_config
@@ -29,10 +29,9 @@ from diffusion_jax.tasks.evaluation.identity_consistency import generate_for_con
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
-from diffusion_jax.apps.sample import restore_sampling_params
+from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
 from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
-from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
 
 GRID_ROWS = 8
 
@@ -81,13 +80,14 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "encoder directory other than the conditioning one (e.g. one trained with "
             "--mode=train_encoder --config.encoder.seed=1)."
         )
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    out_dir = os.path.join(workdir, "sample_report")
-    os.makedirs(out_dir, exist_ok=True)
+    layout = RunLayout.from_config(workdir, config)
+    out_dir = layout.sample_report
+    out_dir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh(config.mesh)
     input_pipeline.ensure_prepared(config.data)
 
-    conditioning_encoder = load_encoder(encoder_directory(config, workdir))
+    stages.require(layout, config, "encoder")
+    conditioning_encoder = load_encoder(layout.encoder.export_dir)
     judge_encoder = load_encoder(evaluate_config.judge_encoder)
     if judge_encoder.weights_sha256 == conditioning_encoder.weights_sha256:
         raise ValueError(
@@ -146,8 +146,7 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
             row_labels=[f"id {label}" for label in range(rows)],
             column_labels=columns,
         )
-        save_figure(figure, os.path.join(out_dir, "consistency_grid.png"))
-        with open(os.path.join(out_dir, "identity_consistency.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        save_figure(figure, out_dir / "consistency_grid.png")
+        (out_dir / "identity_consistency.json").write_text(json.dumps(report, indent=2))
     logging.info("Identity consistency: %s", json.dumps(result.to_json()))
     return report

@@ -5,11 +5,11 @@
     figures/judge_similarity.png  the judge similarity of every judged image by decision, with
                                   the filter's threshold
 
-Both are functions of the dataset's records and files, so a rerun draws the same bytes.
+Both are functions of the dataset's records and files, so a rerun draws the same bytes. The
+dataset may be local or on an object store (`gs://`, `core.paths`).
 """
 
 import io
-import os
 
 import matplotlib
 
@@ -18,11 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffusion_jax.core import paths  # noqa: E402
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range  # noqa: E402
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader  # noqa: E402
 from diffusion_jax.core.figures import image_grid  # noqa: E402
-from diffusion_jax.tasks.generation import manifest  # noqa: E402
-from diffusion_jax.tasks.generation import dataset_writers
+from diffusion_jax.tasks.generation import dataset_writers  # noqa: E402
 
 FIGURES_DIR = "figures"
 GRID_IDENTITIES = 8
@@ -33,9 +33,11 @@ def _kept_image_reader(out_dir: str, formats: list[str]):
     """`read(record, position) -> uint8 image` of the kept image at `position` in the dataset's
     (identity, image index) order, from the identity folders or else the RecordIO file."""
     if "folders" in formats:
-        return lambda record, _: np.asarray(Image.open(os.path.join(out_dir, record["path"])))
+        return lambda record, _: np.asarray(
+            Image.open(io.BytesIO((paths.Path(out_dir) / record["path"]).read_bytes()))
+        )
     if "recordio" in formats:
-        reader = RecordIOReader(os.path.join(out_dir, dataset_writers.RECORDIO_REC))
+        reader = RecordIOReader(str(paths.Path(out_dir) / dataset_writers.RECORDIO_REC))
         return lambda _, position: np.asarray(
             Image.open(io.BytesIO(reader[position]["image_bytes"]))
         )
@@ -97,11 +99,10 @@ def write_dataset_figures(out_dir: str, plan: dict, records: list[dict]) -> list
     for name, figure in figures.items():
         if figure is None:
             continue
-        path = os.path.join(FIGURES_DIR, name)
-        os.makedirs(os.path.join(out_dir, FIGURES_DIR), exist_ok=True)
+        path = f"{FIGURES_DIR}/{name}"
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
         plt.close(figure)
-        manifest.write_bytes_atomically(os.path.join(out_dir, path), buffer.getvalue())
+        paths.write_bytes_atomically(paths.Path(out_dir) / path, buffer.getvalue())
         written.append(path)
     return written

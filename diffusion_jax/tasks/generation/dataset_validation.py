@@ -5,17 +5,19 @@ shard record and every file the manifest and the records list is present with it
 the counts add up (each record's decisions, the kept images against the manifest's counts and
 against the TFDS and RecordIO datasets' lengths), and that the identity folders hold no file the
 records do not list (no duplicates, no leftovers). Every problem found is reported, naming the
-file; the summary is printed as JSON.
+file; the summary is printed as JSON. The dataset may be local or on an object store (`gs://`,
+`core.paths`).
 """
 
 import json
-import os
 
 import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.tasks.generation import dataset_writers
 from diffusion_jax.tasks.generation import manifest
@@ -27,43 +29,41 @@ class InvalidDatasetError(ValueError):
 
 def _check_files(out_dir: str, files: dict[str, str], problems: list[str]) -> None:
     for path, expected in files.items():
-        full_path = os.path.join(out_dir, path)
-        if not os.path.isfile(full_path):
+        full_path = paths.Path(out_dir) / path
+        if not full_path.is_file():
             problems.append(f"{full_path} is missing")
         elif file_sha256(full_path) != expected:
             problems.append(f"{full_path} does not match its SHA-256 {expected[:12]}...")
 
 
 def _unlisted_folder_images(out_dir: str, listed: set[str]) -> list[str]:
-    root = os.path.join(out_dir, dataset_writers.FOLDERS_DIR)
     found = {
-        os.path.relpath(os.path.join(directory, name), out_dir)
-        for directory, _, names in os.walk(root)
-        for name in names
+        f"{dataset_writers.FOLDERS_DIR}/{path}"
+        for path in paths.relative_files(paths.Path(out_dir) / dataset_writers.FOLDERS_DIR)
     }
     return sorted(found - listed)
 
 
 def validate(out_dir: str) -> dict:
     """The summary of a valid dataset in `out_dir`; raises InvalidDatasetError otherwise."""
-    manifest_path = os.path.join(out_dir, manifest.MANIFEST_FILE)
-    if not os.path.isfile(manifest_path):
-        shards_dir = os.path.join(out_dir, manifest.SHARDS_DIR)
-        present = len([name for name in os.listdir(shards_dir) if name.endswith(".json")]) \
-            if os.path.isdir(shards_dir) else 0
+    manifest_path = paths.Path(out_dir) / manifest.MANIFEST_FILE
+    if not manifest_path.is_file():
+        shards_dir = paths.Path(out_dir) / manifest.SHARDS_DIR
+        present = len([path for path in shards_dir.iterdir() if path.name.endswith(".json")]) \
+            if shards_dir.is_dir() else 0
         raise InvalidDatasetError(
             f"{manifest_path} does not exist: the dataset is not complete ({present} shard "
             "records present); run --mode=generate again to finish it"
         )
-    contents = manifest.read_json(manifest_path)
+    contents = paths.read_json(manifest_path)
     problems: list[str] = []
     _check_files(out_dir, contents["shards"], problems)
     _check_files(out_dir, contents["files"], problems)
     kept, listed_folder_images, shard_files = 0, set(), 0
     for path in contents["shards"]:
-        if not os.path.isfile(os.path.join(out_dir, path)):
+        if not (paths.Path(out_dir) / path).is_file():
             continue
-        record = manifest.read_json(os.path.join(out_dir, path))
+        record = paths.read_json(paths.Path(out_dir) / path)
         _check_files(out_dir, record["files"], problems)
         shard_files += len(record["files"])
         if manifest.count_decisions(record["images"]) != record["counts"]:
@@ -85,15 +85,15 @@ def validate(out_dir: str) -> dict:
     formats = contents["plan"]["generate"]["formats"]
     if "folders" in formats:
         unlisted = _unlisted_folder_images(out_dir, listed_folder_images)
-        problems += [f"{os.path.join(out_dir, path)} is not in any shard record"
+        problems += [f"{paths.Path(out_dir) / path} is not in any shard record"
                      for path in unlisted[:20]]
     lengths = {}
     if "tfds" in formats:
-        tfds_dir = os.path.join(out_dir, dataset_writers.TFDS_DIR)
+        tfds_dir = paths.Path(out_dir) / dataset_writers.TFDS_DIR
         lengths["tfds"] = tfds.builder_from_directory(tfds_dir).info.splits["train"].num_examples
     if "recordio" in formats:
-        rec_path = os.path.join(out_dir, dataset_writers.RECORDIO_REC)
-        lengths["recordio"] = len(RecordIOReader(rec_path))
+        rec_path = paths.Path(out_dir) / dataset_writers.RECORDIO_REC
+        lengths["recordio"] = len(RecordIOReader(str(rec_path)))
     problems += [f"the {name} dataset holds {length} images, the manifest counts {kept}"
                  for name, length in lengths.items() if length != kept]
     if problems:
@@ -107,7 +107,7 @@ def validate(out_dir: str) -> dict:
 
 def validate_generated_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=validate_dataset on `config.generate.output_dir` (default WORKDIR/generated)."""
-    summary = validate(manifest.output_directory(config, workdir))
+    summary = validate(str(RunLayout.from_config(workdir, config).generated))
     logging.info("Valid dataset: %s", summary)
     print(json.dumps(summary, indent=1))
     return summary

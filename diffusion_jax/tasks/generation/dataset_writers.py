@@ -8,12 +8,20 @@ sorted by (label, image_index). The protocol:
 
 1. `write_shard` writes every file of one shard under a fresh staging directory, at its final
    path relative to the output directory OUT; shards are written independently, by any worker.
-2. The caller moves the staged files to OUT at the same relative paths.
-3. Once every shard is in OUT, `finalize` writes the dataset-level files (each to a temporary
-   name beside it, then renamed over it), reading only the shard files; running it again gives
-   the same bytes.
+   When OUT is on an object store (a `gs://` URL, `core.paths`), there is no staging directory
+   and no rename: the shard's files are written straight to OUT, each in one upload, replacing
+   an earlier attempt's objects.
+2. The caller moves the staged files to OUT at the same relative paths (local OUT only).
+3. Once every shard is in OUT, `finalize` writes the dataset-level files, reading only the shard
+   files; running it again gives the same bytes. Locally each file is written to a temporary
+   name beside it, then renamed over it; on an object store it is written to a local temporary
+   file, then uploaded in one write, so a reader never sees a partial object either way.
 4. Once the caller has recorded finalize's files, `remove_shard_fragments` deletes the shard
-   files that only finalize reads (the RecordIO fragments).
+   files that only finalize reads (the RecordIO fragments); deleting them again is harmless.
+
+The ArrayRecord files are written and read by ArrayRecord's own (local) file layer, so on an
+object store they pass through a local temporary file (a shard's file on writing, each shard's
+file while finalize counts its records).
 
 Layouts, relative to OUT (s: 5-digit shard, N: 5-digit shard count, ext: png or jpg):
 
@@ -51,12 +59,13 @@ array_record). Bad arguments raise ValueError naming the value.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
 import re
-import shutil
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -65,6 +74,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import image_decoding
 from diffusion_jax.tasks.data.sources import recordio
 
@@ -164,7 +174,8 @@ def write_shard(
     images: Iterable[ShardImage],
 ) -> list[str]:
     """Writes shard `shard` of the dataset in `formats` under `staging_dir` (an existing empty
-    directory), each file at its final path relative to the output directory (module doc).
+    local directory, or the output directory itself when it is an object-store URL), each file
+    at its final path relative to the output directory (module doc).
 
     `num_shards` must be `shard_count(num_identities, identities_per_shard)`. `images` are the
     shard's images, sorted by (label, image_index) without repeats, their labels in
@@ -184,7 +195,9 @@ def write_shard(
     images = _checked_images(images, shard, labels, image_format, resolution,
                              as_folders="folders" in formats)
     staging_dir = os.fspath(staging_dir)
-    if not os.path.isdir(staging_dir) or os.listdir(staging_dir):
+    if not paths.is_url(staging_dir) and (
+        not paths.Path(staging_dir).is_dir() or paths.is_nonempty_dir(staging_dir)
+    ):
         raise ValueError(f"staging_dir must be an existing empty directory, got {staging_dir!r}")
     shard_writers = {
         "folders": _write_folders,
@@ -242,13 +255,17 @@ def remove_shard_fragments(formats: Sequence[str], out_dir: str | os.PathLike) -
     Returns: the sorted relative paths deleted ([] when there are none).
     """
     formats = _check_formats(formats)
-    fragment_dir = os.path.join(os.fspath(out_dir), FRAGMENT_DIR)
-    if "recordio" not in formats or not os.path.isdir(fragment_dir):
+    fragment_dir = paths.Path(out_dir) / FRAGMENT_DIR
+    if "recordio" not in formats or not fragment_dir.is_dir():
         return []
-    names = sorted(name for name in os.listdir(fragment_dir) if _FRAGMENT_NAME.fullmatch(name))
+    names = sorted(
+        path.name for path in fragment_dir.iterdir() if _FRAGMENT_NAME.fullmatch(path.name)
+    )
     for name in names:
-        os.remove(os.path.join(fragment_dir, name))
-    if not os.listdir(fragment_dir):
+        # missing_ok: on an object store, a concurrent finalizer may delete them too.
+        (fragment_dir / name).unlink(missing_ok=True)
+    # An object store has no directories to remove; locally, only an empty one is removed.
+    if not paths.is_url(fragment_dir) and not os.listdir(fragment_dir):
         os.rmdir(fragment_dir)
     return [f"{FRAGMENT_DIR}/{name}" for name in names]
 
@@ -357,10 +374,41 @@ class _Shard(NamedTuple):
 
 
 def _write_file(root: str, relative_path: str, data: bytes) -> None:
-    path = os.path.join(root, relative_path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "xb") as file:
+    """Writes a new local file (refusing to replace one), or an object in one upload."""
+    path = paths.Path(root) / relative_path
+    if paths.is_url(root):
+        path.write_bytes(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as file:  # local: exclusive creation ("x", which epath lacks)
         file.write(data)
+
+
+@contextlib.contextmanager
+def _local_file_for(path: str) -> Iterator[str]:
+    """A local path to write `path` through, for writers that only write local files: `path`
+    itself when local; for a URL a temporary local file, uploaded to `path` in one write once
+    the block completes (nothing is uploaded when it raises)."""
+    if not paths.is_url(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        local = paths.Path(directory) / paths.Path(path).name
+        yield os.fspath(local)
+        paths.move(local, path)
+
+
+@contextlib.contextmanager
+def _local_copy_of(path: str) -> Iterator[str]:
+    """A local path to read `path` through, for readers that only read local files: `path`
+    itself when local; for a URL a temporary local copy."""
+    if not paths.is_url(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        local = paths.Path(directory) / paths.Path(path).name
+        paths.Path(path).copy(local)
+        yield os.fspath(local)
 
 
 def _write_folders(staging_dir: str, spec: _Shard, images: list[ShardImage]) -> list[str]:
@@ -401,19 +449,24 @@ def _tfds_shard_file(dataset_dir: str, shard: int, num_shards: int) -> str:
 def _write_tfds_shard(staging_dir: str, spec: _Shard, images: list[ShardImage]) -> list[str]:
     features = _tfds_features(spec.num_identities, spec.image_format, spec.resolution)
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-    path = _tfds_shard_file(os.path.join(staging_dir, TFDS_DIR), spec.shard, spec.num_shards)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    writer = array_record_module.ArrayRecordWriter(path, _ARRAY_RECORD_OPTIONS)
-    try:
-        for image in images:
-            example = features.encode_example({
-                "image": image.encoded, "label": image.label, "image_index": image.image_index
-            })
-            # deterministic=True: the proto's feature map in key order, whatever the runtime.
-            writer.write(serializer.get_tf_example(example).SerializeToString(deterministic=True))
-    finally:
-        writer.close()
-    return [f"{TFDS_DIR}/{os.path.basename(path)}"]
+    dataset_dir = os.fspath(paths.Path(staging_dir) / TFDS_DIR)
+    path = _tfds_shard_file(dataset_dir, spec.shard, spec.num_shards)
+    if not paths.is_url(path):
+        paths.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with _local_file_for(path) as local_path:
+        writer = array_record_module.ArrayRecordWriter(local_path, _ARRAY_RECORD_OPTIONS)
+        try:
+            for image in images:
+                example = features.encode_example({
+                    "image": image.encoded, "label": image.label, "image_index": image.image_index
+                })
+                # deterministic=True: the proto's feature map in key order, whatever the runtime.
+                writer.write(
+                    serializer.get_tf_example(example).SerializeToString(deterministic=True)
+                )
+        finally:
+            writer.close()
+    return [f"{TFDS_DIR}/{paths.Path(path).name}"]
 
 
 def _fragment_paths(shard: int) -> tuple[str, str]:
@@ -431,45 +484,46 @@ def _write_recordio_fragment(
     staging_dir: str, spec: _Shard, images: list[ShardImage]
 ) -> list[str]:
     rec_path, idx_path = _fragment_paths(spec.shard)
-    os.makedirs(os.path.join(staging_dir, FRAGMENT_DIR))
-    offset = 0
-    with (open(os.path.join(staging_dir, rec_path), "xb") as rec_file,
-          open(os.path.join(staging_dir, idx_path), "x", encoding="ascii", newline="\n")
-          as idx_file):
-        for key, image in enumerate(images):
-            record = _image_record(image)
-            rec_file.write(record)
-            idx_file.write(recordio.format_index_line(key, offset))
-            offset += len(record)
+    records, index_lines, offset = [], [], 0
+    for key, image in enumerate(images):
+        record = _image_record(image)
+        records.append(record)
+        index_lines.append(recordio.format_index_line(key, offset))
+        offset += len(record)
+    _write_file(staging_dir, rec_path, b"".join(records))
+    _write_file(staging_dir, idx_path, "".join(index_lines).encode("ascii"))
     return [rec_path, idx_path]
 
 
 # Dataset-level files.
 
 
-def _partial_path(path: str) -> str:
-    """The temporary name beside `path` that finalize writes `path` under before renaming it."""
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{_PARTIAL_SUFFIX}")
+def _partial_path(path: paths.PathLike) -> str:
+    """The temporary name beside `path` that finalize writes `path` under before renaming it
+    (local output only)."""
+    path = paths.Path(path)
+    return os.fspath(path.parent / f".{path.name}{_PARTIAL_SUFFIX}")
 
 
 def _finalize_tfds(out_dir, num_identities, image_format, resolution, shard_lengths):
     """dataset_info.json and features.json, after checking every shard file's record count."""
-    dataset_dir = os.path.join(out_dir, TFDS_DIR)
+    dataset_dir = os.fspath(paths.Path(out_dir) / TFDS_DIR)
     num_bytes = 0
     for shard, length in enumerate(shard_lengths):
         path = _tfds_shard_file(dataset_dir, shard, len(shard_lengths))
-        if not os.path.isfile(path):
+        if not paths.Path(path).is_file():
             raise ValueError(f"cannot finalize 'tfds': the file of shard {shard}, {path}, is "
                              "missing")
-        reader = array_record_module.ArrayRecordReader(path)
-        try:
-            num_records = reader.num_records()
-        finally:
-            reader.close()
+        with _local_copy_of(path) as local_path:
+            reader = array_record_module.ArrayRecordReader(local_path)
+            try:
+                num_records = reader.num_records()
+            finally:
+                reader.close()
         if num_records != length:
             raise ValueError(f"cannot finalize 'tfds': {path} holds {num_records} records, "
                              f"shard_lengths[{shard}] = {length}")
-        num_bytes += os.path.getsize(path)
+        num_bytes += paths.Path(path).stat().length
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(
             name=TFDS_NAME,
@@ -495,48 +549,66 @@ def _finalize_tfds(out_dir, num_identities, image_format, resolution, shard_leng
             filename_template=_tfds_file_template(dataset_dir),
         )
     ]))
-    partial_dir = _partial_path(os.path.join(dataset_dir, "metadata"))
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    os.makedirs(partial_dir)
-    info.write_to_directory(partial_dir)
-    # dataset_info.json last: TFDS takes a directory holding it for a prepared dataset.
-    names = sorted(os.listdir(partial_dir), key=lambda name: (name == "dataset_info.json", name))
-    for name in names:
-        os.replace(os.path.join(partial_dir, name), os.path.join(dataset_dir, name))
-    os.rmdir(partial_dir)
+    on_object_store = paths.is_url(dataset_dir)
+    local_partial_dir = _partial_path(paths.Path(dataset_dir) / "metadata")
+    with (tempfile.TemporaryDirectory() if on_object_store
+          else contextlib.nullcontext(local_partial_dir)) as partial_dir:
+        partial_dir = paths.Path(partial_dir)
+        if not on_object_store:
+            paths.remove_tree(partial_dir)
+            partial_dir.mkdir(parents=True)
+        info.write_to_directory(partial_dir)
+        # dataset_info.json last: TFDS takes a directory holding it for a prepared dataset.
+        names = sorted((path.name for path in partial_dir.iterdir()),
+                       key=lambda name: (name == "dataset_info.json", name))
+        for name in names:
+            paths.move(partial_dir / name, paths.Path(dataset_dir) / name)
+        if not on_object_store:
+            partial_dir.rmdir()
     return [f"{TFDS_DIR}/{name}" for name in names]
 
 
-def _read_fragment(rec_path: str, idx_path: str, shard: int, length: int,
-                   labels: range) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, labels) of the fragment's records, after checking that its index lists keys
-    0 .. length - 1 at the offsets of consecutive records that fill the file, their labels
-    sorted and within `labels` (those after the earlier shards' labels)."""
+@contextlib.contextmanager
+def _fragment_bytes(rec_path: str) -> Iterator[bytes | mmap.mmap]:
+    """The bytes of a non-empty fragment: mapped when local, read in one request from an object
+    store."""
+    if paths.is_url(rec_path):
+        yield paths.Path(rec_path).read_bytes()
+        return
+    with open(rec_path, "rb") as rec_file, mmap.mmap(
+        rec_file.fileno(), 0, access=mmap.ACCESS_READ
+    ) as buffer:
+        yield buffer
+
+
+def _read_fragment(buffer: bytes | mmap.mmap, rec_path: str, idx_path: str, shard: int,
+                   length: int, labels: range) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, labels) of the fragment's records, the file's bytes being `buffer`, after
+    checking that its index lists keys 0 .. length - 1 at the offsets of consecutive records
+    that fill the file, their labels sorted and within `labels` (those after the earlier shards'
+    labels)."""
     keys, offsets = recordio.read_index(idx_path)
     if not np.array_equal(keys, np.arange(length)):
         raise ValueError(f"cannot finalize 'recordio': {idx_path} lists {keys.size} keys, "
                          f"expected 0 .. {length - 1} (shard_lengths[{shard}] = {length})")
-    size = os.path.getsize(rec_path)
+    size = len(buffer)
     if length == 0 or size == 0:
         if length or size:
             raise ValueError(f"cannot finalize 'recordio': {rec_path} holds {size} bytes and its "
                              f"index {length} records")
         return offsets, np.zeros(0, np.int64)
     record_labels = np.empty(length, np.int64)
-    with open(rec_path, "rb") as rec_file, mmap.mmap(
-        rec_file.fileno(), 0, access=mmap.ACCESS_READ
-    ) as buffer:
-        end = 0
-        for key, offset in enumerate(offsets.tolist()):
-            try:
-                if offset != end:
-                    raise ValueError(f"offset {offset}, expected {end} (the end of key {key - 1})")
-                record, end = recordio.unframe_record(buffer, offset)
-                header, _ = recordio.unpack_record(record)
-            except ValueError as error:
-                raise ValueError(f"cannot finalize 'recordio': {rec_path} key {key}: {error}"
-                                 ) from None
-            record_labels[key] = header.label
+    end = 0
+    for key, offset in enumerate(offsets.tolist()):
+        try:
+            if offset != end:
+                raise ValueError(f"offset {offset}, expected {end} (the end of key {key - 1})")
+            record, end = recordio.unframe_record(buffer, offset)
+            header, _ = recordio.unpack_record(record)
+        except ValueError as error:
+            raise ValueError(f"cannot finalize 'recordio': {rec_path} key {key}: {error}"
+                             ) from None
+        record_labels[key] = header.label
     if end != size:
         raise ValueError(f"cannot finalize 'recordio': {rec_path} holds {size - end} bytes "
                          "after its last record")
@@ -551,7 +623,7 @@ def _read_fragment(rec_path: str, idx_path: str, shard: int, length: int,
 def _write_recordio(partial_rec: str, partial_idx: str, fragments: list[list[str]],
                     num_identities: int, shard_lengths: list[int]) -> None:
     """Streams the header record, the fragments' records (one shard at a time) and the identity
-    records into partial_rec, and their index into partial_idx."""
+    records into partial_rec, and their index into partial_idx (both local files)."""
     first_identity_key = sum(shard_lengths) + 1
     end_identity_key = first_identity_key + num_identities
     counts = np.zeros(num_identities, np.int64)
@@ -568,17 +640,20 @@ def _write_recordio(partial_rec: str, partial_idx: str, fragments: list[list[str
         for shard, ((fragment_rec, fragment_idx), length) in enumerate(
             zip(fragments, shard_lengths)
         ):
-            offsets, labels = _read_fragment(
-                fragment_rec, fragment_idx, shard, length, range(next_label, num_identities)
-            )
-            next_label = int(labels[-1]) + 1 if length else next_label
-            counts += np.bincount(labels, minlength=num_identities)
-            base = rec_file.tell()
-            for offset in offsets.tolist():
-                idx_file.write(recordio.format_index_line(key, base + offset))
-                key += 1
-            with open(fragment_rec, "rb") as fragment_file:
-                shutil.copyfileobj(fragment_file, rec_file)
+            is_empty = paths.Path(fragment_rec).stat().length == 0  # mmap refuses empty files
+            with (contextlib.nullcontext(b"") if is_empty else _fragment_bytes(fragment_rec)
+                  ) as buffer:
+                offsets, labels = _read_fragment(
+                    buffer, fragment_rec, fragment_idx, shard, length,
+                    range(next_label, num_identities),
+                )
+                next_label = int(labels[-1]) + 1 if length else next_label
+                counts += np.bincount(labels, minlength=num_identities)
+                base = rec_file.tell()
+                for offset in offsets.tolist():
+                    idx_file.write(recordio.format_index_line(key, base + offset))
+                    key += 1
+                rec_file.write(buffer)
         starts = 1 + np.cumsum(counts) - counts
         for label, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
             append(first_identity_key + label, [start, start + count], label)
@@ -586,7 +661,8 @@ def _write_recordio(partial_rec: str, partial_idx: str, fragments: list[list[str
 
 def _finalize_recordio(out_dir: str, num_identities: int, shard_lengths: list[int]) -> list[str]:
     """train.rec and train.idx, each written under its temporary name (removed on failure) and
-    renamed once both are complete."""
+    renamed once both are complete; for an object store, written to local temporary files and
+    then uploaded, train.rec first."""
     num_shards, num_images = len(shard_lengths), sum(shard_lengths)
     first_identity_key = num_images + 1
     end_identity_key = first_identity_key + num_identities
@@ -595,23 +671,30 @@ def _finalize_recordio(out_dir: str, num_identities: int, shard_lengths: list[in
                          f" {num_images} images and {num_identities} identities need "
                          f"{end_identity_key}")
     fragments = [
-        [os.path.join(out_dir, path) for path in _fragment_paths(shard)]
+        [os.fspath(paths.Path(out_dir) / path) for path in _fragment_paths(shard)]
         for shard in range(num_shards)
     ]
-    for shard, paths in enumerate(fragments):
-        for path in paths:
-            if not os.path.isfile(path):
+    for shard, fragment in enumerate(fragments):
+        for path in fragment:
+            if not paths.Path(path).is_file():
                 raise ValueError(f"cannot finalize 'recordio': the fragment of shard {shard}, "
                                  f"{path}, is missing")
-    rec_path, idx_path = (os.path.join(out_dir, path) for path in (RECORDIO_REC, RECORDIO_IDX))
-    partial_rec, partial_idx = _partial_path(rec_path), _partial_path(idx_path)
-    try:
-        _write_recordio(partial_rec, partial_idx, fragments, num_identities, shard_lengths)
-    except BaseException:
-        for path in (partial_rec, partial_idx):
-            if os.path.exists(path):
-                os.remove(path)
-        raise
-    os.replace(partial_rec, rec_path)
-    os.replace(partial_idx, idx_path)
+    rec_path, idx_path = (os.fspath(paths.Path(out_dir) / path)
+                          for path in (RECORDIO_REC, RECORDIO_IDX))
+    with contextlib.ExitStack() as stack:
+        if paths.is_url(out_dir):
+            local_dir = paths.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            partial_rec, partial_idx = (os.fspath(local_dir / paths.Path(path).name)
+                                        for path in (rec_path, idx_path))
+        else:
+            partial_rec, partial_idx = _partial_path(rec_path), _partial_path(idx_path)
+            paths.Path(partial_rec).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_recordio(partial_rec, partial_idx, fragments, num_identities, shard_lengths)
+        except BaseException:
+            for path in (partial_rec, partial_idx):
+                paths.Path(path).unlink(missing_ok=True)
+            raise
+        paths.move(partial_rec, rec_path)
+        paths.move(partial_idx, idx_path)
     return [RECORDIO_IDX, RECORDIO_REC]

@@ -13,9 +13,25 @@
                     (`shard_drawing`); as each shard completes it stages the kept images in every
                     format (`dataset_writers`), moves them into place and writes its record.
     3. manifest     the worker that finds every shard complete writes the dataset-level files
-                    (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, under
-                    an OS file lock, once; then it deletes the RecordIO shard fragments that
-                    `train.rec` was assembled from.
+                    (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, last;
+                    then it deletes the RecordIO shard fragments that `train.rec` was assembled
+                    from.
+
+The commit protocol depends on where OUT lies (`core.paths`):
+
+- a local directory (POSIX rename and `fcntl.flock`): a shard's files are staged in
+  `shards/shard_S.partial/`, moved into place with a rename, then its record is written (to a
+  `.partial` name and renamed), the commit marker. Finalizing runs under an OS file lock
+  (`shards/.finalize.lock`), once: the worker that takes the lock and finds no manifest writes
+  the dataset-level files, then the manifest, then deletes the fragments.
+- an object store (`gs://`; no rename, no lock, but each object is written atomically): a
+  shard's files are written straight to their final names, then its record. A shard without its
+  record is redone and overwrites the same names with the same bytes, so a reader that trusts
+  only recorded shards never sees a mix. Finalizing takes no lock: it is deterministic (every
+  worker would write the same bytes, each file in one upload), the manifest is written last and
+  the fragments are deleted only once it exists, so concurrent finalizers are harmless; one that
+  finds the manifest present, or the fragments gone under it (another finalizer finished), returns
+  the manifest.
 
 A worker killed at any point (even SIGKILL) leaves only files under temporary names or the
 complete files of a shard without its record; running it again redoes that shard and writes the
@@ -28,9 +44,9 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import io
 import os
-import shutil
 import time
 
 import jax
@@ -39,12 +55,13 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, paths, stages
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.tasks.generation import dataset_writers
 from diffusion_jax.tasks.generation import manifest
 from diffusion_jax.tasks.generation.dataset_figures import write_dataset_figures
-from diffusion_jax.tasks.generation.generation_models import GenerationModels, ensure_judge
+from diffusion_jax.tasks.generation.generation_models import GenerationModels
 from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
 from diffusion_jax.tasks.generation.identity_sources import choose_identities
 from diffusion_jax.tasks.generation.shard_drawing import Throughput, draw_shards
@@ -97,7 +114,7 @@ def _choose_and_write_identities(
 ) -> None:
     centres = cached_identity_centres(
         config, models.conditioning, models.identity["conditioning_encoder"],
-        cache_dir=os.path.join(workdir, "cache"),
+        cache_dir=RunLayout.from_config(workdir, config).cache,
     )
     identities, description = choose_identities(
         config.generate,
@@ -110,22 +127,22 @@ def _choose_and_write_identities(
     nearest, _ = max_similarity_to(identities, centres)
     buffer = io.BytesIO()
     np.save(buffer, identities.astype(np.float32))
-    identities_path = os.path.join(out_dir, manifest.IDENTITIES_FILE)
-    manifest.write_bytes_atomically(identities_path, buffer.getvalue())
+    identities_path = paths.Path(out_dir) / manifest.IDENTITIES_FILE
+    paths.write_bytes_atomically(identities_path, buffer.getvalue())
     description.update(
         file=manifest.IDENTITIES_FILE,
         sha256=file_sha256(identities_path),
         training_identities=len(centres),
         max_similarity_to_training_identity=float(nearest.max()),
     )
-    manifest.write_json_atomically(
-        os.path.join(out_dir, manifest.PLAN_FILE), {**plan, "identities": description}
+    paths.write_json_atomically(
+        paths.Path(out_dir) / manifest.PLAN_FILE, {**plan, "identities": description}
     )
     logging.info("Chose %d identities (%s); nearest training identity at cos %.3f.",
                  len(identities), description["source"], nearest.max())
 
 
-def _check_plan(saved: dict, plan: dict, path: str) -> None:
+def _check_plan(saved: dict, plan: dict, path: paths.Path) -> None:
     differing = [
         f"{key}: {path} has {saved.get(key)!r}, this worker has {plan.get(key)!r}"
         for key in sorted((set(plan) | set(saved)) - {"identities"})
@@ -133,7 +150,7 @@ def _check_plan(saved: dict, plan: dict, path: str) -> None:
     ]
     if differing:
         raise ValueError(
-            f"{os.path.dirname(path)} holds a dataset of another config or other networks; "
+            f"{path.parent} holds a dataset of another config or other networks; "
             "use another config.generate.output_dir or the same config:\n  "
             + "\n  ".join(differing)
         )
@@ -145,23 +162,24 @@ def load_identities(
 ) -> tuple[np.ndarray, dict]:
     """The dataset's identities [N, D] and its saved plan; worker 0 makes them if missing."""
     plan = dataset_plan(config, models)
-    plan_path = os.path.join(out_dir, manifest.PLAN_FILE)
-    if worker.index == 0 and not os.path.isfile(plan_path):
+    plan_path = paths.Path(out_dir) / manifest.PLAN_FILE
+    if worker.index == 0 and not plan_path.is_file():
         _choose_and_write_identities(config, workdir, out_dir, models, plan)
     deadline = time.monotonic() + 60 * config.generate.identities_timeout_minutes
-    while not os.path.isfile(plan_path):
+    while not plan_path.is_file():
         if time.monotonic() > deadline:
             raise TimeoutError(f"worker 0 wrote no {plan_path} within "
                                f"{config.generate.identities_timeout_minutes} minutes")
         logging.log_every_n_seconds(logging.INFO, "Waiting for worker 0 to write %s.", 60,
                                     plan_path)
         time.sleep(_POLL_SECONDS)
-    saved = manifest.read_json(plan_path)
+    saved = paths.read_json(plan_path)
     _check_plan(saved, plan, plan_path)
-    identities_path = os.path.join(out_dir, manifest.IDENTITIES_FILE)
-    if file_sha256(identities_path) != saved["identities"]["sha256"]:
+    identities_path = paths.Path(out_dir) / manifest.IDENTITIES_FILE
+    data = identities_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != saved["identities"]["sha256"]:
         raise ValueError(f"{identities_path} does not match the hash in {plan_path}")
-    return np.load(identities_path), saved
+    return np.load(io.BytesIO(data)), saved
 
 
 # ------------------------------------------------------------------------------------- shards
@@ -190,11 +208,15 @@ def write_shard(
     config: ml_collections.ConfigDict, out_dir: str, shard: int, records: list[dict],
     kept: dict[tuple[int, int], np.ndarray],
 ) -> dict:
-    """Stages the shard's files, moves them into place and writes its record (the commit)."""
+    """Writes the shard's files (locally: staged, then moved into place; on an object store: at
+    their final names) and then its record, the commit (module docstring)."""
     generate = config.generate
-    staging = manifest.staging_dir(out_dir, shard)
-    shutil.rmtree(staging, ignore_errors=True)  # an earlier attempt's
-    os.makedirs(staging)
+    if paths.is_url(out_dir):
+        staging = paths.Path(out_dir)  # written in place; the record commits them
+    else:
+        staging = manifest.staging_dir(out_dir, shard)
+        paths.remove_tree(staging)  # an earlier attempt's
+        staging.mkdir(parents=True)
     relative_paths = dataset_writers.write_shard(
         formats=tuple(generate.formats),
         staging_dir=staging,
@@ -208,14 +230,13 @@ def write_shard(
     )
     # RecordIO fragments are inputs of `finalize`, deleted once the manifest is written.
     files = {
-        path: file_sha256(os.path.join(staging, path))
+        path: file_sha256(staging / path)
         for path in relative_paths
         if not path.startswith(dataset_writers.FRAGMENT_DIR + "/")
     }
-    for path in relative_paths:
-        destination = os.path.join(out_dir, path)
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        os.replace(os.path.join(staging, path), destination)
+    if not paths.is_url(out_dir):
+        for path in relative_paths:
+            paths.move(staging / path, paths.Path(out_dir) / path)
     labels = shard_labels(generate, shard)
     record = {
         "shard": shard,
@@ -224,8 +245,9 @@ def write_shard(
         "images": records,
         "files": files,
     }
-    manifest.write_json_atomically(manifest.shard_record_path(out_dir, shard), record)
-    shutil.rmtree(staging)
+    paths.write_json_atomically(manifest.shard_record_path(out_dir, shard), record)
+    if not paths.is_url(out_dir):
+        paths.remove_tree(staging)
     return record
 
 
@@ -233,8 +255,8 @@ def write_shard(
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: str):
-    """An OS file lock, released when the process exits however it exits."""
+def _exclusive_lock(path: paths.Path):
+    """An OS file lock, released when the process exits however it exits (local files only)."""
     with open(path, "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
@@ -243,32 +265,53 @@ def _exclusive_lock(path: str):
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def _write_dataset_files(
+    config: ml_collections.ConfigDict, out_dir: str, plan: dict, records: list[dict]
+) -> dict:
+    """Writes the dataset-level files, then the manifest (last); returns the manifest."""
+    generate = config.generate
+    relative_paths = dataset_writers.finalize(
+        formats=tuple(generate.formats),
+        out_dir=out_dir,
+        num_shards=len(records),
+        num_identities=generate.num_identities,
+        image_format=generate.image_format,
+        resolution=config.data.resolution,
+        shard_lengths=[record["counts"].get("kept", 0) for record in records],
+    )
+    relative_paths = list(relative_paths) + write_dataset_figures(out_dir, plan, records)
+    relative_paths += [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
+    files = {path: file_sha256(paths.Path(out_dir) / path) for path in relative_paths}
+    result = manifest.build_manifest(plan, records, files, out_dir)
+    paths.write_json_atomically(paths.Path(out_dir) / manifest.MANIFEST_FILE, result)
+    return result
+
+
 def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict) -> dict | None:
     """Writes the dataset-level files and the manifest once every shard is complete; returns
-    the manifest, or None while shards are missing."""
+    the manifest, or None while shards are missing. Locally under an OS file lock, once; on an
+    object store without a lock (module docstring)."""
     generate = config.generate
     records = [manifest.read_shard_record(out_dir, s) for s in range(num_shards(generate))]
     if any(record is None for record in records):
         return None
-    manifest_path = os.path.join(out_dir, manifest.MANIFEST_FILE)
-    with _exclusive_lock(os.path.join(out_dir, manifest.SHARDS_DIR, ".finalize.lock")):
-        if os.path.isfile(manifest_path):
+    manifest_path = paths.Path(out_dir) / manifest.MANIFEST_FILE
+    on_object_store = paths.is_url(out_dir)
+    lock = contextlib.nullcontext() if on_object_store else _exclusive_lock(
+        paths.Path(out_dir) / manifest.SHARDS_DIR / ".finalize.lock"
+    )
+    with lock:
+        if manifest_path.is_file():
             dataset_writers.remove_shard_fragments(generate.formats, out_dir)  # if killed before
-            return manifest.read_json(manifest_path)
-        relative_paths = dataset_writers.finalize(
-            formats=tuple(generate.formats),
-            out_dir=out_dir,
-            num_shards=len(records),
-            num_identities=generate.num_identities,
-            image_format=generate.image_format,
-            resolution=config.data.resolution,
-            shard_lengths=[record["counts"].get("kept", 0) for record in records],
-        )
-        relative_paths = list(relative_paths) + write_dataset_figures(out_dir, plan, records)
-        relative_paths += [manifest.PLAN_FILE, manifest.IDENTITIES_FILE]
-        files = {path: file_sha256(os.path.join(out_dir, path)) for path in relative_paths}
-        result = manifest.build_manifest(plan, records, files, out_dir)
-        manifest.write_json_atomically(manifest_path, result)
+            return paths.read_json(manifest_path)
+        try:
+            result = _write_dataset_files(config, out_dir, plan, records)
+        except Exception:
+            # Object store: a concurrent finalizer wrote the manifest and deleted the fragments
+            # this one was reading; its manifest is the one this one would have written.
+            if on_object_store and manifest_path.is_file():
+                return paths.read_json(manifest_path)
+            raise
         dataset_writers.remove_shard_fragments(generate.formats, out_dir)
     logging.info("Wrote %s: %s", manifest_path, result["counts"])
     return result
@@ -279,30 +322,30 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
 
 def generate_dataset(
     config: ml_collections.ConfigDict, workdir: str, models: GenerationModels | None = None
-) -> dict | None:
+) -> dict:
     """Runs this worker's share of the job of the module docstring; returns its throughput
-    summary (with the manifest's counts once the dataset is complete), or None when SIGTERM
-    stopped the judge's training. `models`: the networks, when already loaded (a benchmark
-    reuses their compiled functions); by default they are loaded from `workdir`."""
+    summary (with the manifest's counts once the dataset is complete). `models`: the networks,
+    when already loaded (a benchmark reuses their compiled functions); by default they are
+    loaded from `workdir`, where the diffusion and judge stages must have left them."""
     if config.condition.source != "encoder":
         raise ValueError(
             "--mode=generate needs a diffusion model conditioned on an identity encoder "
             f"(config.condition.source='encoder'), got {config.condition.source!r}"
         )
     started = time.perf_counter()
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    layout = RunLayout.from_config(workdir, config)
+    workdir = str(layout.root)
     generate = config.generate
-    out_dir = manifest.output_directory(config, workdir)
+    out_dir = str(layout.generated)
     worker = find_worker(generate.task_index, generate.task_count)
     logging.info("Worker %d of %d (from %s) generates into %s.", worker.index, worker.count,
                  worker.source, out_dir)
-    judge_dir = ensure_judge(config, workdir, may_train=worker.count == 1)
-    if judge_dir is None:
-        return None
     if models is None:
+        for stage in ("encoder", "diffusion", "judge"):
+            stages.require(layout, config, stage)
         mesh = parallel.make_mesh(config.mesh, jax.local_devices())
-        models = GenerationModels(config, workdir, judge_dir, mesh)
-    os.makedirs(os.path.join(out_dir, manifest.SHARDS_DIR), exist_ok=True)
+        models = GenerationModels(config, workdir, str(layout.judge.export_dir), mesh)
+    (paths.Path(out_dir) / manifest.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     identities, plan = load_identities(config, workdir, out_dir, models, worker)
 
     todo = [s for s in worker.shards(num_shards(generate))

@@ -16,12 +16,10 @@ rather than inside whatever sampler batch drew it, makes the records the same bi
 worker draws the identity.
 The batches are split over the mesh's devices and every network's weights are replicated.
 
-The judge is `config.generate.judge_encoder`, or WORKDIR/judge/encoder/model, which a single
-worker trains with the conditioning encoder's recipe and `encoder.seed + 1` when it is missing.
+The judge is `config.generate.judge_encoder`, or WORKDIR/judge/encoder/model, which the
+pipeline's `judge` stage trains with the conditioning encoder's recipe and `encoder.seed + 1`.
 A judge with the conditioning encoder's weights is refused.
 """
-
-import os
 
 import jax
 import jax.numpy as jnp
@@ -31,49 +29,20 @@ from absl import logging
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.diffusion.schedules import schedule_from_config
 from diffusion_jax.core.fingerprint import array_tree_sha256
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
-from diffusion_jax.tasks.recognition.encoder_training import train_encoder, trained_encoder_directory
-from diffusion_jax.apps.sample import restore_sampling_params
+from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
 from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
-from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
 
 
 def judge_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`config.generate.judge_encoder`, else WORKDIR/judge/encoder/model."""
-    if config.generate.judge_encoder:
-        return os.path.abspath(os.path.expanduser(config.generate.judge_encoder))
-    return trained_encoder_directory(os.path.join(workdir, "judge"))
-
-
-def ensure_judge(config: ml_collections.ConfigDict, workdir: str, may_train: bool) -> str | None:
-    """The judge's directory; trains the default judge first when it is missing and
-    `may_train`. None when SIGTERM stopped that training."""
-    directory = judge_directory(config, workdir)
-    if encoder_store.is_complete(directory):
-        return directory
-    if config.generate.judge_encoder:
-        raise FileNotFoundError(
-            f"config.generate.judge_encoder={directory} holds no complete encoder"
-        )
-    if not may_train:
-        raise FileNotFoundError(
-            f"The judge encoder {directory} does not exist and several workers must not train it "
-            "at once: train it first with --mode=train_encoder "
-            f"--workdir={os.path.join(workdir, 'judge')} --config.encoder.seed="
-            f"{config.encoder.seed + 1}, or set config.generate.judge_encoder."
-        )
-    judge_config = ml_collections.ConfigDict(config.to_dict())
-    judge_config.encoder.seed = config.encoder.seed + 1
-    logging.info("Training the judge encoder (encoder.seed=%d) in %s.", judge_config.encoder.seed,
-                 directory)
-    if train_encoder(judge_config, os.path.join(workdir, "judge")) is None:
-        return None
-    return directory
+    return str(RunLayout.from_config(workdir, config).judge.export_dir)
 
 
 def _to_uint8(images: jax.Array) -> jax.Array:
@@ -89,7 +58,9 @@ class GenerationModels:
     ):
         self.mesh = mesh
         self.params, self.step = restore_sampling_params(config, workdir, mesh)
-        conditioning = encoder_store.load_encoder(encoder_directory(config, workdir))
+        conditioning = encoder_store.load_encoder(
+            RunLayout.from_config(workdir, config).encoder.export_dir
+        )
         judge = encoder_store.load_encoder(judge_dir)
         if judge.weights_sha256 == conditioning.weights_sha256:
             raise ValueError(

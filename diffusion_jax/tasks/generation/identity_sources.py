@@ -9,7 +9,8 @@
                    model (guidance scale 0), `candidates_per_identity` candidates per identity
                    wanted, so identities look like faces the model can draw;
     images         its embeddings of the image files under `identity_images` (any depth, sorted
-                   by path), one candidate per file: identities borrowed from a given image set.
+                   by path; a local directory or a `gs://` URL), one candidate per file:
+                   identities borrowed from a given image set.
 
 Whatever the source, the identities are the first candidates, in candidate order, that keep
 cos <= `max_identity_similarity` to every identity kept before them and cos <=
@@ -17,7 +18,6 @@ cos <= `max_identity_similarity` to every identity kept before them and cos <=
 `training_identities`). The result is a function of the config, the models and the seed.
 """
 
-import os
 from collections.abc import Callable
 
 import jax
@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import image_decoding
 from diffusion_jax.tasks.generation import sphere_sampling
 from diffusion_jax.tasks.generation import image_seeds
@@ -39,35 +40,32 @@ UnconditionalDraw = Callable[[jax.Array], jax.Array]
 
 def list_image_files(root: str) -> list[str]:
     """Paths of the image files under `root`, relative to it, sorted."""
-    root = os.path.expanduser(root)
-    if not os.path.isdir(root):
+    root = str(paths.Path(root).expanduser())
+    if not paths.Path(root).is_dir():
         raise ValueError(f"config.generate.identity_images={root!r} is not a directory")
-    paths = [
-        os.path.relpath(os.path.join(directory, name), root)
-        for directory, _, names in os.walk(root)
-        for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
+    found = [
+        path for path in paths.relative_files(root)
+        if path.rsplit("/", 1)[-1].lower().endswith(IMAGE_SUFFIXES)
     ]
-    if not paths:
+    if not found:
         raise ValueError(f"config.generate.identity_images={root!r} holds no {IMAGE_SUFFIXES} file")
-    return sorted(paths)
+    return found
 
 
 def _image_candidates(
     generate_config: ml_collections.ConfigDict, resolution: int, conditioning: EmbeddingExtractor
 ) -> tuple[np.ndarray, list[str]]:
-    root = os.path.expanduser(generate_config.identity_images)
-    paths = list_image_files(root)
+    root = paths.Path(generate_config.identity_images).expanduser()
+    relative_paths = list_image_files(str(root))
     images = []
-    for path in paths:
-        with open(os.path.join(root, path), "rb") as file:
-            images.append(
-                image_decoding.decode_image(
-                    file.read(), resolution=resolution, source=os.path.join(root, path)
-                )
+    for path in relative_paths:
+        images.append(
+            image_decoding.decode_image(
+                (root / path).read_bytes(), resolution=resolution, source=str(root / path)
             )
+        )
     embeddings = conditioning.embed_arrays(np.stack(images), description="Identity images")
-    return embeddings, paths
+    return embeddings, relative_paths
 
 
 def _unconditional_candidates(
@@ -144,13 +142,13 @@ def choose_identities(
             "candidate_indices": chosen.tolist(),
         }
     if source == "images":
-        candidates, paths = _image_candidates(generate_config, resolution, conditioning)
+        candidates, image_paths = _image_candidates(generate_config, resolution, conditioning)
         chosen = sphere_sampling.select_separated(candidates, num, **thresholds)
         return candidates[chosen], {
             "source": source,
             "candidates": len(candidates),
             "candidate_indices": chosen.tolist(),
-            "images": [paths[index] for index in chosen],
+            "images": [image_paths[index] for index in chosen],
         }
     raise ValueError(
         f"config.generate.identity_source={source!r} is not one of {list(IDENTITY_SOURCES)}"

@@ -17,19 +17,28 @@
     OUT/manifest.json            written once every shard is complete: the plan, counts, the
                                  SHA-256 of every shard record and of every dataset-level file
 
-Every JSON file is written to `NAME.partial` and renamed (`write_json_atomically`), so a file
-under its final name is always complete; contents hold no timestamps, so the same config gives
-the same bytes. A shard's files are staged in `shards/shard_SSSSS.partial/` and moved into place
-before its record is written.
+OUT may be a local path or a `gs://` URL (`core.paths`). Every JSON file is written atomically
+(`paths.write_json_atomically`: locally to `NAME.partial`, flushed and renamed; on an object store
+as one upload), so a file under its final name is always complete; contents hold no timestamps,
+so the same config gives the same bytes. A shard's files are then committed by its record, the
+dataset by its manifest (`generation_job` gives the protocol, local and object store): locally a
+shard's files are staged in `shards/shard_SSSSS.partial/` and moved into place before its record
+is written; on an object store they are written at their final names, then the record.
 """
 
 import json
-import os
 from typing import Any
 
-import ml_collections
-
+from diffusion_jax.core import paths
 from diffusion_jax.core.fingerprint import file_sha256
+
+# Re-exported: the canonical JSON and its atomic write and read live in `core.paths`.
+from diffusion_jax.core.paths import (  # noqa: F401
+    json_bytes,
+    read_json,
+    write_bytes_atomically,
+    write_json_atomically,
+)
 
 PLAN_FILE = "generation.json"
 IDENTITIES_FILE = "identities.npy"
@@ -38,27 +47,22 @@ SHARDS_DIR = "shards"
 FORMAT_VERSION = 1
 
 
-def output_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`config.generate.output_dir`, else WORKDIR/generated."""
-    directory = config.generate.output_dir or os.path.join(workdir, "generated")
-    return os.path.abspath(os.path.expanduser(directory))
-
-
 def shard_name(shard: int) -> str:
     return f"shard_{shard:05d}"
 
 
-def shard_record_path(out_dir: str, shard: int) -> str:
-    return os.path.join(out_dir, SHARDS_DIR, f"{shard_name(shard)}.json")
+def shard_record_relative_path(shard: int) -> str:
+    """The record of `shard`, relative to OUT."""
+    return f"{SHARDS_DIR}/{shard_name(shard)}.json"
 
 
-def staging_dir(out_dir: str, shard: int) -> str:
-    return os.path.join(out_dir, SHARDS_DIR, f"{shard_name(shard)}.partial")
+def shard_record_path(out_dir: paths.PathLike, shard: int) -> paths.Path:
+    return paths.Path(out_dir) / shard_record_relative_path(shard)
 
 
-def json_bytes(value: Any) -> bytes:
-    """The canonical serialisation: sorted keys, indented, UTF-8, trailing newline."""
-    return (json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+def staging_dir(out_dir: paths.PathLike, shard: int) -> paths.Path:
+    """Where a shard's files are staged before they are moved into OUT (local OUT only)."""
+    return paths.Path(out_dir) / SHARDS_DIR / f"{shard_name(shard)}.partial"
 
 
 def as_json(value: Any) -> Any:
@@ -66,34 +70,9 @@ def as_json(value: Any) -> Any:
     return json.loads(json_bytes(value))
 
 
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Writes `path.partial`, flushes it to disk and renames it to `path`."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-    write_bytes_atomically(path, json_bytes(value))
-
-
-def read_json(path: str) -> Any:
-    """The JSON at `path`; a file that does not parse is reported by name."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-
-
-def read_shard_record(out_dir: str, shard: int) -> dict | None:
+def read_shard_record(out_dir: paths.PathLike, shard: int) -> dict | None:
     """The record of a complete shard, or None when the shard is not complete."""
-    path = shard_record_path(out_dir, shard)
-    return read_json(path) if os.path.isfile(path) else None
+    return paths.read_json_if_exists(shard_record_path(out_dir, shard))
 
 
 def count_decisions(images: list[dict]) -> dict[str, int]:
@@ -105,7 +84,7 @@ def count_decisions(images: list[dict]) -> dict[str, int]:
 
 
 def build_manifest(
-    plan: dict, records: list[dict], dataset_files: dict[str, str], out_dir: str
+    plan: dict, records: list[dict], dataset_files: dict[str, str], out_dir: paths.PathLike
 ) -> dict:
     """The manifest of a dataset whose shard records are `records` (in shard order) and whose
     dataset-level files are {relative path: sha256}."""
@@ -129,7 +108,7 @@ def build_manifest(
             "files": len(dataset_files) + sum(len(record["files"]) for record in records),
         },
         "shards": {
-            os.path.relpath(shard_record_path(out_dir, record["shard"]), out_dir): file_sha256(
+            shard_record_relative_path(record["shard"]): file_sha256(
                 shard_record_path(out_dir, record["shard"])
             )
             for record in records

@@ -9,17 +9,20 @@ embeddings of its training images (no flip augmentation, as the diffusion model 
 Embedding a training set costs one pass over it, so the centres are computed once and kept in
 `CACHE_DIR/training_identities-<key>.npz`, where the key hashes the encoder's weights
 (`weights_sha256`) and every `config.data` field: another encoder or other data never reads a
-stale file. The file is written to a temporary name and renamed, so a killed run leaves none.
+stale file. The file is written atomically (`paths.write_shared_bytes`: locally to a temporary
+name, then renamed; on an object store in one upload), so a killed run leaves none. CACHE_DIR may
+be local or a `gs://` URL.
 """
 
 import hashlib
+import io
 import json
-import os
 
 import ml_collections
 import numpy as np
 from absl import logging
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 
@@ -56,13 +59,13 @@ def cached_identity_centres(
     config: ml_collections.ConfigDict,
     extractor: EmbeddingExtractor,
     encoder_weights_sha256: str,
-    cache_dir: str,
+    cache_dir: paths.PathLike,
 ) -> np.ndarray:
     """The training identities' centres for `config.data`, from the cache when present."""
     key = cache_key(encoder_weights_sha256, config.data)
-    path = os.path.join(cache_dir, f"training_identities-{key}.npz")
-    if os.path.isfile(path):
-        with np.load(path) as cached:
+    path = paths.Path(cache_dir) / f"training_identities-{key}.npz"
+    if path.is_file():
+        with np.load(io.BytesIO(path.read_bytes())) as cached:
             logging.info("Training identity centres from %s.", path)
             return cached["centres"]
     input_pipeline.ensure_prepared(config.data)
@@ -72,9 +75,8 @@ def cached_identity_centres(
         extractor,
         config.evaluate.batch_size,
     )
-    os.makedirs(cache_dir, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(temporary, centres=centres, key=key)
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, centres=centres, key=key)
+    paths.write_shared_bytes(path, buffer.getvalue())
     logging.info("Cached %d training identity centres in %s.", len(centres), path)
     return centres

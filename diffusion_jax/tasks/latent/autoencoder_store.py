@@ -10,14 +10,15 @@ is the factor s the diffusion model's latents are multiplied by, z_diffusion = s
 they have about unit variance (diffusers' `scaling_factor`). `provenance` says where the weights
 came from (a training run, or a converted directory and its hashes). The layout, the
 interrupted-save rule (autoencoder.json is written last) and the refusal of weights that do not fit
-the architecture, naming each parameter and both shapes, are `model_store.ModelStore`'s.
+the architecture, naming each parameter and both shapes, are `model_store.ModelStore`'s. DIR may be
+local or a `gs://` URL (`core.paths`).
 """
 
 import dataclasses
 import math
-import os
 from typing import Any
 
+from diffusion_jax.core import paths
 from diffusion_jax.core.model_store import ModelStore
 from diffusion_jax.core.models.autoencoder import AutoencoderKL
 
@@ -84,5 +85,5 @@ def load_autoencoder(directory: str) -> LoadedAutoencoder:
         latent_scale=float(description["latent_scale"]),
         provenance=description.get("provenance", {}),
         weights_sha256=description["weights_sha256"],
-        directory=os.path.abspath(os.path.expanduser(directory)),
+        directory=str(paths.resolve(directory)),
     )

@@ -25,7 +25,6 @@ of each of `config.sample.identities` above its decoded posterior mean, with the
 error (also in the export's provenance). A complete export is not trained again.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -37,7 +36,8 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from diffusion_jax.core import parallel
+from diffusion_jax.core import parallel, stages
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.figures import image_grid, save_figure
 from diffusion_jax.tasks.latent import autoencoder_store
@@ -47,9 +47,7 @@ from diffusion_jax.tasks.latent.latent_scale import LatentMoments
 from diffusion_jax.core.models.autoencoder import AutoencoderKL
 from diffusion_jax.core.models.patch_discriminator import PatchDiscriminator
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
-from diffusion_jax.tasks.recognition.encoder_training import train_encoder
 from diffusion_jax.core.training import state as state_lib
-from diffusion_jax.tasks.conditional_diffusion.identity_conditions import encoder_directory
 from diffusion_jax.core.training.loop import TrainingTask, run_training
 from diffusion_jax.core.training.step import Batch, LossContext, LossFn, Metrics
 
@@ -160,10 +158,6 @@ def per_network_optimizer(
     return optax.multi_transform({name: optimizer for name in networks}, network_of), learning_rate
 
 
-def autoencoder_workdir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "autoencoder")
-
-
 def estimate_posterior_scale(
     autoencoder: AutoencoderKL, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 ) -> float:
@@ -207,10 +201,14 @@ def write_reconstructions(
     return error
 
 
-def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """Trains (or resumes, or finds complete) the autoencoder of `config`; returns its directory,
-    or None when SIGTERM stopped training early (the next run resumes it)."""
-    export_directory = os.path.join(autoencoder_workdir(workdir), "model")
+def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Trains (or resumes, or finds complete) the autoencoder of `config` in
+    WORKDIR/autoencoder; returns its export directory. With a perceptual loss it needs the
+    identity encoder (`stages.require`); SIGTERM raises `preemption.Preempted` (a rerun
+    resumes)."""
+    layout = RunLayout.from_config(workdir, config)
+    run = RunLayout(layout.root).autoencoder  # WORKDIR/autoencoder even if a checkpoint is set
+    export_directory = run.export_dir
     architecture = configured_autoencoder_architecture(config)
     if autoencoder_store.is_complete(export_directory):
         saved = autoencoder_store.read_description(export_directory)["architecture"]
@@ -218,18 +216,17 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
             raise ValueError(
                 f"The autoencoder already trained in {export_directory} has architecture "
                 f"{saved}, but config.autoencoder asks for {architecture}. Remove "
-                f"{autoencoder_workdir(workdir)} to train a new one, or restore the config."
+                f"{run.run_dir} to train a new one, or restore the config."
             )
         logging.info("Autoencoder already trained: %s.", export_directory)
-        return export_directory
+        return str(export_directory)
 
     mesh = parallel.make_mesh(config.mesh)
     input_pipeline.ensure_prepared(config.data)
     frozen, perceptual_graphdef = {}, None
     if config.autoencoder.perceptual_weight > 0:
-        if not config.encoder.checkpoint and train_encoder(config, workdir) is None:
-            return None
-        encoder = load_encoder(encoder_directory(config, workdir)).model
+        stages.require(layout, config, "encoder")
+        encoder = load_encoder(layout.encoder.export_dir).model
         perceptual_graphdef, encoder_state = nnx.split(encoder)
         frozen = {PERCEPTUAL_ENCODER: encoder_state}
     build_model = autoencoder_builder(config)
@@ -245,13 +242,11 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
         frozen=frozen,
         make_optimizer=per_network_optimizer,
     )
-    result = run_training(task, autoencoder_workdir(workdir), mesh, jax.random.key(config.seed))
-    if not result.completed:
-        return None
+    result = run_training(task, run.run_dir, mesh, jax.random.key(config.seed))
     model = nnx.merge(state_lib.model_graphdef(build_model), result.state.params).autoencoder
     latent_scale = estimate_posterior_scale(model, config, mesh)
     reconstruction_error = write_reconstructions(
-        model, config, os.path.join(autoencoder_workdir(workdir), "reconstructions.png")
+        model, config, run.run_dir / "reconstructions.png"
     )
     logging.info(
         "Latent scale: %.5f; reconstruction error %.4f.", latent_scale, reconstruction_error
@@ -262,10 +257,10 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
         architecture,
         latent_scale=latent_scale,
         provenance={
-            "trained_in": autoencoder_workdir(workdir),
+            "trained_in": str(run.run_dir),
             "step": int(result.state.step),
             "reconstruction_mean_absolute_error": reconstruction_error,
-            "perceptual_encoder": encoder_directory(config, workdir)
+            "perceptual_encoder": str(layout.encoder.export_dir)
             if perceptual_graphdef is not None
             else None,
             "seed": config.seed,
@@ -273,4 +268,4 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str | 
         },
     )
     logging.info("Exported the autoencoder to %s.", export_directory)
-    return export_directory
+    return str(export_directory)

@@ -19,7 +19,6 @@ The UNet's input shape follows from the config alone (`diffusion_shape`), so a m
 before any autoencoder exists; a loaded autoencoder must then match `config.autoencoder`.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.latent.autoencoder_store import LoadedAutoencoder, load_autoencoder
 from diffusion_jax.core.models.autoencoder import autoencoder_architecture
 
@@ -66,14 +66,6 @@ def diffusion_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
         side = config.data.resolution // downsampling_factor(config)
         return side, config.autoencoder.latent_channels
     raise ValueError(f"diffusion.space must be one of {SPACES}, got {config.diffusion.space!r}")
-
-
-def autoencoder_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The latent space's autoencoder: `config.autoencoder.checkpoint`, else the one
-    `--mode=train_autoencoder` exports to WORKDIR/autoencoder/model."""
-    if config.autoencoder.checkpoint:
-        return os.path.abspath(os.path.expanduser(config.autoencoder.checkpoint))
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "autoencoder", "model")
 
 
 def check_matches_config(autoencoder: LoadedAutoencoder, config: ml_collections.ConfigDict) -> None:
@@ -141,10 +133,10 @@ class DiffusionSpace:
 
 def diffusion_space(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> DiffusionSpace:
     """The space of `config.diffusion.space`; in latent space, the autoencoder of
-    `autoencoder_directory`, checked against `config.autoencoder`."""
+    the run layout's (`config.autoencoder.checkpoint`, else WORKDIR/autoencoder/model), checked against `config.autoencoder`."""
     diffusion_shape(config)  # refuses an unknown space
     if config.diffusion.space == "pixel":
         return DiffusionSpace(mesh)
-    autoencoder = load_autoencoder(autoencoder_directory(config, workdir))
+    autoencoder = load_autoencoder(RunLayout.from_config(workdir, config).autoencoder.export_dir)
     check_matches_config(autoencoder, config)
     return DiffusionSpace(mesh, autoencoder)

@@ -9,13 +9,14 @@ so the network is rebuilt exactly; `provenance` says where the weights came from
 and its step, or a converted file and its hash). encoder.json is written last: a directory without
 it is an interrupted save and is refused. `weights_sha256` (`fingerprint.array_tree_sha256` of the
 state) identifies the weights in caches and manifests. The layout is `model_store.ModelStore`'s,
-which also refuses weights that do not fit the architecture, naming the parameters.
+which also refuses weights that do not fit the architecture, naming the parameters. DIR may be
+local or a `gs://` URL (`core.paths`).
 """
 
 import dataclasses
-import os
 from typing import Any
 
+from diffusion_jax.core import paths
 from diffusion_jax.core.model_store import ModelStore
 from diffusion_jax.core.models.iresnet import IResNet
 
@@ -78,5 +79,5 @@ def load_encoder(directory: str) -> LoadedEncoder:
         architecture=description["architecture"],
         provenance=description.get("provenance", {}),
         weights_sha256=description["weights_sha256"],
-        directory=os.path.abspath(os.path.expanduser(directory)),
+        directory=str(paths.resolve(directory)),
     )

@@ -1,18 +1,18 @@
 """Training an identity encoder: an IResNet with a margin-softmax head over the training labels.
 
-`train_encoder(config, workdir)` trains in WORKDIR/encoder with the loop, train step and Orbax
-checkpoints every model of this project shares (`train.loop`), on the labelled training source
-of `config.data`, and resumes there after an interruption. When training completes, the backbone
-alone (without the head, which only knows the training identities) is exported with
-`encoder_store.save_encoder` to WORKDIR/encoder/model, the directory the diffusion model's
-conditioning and `--mode=evaluate_encoder` read. A complete export is not trained again.
+`train_encoder(config, model)` trains in `model.run_dir` (a `run_layout.TrainedModel`: WORKDIR/encoder
+for the conditioning encoder) with the loop, train step and Orbax checkpoints every model of this
+project shares (`core.training.loop`), on the labelled training source of `config.data`, and
+resumes there after an interruption. When training completes, the backbone alone (without the
+head, which only knows the training identities) is exported with `encoder_store.save_encoder` to
+`model.export_dir`, the directory the diffusion model's conditioning and
+`--mode=evaluate_encoder` read. A complete export is not trained again.
 
 The loss is the cross entropy of the margin logits (`models.margin_heads`) of the backbone's
 embedding of each image, resized to the encoder's input resolution; the logged `accuracy` is that
 of the margin-free cosine classifier on the training batch.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from absl import logging
 from flax import nnx
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.run_layout import TrainedModel
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.models.iresnet import IResNet, iresnet_architecture
 from diffusion_jax.core.models.margin_heads import MarginSoftmaxHead, margin_softmax_loss, margins_for
@@ -89,24 +90,16 @@ def make_margin_loss() -> LossFn:
     return loss_fn
 
 
-def encoder_workdir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "encoder")
-
-
-def trained_encoder_directory(workdir: str) -> str:
-    """Where `train_encoder(config, workdir)` exports the trained backbone."""
-    return os.path.join(encoder_workdir(workdir), "model")
-
-
-def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """Trains (or resumes, or finds complete) the encoder of `config`; returns its directory,
-    or None when training stopped early on SIGTERM (the next run resumes it)."""
-    export_directory = trained_encoder_directory(workdir)
+def train_encoder(config: ml_collections.ConfigDict, model: TrainedModel) -> str:
+    """Trains (or resumes, or finds complete) the encoder of `config` in `model.run_dir`;
+    returns its export directory. Raises `preemption.Preempted` when SIGTERM stopped training
+    (the next run resumes it)."""
+    export_directory = model.export_dir
     architecture = encoder_architecture(config.encoder)
     if encoder_store.is_complete(export_directory):
         _check_same_architecture(export_directory, architecture)
         logging.info("Identity encoder already trained: %s.", export_directory)
-        return export_directory
+        return str(export_directory)
 
     mesh = parallel.make_mesh(config.mesh)
     input_pipeline.ensure_prepared(config.data)
@@ -122,20 +115,16 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str | None
             config.data, global_batch_size=config.encoder.train.batch_size, seed=config.encoder.seed
         ),
     )
-    result = run_training(
-        task, encoder_workdir(workdir), mesh, jax.random.key(config.encoder.seed)
-    )
-    if not result.completed:
-        return None
-    model = nnx.merge(
+    result = run_training(task, model.run_dir, mesh, jax.random.key(config.encoder.seed))
+    network = nnx.merge(
         state_lib.model_graphdef(build_model), result.state.params, result.state.model_state
     )
     encoder_store.save_encoder(
         export_directory,
-        model.backbone,
+        network.backbone,
         architecture,
         provenance={
-            "trained_in": encoder_workdir(workdir),
+            "trained_in": str(model.run_dir),
             "step": int(result.state.step),
             "num_training_identities": num_classes,
             "seed": config.encoder.seed,
@@ -143,14 +132,14 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str) -> str | None
         },
     )
     logging.info("Exported the identity encoder to %s.", export_directory)
-    return export_directory
+    return str(export_directory)
 
 
-def _check_same_architecture(directory: str, architecture: dict[str, Any]) -> None:
+def _check_same_architecture(directory, architecture: dict[str, Any]) -> None:
     saved = encoder_store.read_description(directory)["architecture"]
     if saved != architecture:
         raise ValueError(
             f"The encoder already trained in {directory} has architecture {saved}, but the config "
-            f"asks for {architecture}. Remove {os.path.dirname(directory)} to train a new one, or "
+            f"asks for {architecture}. Remove {directory.parent} to train a new one, or "
             "restore the config."
         )

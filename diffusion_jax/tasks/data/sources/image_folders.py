@@ -24,6 +24,10 @@ resolution, the policy and max_pixels: any other setting prepares anew. It does 
 of the folder's contents; prepare such a folder into another data_dir.
 
 Prepared datasets load without this module: `tfds.builder_from_directory(builder.data_dir)`.
+
+Both root and data_dir may be local or `gs://` URLs (`core.paths`; TFDS writes data_dir through
+epath). A local root is listed with `os.scandir`; a root on an object store with epath's
+`iterdir`, one listing per identity and a request per entry to tell folders from files.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.data.sources import record_label_cache
+from diffusion_jax.core import paths
+from diffusion_jax.tasks.data.sources import image_decoding, record_label_cache
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 LABELS_FILENAME = "identity_labels.json"
@@ -59,7 +63,7 @@ _PREFETCH_PER_THREAD = 4
 class ImageFolderConfig(tfds.core.BuilderConfig):
     """Where the identity folders are and how their images are decoded; the name encodes it all.
 
-    `root` is made absolute; the name is `<root's basename>-<hash of root>_r<resolution>_<policy>
+    `root` is made absolute (a URL is kept as given); the name is `<root's basename>-<hash of root>_r<resolution>_<policy>
     _max<max_pixels>`.
     """
 
@@ -81,9 +85,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
             )
         if not self.root:
             raise ValueError("root must name the directory of identity folders, got ''")
-        self.root = os.path.abspath(os.path.expanduser(os.fspath(self.root)))
+        self.root = str(paths.resolve(self.root))
         root_hash = hashlib.sha256(self.root.encode()).hexdigest()[:12]
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(self.root)) or "root"
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", paths.Path(self.root).name) or "root"
         self.name = self.name or (
             f"{slug}-{root_hash}_r{self.resolution}_{self.policy}_max{self.max_pixels}"
         )
@@ -99,7 +103,7 @@ class _SkipLog:
 
     def skip(self, path: str, kind: str, reason: str) -> None:
         """Records `path` (relative to root) as skipped for `reason`, classified by `kind`."""
-        where = os.path.join(self.root, path)
+        where = paths.Path(self.root) / path
         if self.strict:
             raise ValueError(f"strict preparation refuses {where}: {reason}")
         logging.warning("Skipping %s: %s", where, reason)
@@ -116,15 +120,34 @@ class _SkipLog:
         }
 
 
-def _sorted_entries(path: str) -> list[os.DirEntry]:
-    with os.scandir(path) as entries:
-        return sorted(entries, key=lambda entry: entry.name)
+class _Entry(NamedTuple):
+    """A directory entry: its name and full path, and whether it is a directory."""
+
+    name: str
+    path: str
+    is_directory: bool
+
+    def is_dir(self) -> bool:
+        return self.is_directory
+
+
+def _sorted_entries(path: str) -> list[_Entry]:
+    """The entries of directory `path`, sorted by name (local: `os.scandir`, whose entries know
+    their type; object store: epath's `iterdir`)."""
+    if paths.is_url(path):
+        entries = [
+            _Entry(entry.name, str(entry), entry.is_dir()) for entry in paths.Path(path).iterdir()
+        ]
+    else:
+        with os.scandir(path) as scanned:
+            entries = [_Entry(entry.name, entry.path, entry.is_dir()) for entry in scanned]
+    return sorted(entries, key=lambda entry: entry.name)
 
 
 def _list_image_files(root: str, skips: _SkipLog) -> list[str]:
     """Relative paths `<identity>/<file>` of the candidate images, identity by identity, both in
     sorted order; everything else under root is skipped."""
-    paths = []
+    found = []
     for identity in _sorted_entries(root):
         if not identity.is_dir():
             skips.skip(identity.name, "unsupported_file", "a file outside any identity folder")
@@ -145,8 +168,8 @@ def _list_image_files(root: str, skips: _SkipLog) -> list[str]:
                 images.append(path)
         if not images:
             skips.skip(identity.name, "empty_identity", "no image files")
-        paths += images
-    return paths
+        found += images
+    return found
 
 
 class _Skipped(NamedTuple):
@@ -157,10 +180,9 @@ class _Skipped(NamedTuple):
 def _encode_file(config: ImageFolderConfig, path: str) -> bytes | _Skipped:
     """PNG of the decoded image at `path` (relative to root), or why it is skipped: returned
     rather than raised, so that one bad file leaves the thread pool's other results intact."""
-    full_path = os.path.join(config.root, path)
+    full_path = str(paths.Path(config.root) / path)
     try:
-        with open(full_path, "rb") as file:
-            data = file.read()
+        data = paths.Path(full_path).read_bytes()
     except OSError as error:
         return _Skipped("unreadable_file", f"cannot read: {error}")
     try:
@@ -191,9 +213,8 @@ def _ordered_thread_map(
             yield pending.popleft().result()
 
 
-def _write_json(path: str, value: Any) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=1, ensure_ascii=False)
+def _write_json(path: paths.Path, value: Any) -> None:
+    paths.Path(path).write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 class IdentityFolders(tfds.core.GeneratorBasedBuilder):
@@ -245,7 +266,7 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = self.builder_config.root
-        if not os.path.isdir(root):
+        if not paths.Path(root).is_dir():
             raise ValueError(f"root must be a directory of identity folders, got {root!r}")
         return {SPLIT: self._generate_examples()}
 
@@ -254,14 +275,14 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
         temporary) data dir."""
         config = self.builder_config
         skips = _SkipLog(config.root, self._strict)
-        paths = _list_image_files(config.root, skips)
+        image_paths = _list_image_files(config.root, skips)
         encoded = _ordered_thread_map(
-            functools.partial(_encode_file, config), paths, self._num_threads
+            functools.partial(_encode_file, config), image_paths, self._num_threads
         )
         labels: dict[str, int] = {}
         num_examples = 0
         for identity, files in itertools.groupby(
-            zip(paths, encoded, strict=True), key=lambda item: item[0].split("/", 1)[0]
+            zip(image_paths, encoded, strict=True), key=lambda item: item[0].split("/", 1)[0]
         ):
             images = []
             for path, result in files:
@@ -281,9 +302,9 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
             raise ValueError(
                 f"no decodable image under {config.root} ({len(skips.entries)} inputs skipped)"
             )
-        _write_json(os.path.join(self.data_dir, LABELS_FILENAME), labels)
+        _write_json(paths.Path(self.data_dir) / LABELS_FILENAME, labels)
         _write_json(
-            os.path.join(self.data_dir, REPORT_FILENAME), skips.report(num_examples, len(labels))
+            paths.Path(self.data_dir) / REPORT_FILENAME, skips.report(num_examples, len(labels))
         )
 
 
@@ -322,15 +343,13 @@ def prepare_image_folder(
 
 def read_identity_labels(dataset_dir: str | os.PathLike) -> dict[str, int]:
     """{identity name: label} of a prepared dataset (its versioned dir, `builder.data_dir`)."""
-    with open(os.path.join(os.fspath(dataset_dir), LABELS_FILENAME), encoding="utf-8") as file:
-        return json.load(file)
+    return paths.read_json(paths.Path(dataset_dir) / LABELS_FILENAME)
 
 
 def read_preparation_report(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """The preparation report of a prepared dataset: root, num_examples, num_identities,
     num_skipped, skipped_by_kind {kind: count} and skipped [{path, kind, reason}]."""
-    with open(os.path.join(os.fspath(dataset_dir), REPORT_FILENAME), encoding="utf-8") as file:
-        return json.load(file)
+    return paths.read_json(paths.Path(dataset_dir) / REPORT_FILENAME)
 
 
 class ImageLabelSource:

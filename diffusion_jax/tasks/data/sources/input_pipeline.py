@@ -8,11 +8,14 @@ in the calling process); a recogniser's training set also sets color_jitter
 (`recognizer_training`). For every source, `max_identities` and `max_images_per_identity` (-1:
 all) cut the training records to the first identity labels and the first records of each
 (`training_records`).
+
+data_dir and data.path may be local or `gs://` URLs (`core.paths`): TFDS reads and writes data_dir
+through epath, `recordio` reads a `.rec` on an object store by ranged reads, and `image_folders`
+lists identity folders there through epath.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import grain
@@ -21,6 +24,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import faces_builder
 from diffusion_jax.tasks.data.sources import image_folders
 from diffusion_jax.tasks.data.sources import recordio
@@ -49,7 +53,7 @@ def builder_config(data_config: ml_collections.ConfigDict) -> faces_builder.Proc
 
 
 def _data_dir(data_config: ml_collections.ConfigDict) -> str:
-    return os.path.expanduser(data_config.data_dir)
+    return str(paths.resolve(data_config.data_dir))
 
 
 def _barrier() -> None:
@@ -90,7 +94,7 @@ def _check_source(data_config: ml_collections.ConfigDict) -> None:
     if data_config.source not in SOURCES:
         raise ValueError(f"data.source must be one of {SOURCES}, got {data_config.source!r}")
     is_file_source = data_config.source in ("image_folder", "recordio")
-    if is_file_source and not os.path.exists(os.path.expanduser(data_config.path)):
+    if is_file_source and not paths.resolve(data_config.path).exists():
         raise FileNotFoundError(
             f"data.path={data_config.path!r} (for data.source={data_config.source!r}) does not exist"
         )
@@ -99,7 +103,7 @@ def _check_source(data_config: ml_collections.ConfigDict) -> None:
 def _image_folder_builder(data_config: ml_collections.ConfigDict) -> image_folders.IdentityFolders:
     """The identity-folder dataset of `data.path`, prepared into data_dir if it is not yet."""
     return image_folders.prepare_image_folder(
-        os.path.expanduser(data_config.path),
+        str(paths.resolve(data_config.path)),
         _data_dir(data_config),
         resolution=data_config.resolution,
         policy=data_config.image_policy,
@@ -108,7 +112,7 @@ def _image_folder_builder(data_config: ml_collections.ConfigDict) -> image_folde
 
 
 def _recordio_reader(data_config: ml_collections.ConfigDict) -> recordio.RecordIOReader:
-    return recordio.RecordIOReader(os.path.expanduser(data_config.path))
+    return recordio.RecordIOReader(str(paths.resolve(data_config.path)))
 
 
 def _tfds_source(data_config: ml_collections.ConfigDict) -> tfds_source.TfdsNamedSource:

@@ -11,22 +11,26 @@ A prepared dataset does not change, so `load_or_scan` keeps the pass's result in
     info_digest  the SHA-256 of the dataset's dataset_info.json when the labels were scanned
 
 A file whose record count or digest differs from the dataset's (the dataset was prepared again),
-or that cannot be read, is ignored and replaced. The file is written to a temporary name and
-renamed, so a reader never sees half of one; where the directory cannot be written (a shared
-read-only copy), every opening pays the pass, with a warning.
+or that cannot be read, is ignored and replaced. The file is written atomically
+(`paths.write_shared_bytes`: locally to a temporary name unique to the writer, then renamed; on an
+object store in one upload), so a reader never sees half of one; where the directory cannot be
+written (a shared read-only copy), every opening pays the pass, with a warning. The dataset dir
+may be local or a `gs://` URL.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 
 import numpy as np
 from absl import logging
+
+from diffusion_jax.core import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +40,17 @@ class RecordLabels:
 
 
 def cache_path(dataset_dir: str, split: str, label_key: str) -> str:
-    return os.path.join(dataset_dir, f"record_labels_{split}_{label_key}.npz")
+    return os.fspath(paths.Path(dataset_dir) / f"record_labels_{split}_{label_key}.npz")
 
 
 def _info_digest(dataset_dir: str) -> str:
-    with open(os.path.join(dataset_dir, "dataset_info.json"), "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
+    return hashlib.sha256((paths.Path(dataset_dir) / "dataset_info.json").read_bytes()).hexdigest()
 
 
 def _read(path: str, num_records: int, digest: str) -> RecordLabels | None:
     """The cached labels at `path`, or None when absent, unreadable or not this dataset's."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        with np.load(io.BytesIO(paths.Path(path).read_bytes()), allow_pickle=False) as stored:
             labels, names = stored["labels"], stored["names"]
             stored_digest = str(stored["info_digest"])
     except FileNotFoundError:
@@ -66,25 +69,19 @@ def _read(path: str, num_records: int, digest: str) -> RecordLabels | None:
 
 
 def _write(path: str, record_labels: RecordLabels, digest: str) -> None:
-    """Writes the cache atomically (a temporary file renamed over `path`); warns if it cannot."""
-    temporary = None
+    """Writes the cache atomically (`paths.write_shared_bytes`); warns if it cannot."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        labels=record_labels.labels,
+        names=np.asarray(record_labels.names, dtype=str),
+        info_digest=np.asarray(digest),
+    )
     try:
-        with tempfile.NamedTemporaryFile(
-            dir=os.path.dirname(path), suffix=".npz.tmp", delete=False
-        ) as file:
-            temporary = file.name
-            np.savez(
-                file,
-                labels=record_labels.labels,
-                names=np.asarray(record_labels.names, dtype=str),
-                info_digest=np.asarray(digest),
-            )
-        os.replace(temporary, path)
+        paths.write_shared_bytes(path, buffer.getvalue())
     except OSError as error:
         logging.warning("Cannot keep the record labels in %s (%s): each opening scans them",
                         path, error)
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def load_or_scan(

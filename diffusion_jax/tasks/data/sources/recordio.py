@@ -18,18 +18,26 @@ The layout, defined once here for the reader and for writers:
   first_identity_key .. end_identity_key - 1, no image, and labels (start_key, end_key): the
   half-open key range of that identity's images. Without a header record (flag 0 at key 0, or no
   key 0) every record in the index is an image.
+
+Files may be local or on an object store (`gs://`, `core.paths`): a local `.rec` is memory-mapped;
+one on an object store is read on demand, each record by a seek and a read of its bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import mmap
 import numbers
 import os
 import struct
-from typing import NamedTuple
+import threading
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
+
+from diffusion_jax.core import paths
 
 RECORD_MAGIC = 0xCED7230A
 DATASET_HEADER_KEY = 0
@@ -81,15 +89,16 @@ def frame_record(record: bytes) -> bytes:
     )
 
 
-def unframe_record(buffer: bytes | mmap.mmap, offset: int = 0) -> tuple[bytes, int]:
-    """The record whose first part starts at byte `offset` of `buffer`, and the offset just past
-    its last part. Raises ValueError on a bad magic word, a misplaced part flag or truncation."""
+def unframe_record(buffer: bytes | mmap.mmap | RemoteBytes, offset: int = 0) -> tuple[bytes, int]:
+    """The record whose first part starts at byte `offset` of `buffer` (anything with a length
+    and byte slices), and the offset just past its last part. Raises ValueError on a bad magic
+    word, a misplaced part flag or truncation."""
     parts = []
     expected_flags = (_WHOLE, _FIRST)
     while True:
         if offset + _PART_HEADER.size > len(buffer):
             raise ValueError(f"truncated record: part header at byte {offset} runs past the end")
-        magic, lrecord = _PART_HEADER.unpack_from(buffer, offset)
+        magic, lrecord = _PART_HEADER.unpack(buffer[offset : offset + _PART_HEADER.size])
         if magic != RECORD_MAGIC:
             raise ValueError(
                 f"bad magic 0x{magic:08X} at byte {offset} (expected 0x{RECORD_MAGIC:08X})"
@@ -145,25 +154,26 @@ def format_index_line(key: int, offset: int) -> str:
     return f"{key}\t{offset}\n"
 
 
-def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
+def read_index(idx_path: paths.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(keys, offsets) of a `.idx` file, int64, in file order. Raises on malformed lines and on
     repeated keys, naming the file and the line."""
     keys, offsets = [], []
-    with open(idx_path, encoding="ascii", errors="replace") as index_file:
-        for line_number, line in enumerate(index_file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                key, offset = (int(field) for field in fields)
-            except ValueError:
-                raise ValueError(
-                    f"{idx_path}:{line_number}: expected 'key<TAB>offset', got {line.rstrip()!r}"
-                ) from None
-            if offset < 0:
-                raise ValueError(f"{idx_path}:{line_number}: negative offset {offset}")
-            keys.append(key)
-            offsets.append(offset)
+    # Read as a text file would be: ASCII (undecodable bytes replaced), universal newlines.
+    text = paths.Path(idx_path).read_bytes().decode("ascii", errors="replace")
+    for line_number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            key, offset = (int(field) for field in fields)
+        except ValueError:
+            raise ValueError(
+                f"{idx_path}:{line_number}: expected 'key<TAB>offset', got {line.rstrip()!r}"
+            ) from None
+        if offset < 0:
+            raise ValueError(f"{idx_path}:{line_number}: negative offset {offset}")
+        keys.append(key)
+        offsets.append(offset)
     keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     unique_keys, counts = np.unique(keys, return_counts=True)
     if np.any(counts > 1):
@@ -174,7 +184,36 @@ def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def default_index_path(rec_path: str) -> str:
     """`train.rec` -> `train.idx`."""
-    return os.path.splitext(rec_path)[0] + ".idx"
+    return os.path.splitext(rec_path)[0] + ".idx"  # a string operation, right for URLs too
+
+
+class RemoteBytes:
+    """The bytes of a file on an object store, read on demand: the part of `mmap`'s interface
+    that `unframe_record` uses (`len` and slices), each slice one seek and one read, under a
+    lock so that threads may share it."""
+
+    def __init__(self, path: str):
+        self._path = paths.Path(path)
+        self._size = self._path.stat().length
+        self._opened = contextlib.ExitStack()  # some epath backends open as a context manager
+        self._file: BinaryIO = self._opened.enter_context(self._path.open("rb"))
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: slice) -> bytes:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("RemoteBytes supports contiguous slices only")
+        start, stop, _ = index.indices(self._size)
+        if stop <= start:
+            return b""
+        with self._lock:
+            self._file.seek(start)
+            return self._file.read(stop - start)
+
+    def close(self) -> None:
+        self._opened.close()
 
 
 def _integer_label(label: float, where: str) -> int:
@@ -193,35 +232,43 @@ class RecordIOReader:
     picklable (the file is reopened, the index is not re-read) and safe to read from threads.
 
     On opening, the index is checked against the data: every offset must lie in the file, point
-    at the start of a record, and the record furthest in the file must be complete; a header
-    record's key ranges must be present in the index. Records are otherwise checked when read.
+    at the start of a record (for a local file; on an object store that costs a request per
+    record, so there it is checked when the record is read), and the record furthest in the file
+    must be complete; a header record's key ranges must be present in the index. Records are
+    otherwise checked when read.
     """
 
     def __init__(self, rec_path: str, idx_path: str | None = None):
         self.rec_path = rec_path
         self.idx_path = default_index_path(rec_path) if idx_path is None else idx_path
         for role, path in (("record file", rec_path), ("index file", self.idx_path)):
-            if not os.path.isfile(path):
+            if not paths.Path(path).is_file():
                 raise FileNotFoundError(f"RecordIO {role} {path} does not exist")
         keys, offsets = read_index(self.idx_path)
         if keys.size == 0:
             raise ValueError(f"{self.idx_path}: the index lists no records")
         order = np.argsort(keys)
         self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
-        self._mmap = self._open()
+        self._data = self._open()
         self._check_offsets()
         self.image_keys, self.identity_ranges = keys, None
         if self._has_dataset_header():
             self.image_keys, self.identity_ranges = self._read_dataset_header()
 
-    def _open(self) -> mmap.mmap:
-        with open(self.rec_path, "rb") as rec_file:
+    def _open(self) -> mmap.mmap | RemoteBytes:
+        """The record file's bytes: memory-mapped when local, read on demand on an object store."""
+        if paths.is_url(self.rec_path):
+            data = RemoteBytes(self.rec_path)
+            if len(data) == 0:
+                raise ValueError(f"{self.rec_path}: the record file is empty")
+            return data
+        with open(self.rec_path, "rb") as rec_file:  # local: mmap needs a file descriptor
             if os.fstat(rec_file.fileno()).st_size == 0:
                 raise ValueError(f"{self.rec_path}: the record file is empty")
             return mmap.mmap(rec_file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def _check_offsets(self) -> None:
-        size = len(self._mmap)
+        size = len(self._data)
         offsets = self._sorted_offsets
 
         def refuse(bad: np.ndarray, problem: str) -> None:
@@ -234,12 +281,13 @@ class RecordIOReader:
 
         refuse(offsets + _PART_HEADER.size > size, f"lies beyond the end of the file ({size} B)")
         refuse(offsets % 4 != 0, "is not 4-byte aligned, so it cannot start a record")
-        words = np.frombuffer(self._mmap, dtype="<u4", count=size // 4)
-        try:
-            refuse(words[offsets // 4] != RECORD_MAGIC, "does not point at the magic word")
-            refuse(words[offsets // 4 + 1] >> _LENGTH_BITS > _FIRST, "points inside a record")
-        finally:
-            del words  # an exported buffer would keep the mmap from closing
+        if isinstance(self._data, mmap.mmap):
+            words = np.frombuffer(self._data, dtype="<u4", count=size // 4)
+            try:
+                refuse(words[offsets // 4] != RECORD_MAGIC, "does not point at the magic word")
+                refuse(words[offsets // 4 + 1] >> _LENGTH_BITS > _FIRST, "points inside a record")
+            finally:
+                del words  # an exported buffer would keep the mmap from closing
         self.read(int(self._sorted_keys[np.argmax(offsets)]))
 
     def _has_dataset_header(self) -> bool:
@@ -285,7 +333,7 @@ class RecordIOReader:
             raise KeyError(f"key {key} is not in the index {self.idx_path}")
         offset = int(self._sorted_offsets[np.searchsorted(self._sorted_keys, key)])
         try:
-            return unpack_record(unframe_record(self._mmap, offset)[0])
+            return unpack_record(unframe_record(self._data, offset)[0])
         except ValueError as error:
             raise ValueError(f"{self.rec_path}: record {key} at offset {offset}: {error}") from None
 
@@ -315,12 +363,12 @@ class RecordIOReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_mmap"]
+        del state["_data"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._mmap = self._open()
+        self._data = self._open()
 
     def __repr__(self) -> str:
         return f"RecordIOReader({self.rec_path!r}, {self.idx_path!r}, {len(self)} images)"

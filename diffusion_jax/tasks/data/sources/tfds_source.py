@@ -8,7 +8,8 @@ prepared in data_dir, or prepared as TFRecord, is refused with a message naming 
 
 Images are read still encoded (TFDS's `Image` feature stores PNG or JPEG bytes) and decoded by
 `image_decoding.decode_image`, so a TFDS dataset gets the same safety checks, colour conversion
-and square-cropping policy as every other source of faces.
+and square-cropping policy as every other source of faces. data_dir may be local or a `gs://` URL
+(TFDS reads it through epath).
 
 Labels are contiguous integers 0 .. num_identities - 1:
 - a `ClassLabel` feature gives its integer, and num_identities is its number of classes;
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import image_decoding
 from diffusion_jax.tasks.data.sources import record_label_cache
 
@@ -93,7 +95,7 @@ class TfdsNamedSource:
             raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
         if policy not in image_decoding.POLICIES:
             raise ValueError(f"policy must be one of {image_decoding.POLICIES}, got {policy!r}")
-        data_dir = os.path.expanduser(os.fspath(data_dir))
+        data_dir = str(paths.resolve(data_dir))
         builder = _open_prepared_builder(name, data_dir)
         _feature(builder.info.features, image_key, "image_key", (tfds.features.Image,))
         label = _feature(

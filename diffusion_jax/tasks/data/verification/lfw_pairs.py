@@ -3,13 +3,15 @@
 Layout (Huang et al. 2007, LFW technical report): the first line is "<folds>\\t<N>" (View 2:
 "10\\t300"), or a single "<N>" for one fold (View 1). Then, fold by fold, N matched-pair lines
 "name\\tn1\\tn2" followed by N mismatched-pair lines "name1\\tn1\\tname2\\tn2". Image n of a
-person is `<image_root>/<name>/<name>_<n as 4 digits>.jpg`.
+person is `<image_root>/<name>/<name>_<n as 4 digits>.jpg`. The pairs file and the image root
+may be local or `gs://` URLs (`core.paths`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
+
+from diffusion_jax.core import paths
 
 
 class LfwPair(NamedTuple):
@@ -23,7 +25,7 @@ class LfwPair(NamedTuple):
 
 def lfw_image_path(image_root: str, name: str, number: int, extension: str = ".jpg") -> str:
     """`<image_root>/<name>/<name>_<number:04d><extension>`."""
-    return os.path.join(image_root, name, f"{name}_{number:04d}{extension}")
+    return str(paths.Path(image_root) / name / f"{name}_{number:04d}{extension}")
 
 
 def _parse_counts(first_line: str, pairs_path: str) -> tuple[int, int]:
@@ -53,8 +55,7 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
     Raises ValueError naming the line number and content of a malformed line, a wrong number of
     lines, and the image files that do not exist under `image_root`.
     """
-    with open(pairs_path, encoding="utf-8") as pairs_file:
-        lines = pairs_file.read().splitlines()
+    lines = paths.Path(pairs_path).read_text(encoding="utf-8").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -86,7 +87,9 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
         pairs.append(LfwPair(lfw_image_path(image_root, name_a, number_a, extension),
                              lfw_image_path(image_root, name_b, number_b, extension),
                              is_same, fold))
-    missing = sorted({path for pair in pairs for path in pair[:2] if not os.path.isfile(path)})
+    missing = sorted(
+        {path for pair in pairs for path in pair[:2] if not paths.Path(path).is_file()}
+    )
     if missing:
         raise ValueError(f"{pairs_path}: {len(missing)} image files named by the pairs do not "
                          f"exist, first: {missing[:3]}")

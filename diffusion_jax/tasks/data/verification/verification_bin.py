@@ -10,6 +10,7 @@ A pickle can call any importable function while loading. The unpickler here reso
 few globals that plain byte strings and arrays need, each to a safe stand-in; every other
 global is refused before anything is called. (Plain opcodes still build numbers, strings, dicts
 and None, which call nothing; the content is then checked to be bytes or arrays and bools.)
+The file may be local or a `gs://` URL (`core.paths`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import dataclasses
 import pickle
 
 import numpy as np
+
+from diffusion_jax.core import paths
 
 _NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
 
@@ -103,7 +106,7 @@ def read_verification_bin(path: str) -> VerificationBin:
     Raises ValueError naming `path` when the pickle asks for any other object (nothing is
     called), is malformed, or holds a number of images other than twice its number of flags.
     """
-    with open(path, "rb") as file:
+    with paths.Path(path).open("rb") as file:
         try:
             content = _RestrictedUnpickler(file, encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,

@@ -1,4 +1,4 @@
-"""A PyTorch AutoencoderKL with the module names of diffusers' `AutoencoderKL`, for tests.
+"""A PyTorch AutoencoderKL with the module names of diffusers' `AutoencoderKL`.
 
 Written from diffusers' published layout (encoder.conv_in, encoder.down_blocks[i].resnets[j]
 with norm1, conv1, norm2, conv2, conv_shortcut, encoder.down_blocks[i].downsamplers.0.conv,
@@ -6,18 +6,16 @@ with norm1, conv1, norm2, conv2, conv_shortcut, encoder.down_blocks[i].downsampl
 to_out.0, conv_norm_out, conv_out, quant_conv, post_quant_conv, decoder.up_blocks[i] with
 upsamplers.0.conv), so its `state_dict()` has diffusers' keys. It is built from a diffusers
 config.json dict, as diffusers builds its model. The attention is written out (softmax of
-q k^T / sqrt(C)), not taken from a library kernel. Needs torch: import it only where
-`pytest.importorskip("torch")` guards the test (the import below skips otherwise).
+q k^T / sqrt(C)), not taken from a library kernel. The reference of the AutoencoderKL converter's
+tests. Needs the optional `torch` extra: tests import it after `pytest.importorskip("torch")`.
 """
 
 import math
 from typing import Any
 
-import pytest
-
-torch = pytest.importorskip("torch")
-nn = torch.nn
-F = torch.nn.functional
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 EPSILON = 1e-6
 

@@ -1,19 +1,18 @@
-"""A PyTorch IResNet with the module names of insightface's arcface_torch backbones, for tests.
+"""A PyTorch IResNet with the module names of insightface's arcface_torch backbones.
 
 Written from the published layer layout (conv1, bn1, prelu, layer1..layerN of IBasicBlocks with
 bn1, conv1, bn2, prelu, conv2, bn3 and downsample.0/1, then bn2, dropout, fc, features), so its
 `state_dict()` has the published keys; it is generalised to any depths, widths, stem width and
-input resolution so the small variant has a twin too. Needs torch: import it only where
-`pytest.importorskip("torch")` guards the test (the import below skips otherwise).
+input resolution so the small variant has a twin too. The reference of the arcface converter's
+tests and the PyTorch peer of the encoder benchmark. Needs the optional `torch` extra: tests
+import it after `pytest.importorskip("torch")`.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
-torch = pytest.importorskip("torch")
-nn = torch.nn
+import torch
+from torch import nn
 
 EPSILON = 1e-5
 

@@ -4,8 +4,9 @@ benchmarks measure JAX against.
 `TorchUNet` has the JAX `UNet`'s architecture, parameter count and module and attribute names
 (NCHW instead of NHWC), so `load_jax_params` copies a JAX model's weights across and both compute
 the same function. `make_train_step` and `make_ddim_sampler` do per call the work of
-`diffusion_jax.core.training.step.make_train_step` and of `diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with
-the DDIM sampler. Benchmarks only: it needs the optional `torch` extra.
+`diffusion_jax.core.training.step.make_train_step` and of
+`diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with the DDIM sampler.
+Used by benchmarks/unet_throughput.py and by the UNet tests; it needs the optional `torch` extra.
 """
 
 import contextlib
@@ -372,7 +373,7 @@ def diffusion_loss(
     b: torch.Tensor,
     diffusion_config: ml_collections.ConfigDict,
 ) -> torch.Tensor:
-    """Batch mean of w(t) mean_{C,H,W} (output - target)^2, as `diffusion_jax.core.diffusion.losses`.
+    """Batch mean of w(t) mean_{C,H,W} (output - target)^2, as diffusion_jax.core.diffusion.losses.
 
     a = sqrt(abar_t), b = sqrt(1 - abar_t), both [B, 1, 1, 1]. The target is eps, x_0 or
     v = a eps - b x_0. w = 1 ("uniform"), or ("min_snr", SNR = a^2 / b^2) min(SNR, gamma) / SNR,

@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "grain>=0.2.12,<0.3",
     "tensorflow-datasets>=4.9.9,<5",
     # TFDS's Image feature and clu's TensorBoard writer need TensorFlow; the CPU build is enough
-    # because JAX does all the accelerator work (docs/configs.md, "Why TensorFlow").
+    # because JAX does all the accelerator work (README.md, "Install").
     "tensorflow-cpu>=2.20,<2.22",
     "tensorboard>=2.20,<2.22",
     "array-record>=0.8,<0.9",
@@ -26,6 +26,11 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "absl-py>=2.1,<3",
+    # gs:// workdirs and datasets: etils.epath reaches Cloud Storage through fsspec/gcsfs (the
+    # backend the emulator tests exercise; main selects it), Orbax lists buckets with
+    # google-cloud-storage.
+    "gcsfs>=2024.2",
+    "google-cloud-storage>=2.14,<4",
 ]
 
 EXTRAS_REQUIRE = {
@@ -35,6 +40,8 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3.5,<4",
         "import-linter>=2.1,<3",
         "ruff>=0.8,<1",
+        # A local Cloud Storage server for the gs:// workdir tests (tests/gcs_emulator.py).
+        "gcp-storage-emulator>=2024.8",
     ],
     # Accelerators: JAX's own builds for NVIDIA GPUs (CUDA 12 wheels, no system CUDA needed) and
     # for Cloud TPU VMs. The rest of the project is the same on every backend.

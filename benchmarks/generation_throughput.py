@@ -73,14 +73,16 @@ def stage_seconds(models: GenerationModels, batch_size: int, dim: int, repeats: 
     cond /= np.linalg.norm(cond, axis=1, keepdims=True)
     cond = jax.device_put(cond, parallel.batch_sharding(models.mesh))
     indices = np.arange(batch_size)
-    keys = jax.device_put(image_keys(0, indices, indices, indices),
-                          parallel.batch_sharding(models.mesh))
+    keys = jax.device_put(
+        image_keys(0, indices, indices, indices), parallel.batch_sharding(models.mesh)
+    )
     x0 = models.sample_fn(models.params, cond, keys)
     round_pixels = np.asarray(models.draw(cond, keys))[: models.round_batch_size]
     return {
         "denoiser": median_seconds(lambda: models.sample_fn(models.params, cond, keys), repeats),
         "decode": median_seconds(lambda: models.space.decode(x0), repeats)
-        if models.space.is_latent else 0.0,
+        if models.space.is_latent
+        else 0.0,
         "embedding": median_seconds(lambda: models.embed_round(round_pixels), repeats),
     }
 
@@ -109,22 +111,26 @@ def measure(args, sampler: str) -> dict:
     repeats = 1 if sampler == "ddpm" else args.repeats
     stages = stage_seconds(models, config.generate.batch_size, config.condition.dim, repeats)
     loop = summary["shard_seconds"]
-    calls = {"denoiser": summary["batches"], "decode": summary["batches"],
-             "embedding": summary["rounds_judged"]}
+    calls = {
+        "denoiser": summary["batches"],
+        "decode": summary["batches"],
+        "embedding": summary["rounds_judged"],
+    }
     shares = {name: calls[name] * seconds / loop for name, seconds in stages.items()}
     shares["host"] = 1.0 - sum(shares.values())
     return {
         "sampler": sampler,
-        "num_steps": config.sample.num_steps if sampler != "ddpm" else
-        config.diffusion.num_timesteps,
+        "num_steps": config.sample.num_steps
+        if sampler != "ddpm"
+        else config.diffusion.num_timesteps,
         "guidance_scale": config.sample.guidance_scale,
         "identities": num_identities,
         "images_drawn": summary["images_drawn"],
         "images_kept": summary["images_kept"],
         "batches": summary["batches"],
         "batch_size": config.generate.batch_size,
-        "padding_fraction": 1 - summary["images_drawn"] /
-        (summary["batches"] * config.generate.batch_size),
+        "padding_fraction": 1
+        - summary["images_drawn"] / (summary["batches"] * config.generate.batch_size),
         "shard_loop_seconds": loop,
         "drawn_per_second": summary["images_drawn"] / loop,
         "kept_per_second": summary["images_kept"] / loop,

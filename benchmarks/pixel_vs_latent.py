@@ -44,7 +44,9 @@ UNREACHABLE_STEPS = 10_000_000
 
 def main_job(preset: str, workdir: str, mode: str, overrides: dict) -> list[str]:
     return [
-        sys.executable, "-m", "diffusion_jax.main",
+        sys.executable,
+        "-m",
+        "diffusion_jax.main",
         f"--config=configs/faces.py:{preset}",
         f"--workdir={workdir}",
         f"--mode={mode}",
@@ -84,8 +86,10 @@ def side_by_side(paths: list[str], out_path: str) -> None:
     """The arms' consistency grids, one above the other."""
     images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     width = max(image.shape[1] for image in images)
-    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)
-              for image in images]
+    padded = [
+        np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)
+        for image in images
+    ]
     Image.fromarray(np.concatenate(padded, axis=0)).save(out_path)
 
 

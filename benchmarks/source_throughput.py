@@ -139,10 +139,13 @@ class BenchmarkFaceJpegs(tfds.core.GeneratorBasedBuilder, skip_registration=True
         for identity, images in enumerate(self._faces):
             for index, encoded in enumerate(images):
                 # A file object is stored as is: the JPEG bytes are not re-encoded.
-                yield f"{identity}/{index}", {
-                    "image": io.BytesIO(encoded),
-                    "label": f"person_{identity:05d}",
-                }
+                yield (
+                    f"{identity}/{index}",
+                    {
+                        "image": io.BytesIO(encoded),
+                        "label": f"person_{identity:05d}",
+                    },
+                )
 
 
 def _throughput(data_config: ml_collections.ConfigDict) -> dict:
@@ -171,8 +174,9 @@ def _throughput(data_config: ml_collections.ConfigDict) -> dict:
 def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
     """Seconds of `input_pipeline.training_records` cut to half the identities: without a label
     cache (every label cache under data_dir deleted first), then with the one that call left."""
-    for cache in glob.glob(os.path.join(data_config.data_dir, "**", "record_labels_*.npz"),
-                           recursive=True):
+    for cache in glob.glob(
+        os.path.join(data_config.data_dir, "**", "record_labels_*.npz"), recursive=True
+    ):
         os.remove(cache)
     cut = ml_collections.ConfigDict(data_config.to_dict())
     cut.max_identities = _IDENTITIES.value // 2

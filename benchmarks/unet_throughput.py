@@ -306,9 +306,7 @@ def measure_torch(
             train_step(x0, cond)
 
     elif phase == "sample":
-        sample = torch_unet.make_ddim_sampler(
-            model, alphas_cumprod, constants["timesteps"], config
-        )
+        sample = torch_unet.make_ddim_sampler(model, alphas_cumprod, constants["timesteps"], config)
         cond = tensor(batch["cond"])
 
         def work():

@@ -26,12 +26,20 @@ import jax
 from flax import nnx
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.convert.arcface_torch import convert_arcface_state_dict, infer_arcface_architecture
-from diffusion_jax.tasks.convert.autoencoder_kl import DIFFUSERS_WEIGHTS, convert_autoencoder_kl_state_dict, from_diffusers_config, read_diffusers_config
-from diffusion_jax.tasks.convert.tensor_files import load_tensors
 from diffusion_jax.core.fingerprint import file_sha256
-from diffusion_jax.tasks.latent.autoencoder_store import save_autoencoder
 from diffusion_jax.core.models.iresnet import IRESNET_NAMES, iresnet_architecture
+from diffusion_jax.tasks.convert.arcface_torch import (
+    convert_arcface_state_dict,
+    infer_arcface_architecture,
+)
+from diffusion_jax.tasks.convert.autoencoder_kl import (
+    DIFFUSERS_WEIGHTS,
+    convert_autoencoder_kl_state_dict,
+    from_diffusers_config,
+    read_diffusers_config,
+)
+from diffusion_jax.tasks.convert.tensor_files import load_tensors
+from diffusion_jax.tasks.latent.autoencoder_store import save_autoencoder
 from diffusion_jax.tasks.recognition.encoder_store import save_encoder
 
 

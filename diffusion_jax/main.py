@@ -52,7 +52,10 @@ from diffusion_jax.core.preemption import Preempted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with a preset: configs/faces.py:demo.", lock_config=True
+    "config",
+    None,
+    "Config file, optionally with a preset: configs/faces.py:demo.",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, logs and outputs.")
 MODES = {
@@ -70,7 +73,9 @@ MODES = {
 }
 flags.DEFINE_enum("mode", "pipeline", list(MODES), "What to run.")
 flags.DEFINE_list(
-    "stages", ["report"], f"--mode=pipeline: the stages to run, with those they need: {list(stages.STAGES)}."
+    "stages",
+    ["report"],
+    f"--mode=pipeline: the stages to run, with those they need: {list(stages.STAGES)}.",
 )
 flags.DEFINE_bool(
     "distributed",

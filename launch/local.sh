@@ -41,13 +41,8 @@ Example:
 EOF
 }
 
-die() {
-  echo "$PROG: error: $*" >&2
-  echo "Run '$PROG --help' for the usage." >&2
-  exit 2
-}
-
-is_count() { case "$1" in '' | *[!0-9]* | 0*) return 1 ;; *) return 0 ;; esac; }
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # --------------------------------------------------------------------------- options
 devices_per_process=2
@@ -105,8 +100,7 @@ is_count "$devices_per_process" || die "--devices-per-process must be a positive
 # JAX's SLURM detection (jax/_src/clusters/slurm_cluster.py) takes the coordinator host from the
 # first name of SLURM_STEP_NODELIST and the port from JAX_COORDINATOR_PORT, else
 # SLURM_JOB_ID % 4096 + 61440. Both are set here so they agree on one port.
-if [ -z "$port" ]; then
-  port="$("$python" - <<'EOF'
+find_free_port='
 import random
 import socket
 
@@ -118,8 +112,10 @@ for candidate in random.sample(range(61440, 65536), 4096):
             continue
         print(candidate)
         break
-EOF
-)" || die "could not run $python to find a free port (give --python or --port)"
+'
+if [ -z "$port" ]; then
+  port="$("$python" -c "$find_free_port")" ||
+    die "could not run $python to find a free port (give --python or --port)"
   [ -n "$port" ] || die "no free port in 61440-65535; give --port"
 fi
 is_count "$port" && [ "$port" -le 65535 ] || die "--port must be a port number, not '$port'"
@@ -187,6 +183,7 @@ forward() {  # sends SIGTERM to every process still running
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
 stop_requested=0
+# shellcheck disable=SC2329  # called by the traps below
 on_signal() {
   echo "$PROG: $1 received, sending SIGTERM to the processes" >&2
   stop_requested=1
@@ -218,7 +215,7 @@ while [ "$running" -gt 0 ]; do
     fi
     status=0
     wait "${pids[$i]}" || status=$?
-    statuses[$i]=$status
+    statuses[i]=$status
     if [ "$status" != 0 ] && [ "$first_failure" = 0 ]; then
       first_failure=$status
       echo "$PROG: process $i exited with status $status; stopping the others" >&2

@@ -38,7 +38,7 @@ class FakeObjectStore(backend_lib._OsPathBackend):  # pylint: disable=protected-
         text = os.fspath(path)
         if not text.startswith(_SCHEME):
             return text
-        return os.path.join(self.root, text[len(_SCHEME):])
+        return os.path.join(self.root, text[len(_SCHEME) :])
 
     def url(self, local_path) -> str:
         relative = os.path.relpath(os.fspath(local_path), self.root)
@@ -73,8 +73,11 @@ class FakeObjectStore(backend_lib._OsPathBackend):  # pylint: disable=protected-
     def listdir(self, path):
         local = self.local(path)
         # GCS lists "directories" with a trailing slash.
-        return [name + "/" if os.path.isdir(os.path.join(local, name)) else name
-                for name in super().listdir(local) if not name.startswith(".upload-")]
+        return [
+            name + "/" if os.path.isdir(os.path.join(local, name)) else name
+            for name in super().listdir(local)
+            if not name.startswith(".upload-")
+        ]
 
     def glob(self, path):
         return [self.url(found) for found in super().glob(self.local(path))]
@@ -110,9 +113,11 @@ class FakeObjectStore(backend_lib._OsPathBackend):  # pylint: disable=protected-
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         with open(source, "rb") as file:
             data = file.read()
-        with self.open(dst, "wb") if os.fspath(dst).startswith(_SCHEME) else open(
-            destination, "wb"
-        ) as file:
+        with (
+            self.open(dst, "wb")
+            if os.fspath(dst).startswith(_SCHEME)
+            else open(destination, "wb") as file
+        ):
             file.write(data)
 
     def stat(self, path):
@@ -137,5 +142,6 @@ def used_local_gs_paths(directory: str) -> list[str]:
     root = os.path.join(directory, "gs:")
     return sorted(
         os.path.relpath(os.path.join(parent, name), directory)
-        for parent, _, names in os.walk(root) for name in names
+        for parent, _, names in os.walk(root)
+        for name in names
     )

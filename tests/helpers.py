@@ -49,14 +49,18 @@ def run_main_job(
     timeout: int = 600,
     mode: str = "train",
     stages: str = "",
+    environment: dict[str, str] | None = None,
 ) -> None:
     """Runs `python -m diffusion_jax.main --config=<config_argument(preset)> --mode=<mode>` (with
     `stages`: `--mode=pipeline --stages=<stages>`) in a subprocess that shares the tests'
-    persistent compilation cache; fails the test with its stderr if it fails."""
+    persistent compilation cache, with `environment` added to the process's; fails the test with
+    its stderr if it fails."""
     if stages:
         mode = f"pipeline --stages={stages}"
     command = [
-        sys.executable, "-m", "diffusion_jax.main",
+        sys.executable,
+        "-m",
+        "diffusion_jax.main",
         f"--config={config_argument(preset)}",
         f"--workdir={workdir}",
         *f"--mode={mode}".split(),
@@ -66,6 +70,7 @@ def run_main_job(
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        **(environment or {}),
     }
     result = subprocess.run(
         command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout

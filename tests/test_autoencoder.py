@@ -16,8 +16,14 @@ import pytest
 from flax import nnx
 
 from diffusion_jax.core.fingerprint import array_tree_sha256
+from diffusion_jax.core.models.autoencoder import (
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    AutoencoderKL,
+    autoencoder_architecture,
+    sample_latents,
+)
 from diffusion_jax.tasks.latent import autoencoder_store
-from diffusion_jax.core.models.autoencoder import LOGVAR_MAX, LOGVAR_MIN, AutoencoderKL, autoencoder_architecture, sample_latents
 
 ARCHITECTURE = autoencoder_architecture(
     block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4

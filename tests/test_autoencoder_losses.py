@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.tasks.latent import autoencoder_losses as losses
 from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.latent import autoencoder_losses as losses
 from diffusion_jax.tasks.recognition.embeddings import resize_to
 
 TINY_IRESNET = {

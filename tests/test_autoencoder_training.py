@@ -11,18 +11,22 @@ import pytest
 from flax import nnx
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.models.iresnet import IResNet
 from diffusion_jax.core.stages import MissingStageOutput
-from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training.step import LossContext, jit_train_step, make_train_step
+from diffusion_jax.main import MODES
 from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.latent import autoencoder_store
 from diffusion_jax.tasks.latent import autoencoder_training as training
 from diffusion_jax.tasks.latent.autoencoder_losses import autoencoder_loss, discriminator_loss
-from diffusion_jax.main import MODES
-from diffusion_jax.core.models.iresnet import IResNet
 from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture
-from diffusion_jax.core.training import state as state_lib
-from diffusion_jax.core.training.step import LossContext, jit_train_step, make_train_step
 from tests.helpers import tiny_config
+
+# Every test compiles the autoencoder's (and discriminator's) train step, the first trains it
+# 160 steps, and `trained` runs --mode=train_encoder and --mode=train_autoencoder.
+pytestmark = pytest.mark.slow
 
 ROUND_TRIP_STEPS = 160
 
@@ -91,7 +95,10 @@ def test_each_network_receives_the_gradient_of_its_own_loss_only():
         nnx.update(merged.autoencoder, autoencoder_params)
         reconstruction, mean, logvar = merged.autoencoder(batch["image"], context.rng)
         return autoencoder_loss(
-            reconstruction, batch["image"], mean, logvar,
+            reconstruction,
+            batch["image"],
+            mean,
+            logvar,
             kl_weight=config.autoencoder.kl_weight,
             logits_fake=merged.discriminator(reconstruction),
             adversarial_weight=0.7,
@@ -177,7 +184,6 @@ def trained(tmp_path_factory, prepared_data_dir):
     return config, workdir
 
 
-@pytest.mark.slow  # `trained` runs the encoder and autoencoder training modes
 def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trained):
     config, workdir = trained
     loaded = autoencoder_store.load_autoencoder(os.path.join(workdir, "autoencoder", "model"))
@@ -199,7 +205,6 @@ def test_train_autoencoder_exports_the_latent_scale_of_the_training_latents(trai
     np.testing.assert_allclose(loaded.latent_scale, expected, rtol=1e-5)
 
 
-@pytest.mark.slow
 def test_a_complete_autoencoder_is_reused_and_another_architecture_refused(trained):
     config, workdir = trained
     model_dir = os.path.join(workdir, "autoencoder", "model")

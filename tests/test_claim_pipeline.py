@@ -59,15 +59,22 @@ def test_the_report_has_every_section_with_finite_numbers(pipeline_run):
     for name in ("generated", "real"):
         measures = report["dataset"][name]
         assert {"separation", "embedding_diversity", "pixel_diversity", "photometry"} <= set(
-            measures)
+            measures
+        )
         assert measures["images"] > 0 and measures["identities"] >= 2
     assert "nearest_real_identity" in report["dataset"]["generated"]
     values = list(numbers({key: value for key, value in report.items() if key != "claim"}))
     assert values and all(math.isfinite(value) for value in values if value is not None)
     with open(os.path.join(pipeline_run, "report", "report.md")) as file:
         markdown = file.read()
-    for section in ("real-trained acc", "## The datasets", "Frechet distance", "roc.png",
-                    "generated_vs_real.png", "../figures/reverse_process.png"):
+    for section in (
+        "real-trained acc",
+        "## The datasets",
+        "Frechet distance",
+        "roc.png",
+        "generated_vs_real.png",
+        "../figures/reverse_process.png",
+    ):
         assert section in markdown
     for name in ("roc.png", "similarity_histograms.png", "generated_vs_real.png"):
         assert os.path.getsize(os.path.join(pipeline_run, "report", name)) > 1000
@@ -75,8 +82,9 @@ def test_the_report_has_every_section_with_finite_numbers(pipeline_run):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepared_data_dir,
-                                                             tmp_path):
+def test_a_restarted_pipeline_does_not_redo_completed_stages(
+    pipeline_run, prepared_data_dir, tmp_path
+):
     # On a copy (modification times kept), so the other tests' shared run stays whole whatever
     # the order the tests run in.
     workdir = str(tmp_path / "claim_pipeline")
@@ -91,8 +99,7 @@ def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepa
     shutil.rmtree(os.path.join(workdir, "report"))
     for stage in ("recognizers", "report"):
         os.remove(os.path.join(workdir, "pipeline", f"{stage}.json"))
-    run_main_job("test", workdir, prepared_data_dir, OVERRIDES, timeout=1200,
-                 mode="pipeline")
+    run_main_job("test", workdir, prepared_data_dir, OVERRIDES, timeout=1200, mode="pipeline")
     after = {stage: modified(stage) for stage in STAGE_OUTPUTS}
     for stage in ("encoder", "judge", "diffusion", "generate"):
         assert after[stage] == before[stage], f"stage {stage} was redone"
@@ -104,8 +111,9 @@ def test_a_restarted_pipeline_does_not_redo_completed_stages(pipeline_run, prepa
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_run,
-                                                                     prepared_data_dir):
+def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(
+    pipeline_run, prepared_data_dir
+):
     from diffusion_jax.tasks.evaluation.recognizer_evaluation import evaluate_recognizers
     from tests.helpers import tiny_config
 
@@ -117,8 +125,10 @@ def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_ru
     with open(os.path.join(pipeline_run, "report", "report.json")) as file:
         pipeline_report = json.load(file)
     assert report["recognizers"] == {"mine": synthetic}
-    assert (report["verification"]["mine"]["heldout"]
-            == pipeline_report["verification"]["synthetic"]["heldout"])
+    assert (
+        report["verification"]["mine"]["heldout"]
+        == pipeline_report["verification"]["synthetic"]["heldout"]
+    )
     assert os.path.getsize(os.path.join(pipeline_run, "evaluation", "roc.png")) > 1000
     config.recognizer.evaluate = ()  # every recogniser under WORKDIR/recognizers
     assert set(evaluate_recognizers(config, pipeline_run)["recognizers"]) == {"real", "synthetic"}
@@ -126,11 +136,12 @@ def test_evaluate_mode_verifies_named_recognizers_as_the_report_does(pipeline_ru
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_run,
-                                                                      prepared_data_dir, tmp_path):
+def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(
+    pipeline_run, prepared_data_dir, tmp_path
+):
     from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
-    from diffusion_jax.tasks.recognition import encoder_store
     from diffusion_jax.tasks.evaluation.recognizer_training import train_recognizer_mode
+    from diffusion_jax.tasks.recognition import encoder_store
     from tests.helpers import tiny_config
 
     config = tiny_config(prepared_data_dir)
@@ -152,7 +163,11 @@ def test_train_recognizer_mode_trains_on_a_generated_recordio_dataset(pipeline_r
 def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir):
     from diffusion_jax.tasks.data.sources import input_pipeline
     from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
-    from diffusion_jax.tasks.evaluation.recognizer_training import check_same_identities, generated_data_config, real_data_config
+    from diffusion_jax.tasks.evaluation.recognizer_training import (
+        check_same_identities,
+        generated_data_config,
+        real_data_config,
+    )
     from tests.helpers import tiny_config
 
     config = tiny_config(prepared_data_dir)
@@ -166,7 +181,8 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     # By default the real set is matched to the generated images per identity.
     per_identity = config.generate.images_per_identity
     assert labels(real_data_config(config)) == sorted(
-        list(range(config.data.num_train_identities)) * per_identity)
+        list(range(config.data.num_train_identities)) * per_identity
+    )
 
     config.recognizer.num_identities, config.recognizer.images_per_identity = 2, 2
     real, generated = real_data_config(config), generated_data_config(config, out_dir)
@@ -180,12 +196,14 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
     config.recognizer.color_jitter = 0.25
     for data in (real_data_config(config), generated_data_config(config, out_dir)):
         assert (data.max_shift, data.color_jitter) == (3, 0.25)
-    assert config.data.max_shift == 0 and "color_jitter" not in config.data
+    assert config.data.max_shift == 0 and config.data.color_jitter == 0.0
 
     config.recognizer.num_identities = len(ranges) + 1
     with pytest.raises(ValueError, match=rf"num_identities={len(ranges) + 1}.*synthetic"):
-        check_same_identities(config, {"real": real_data_config(config),
-                                       "synthetic": generated_data_config(config, out_dir)})
+        check_same_identities(
+            config,
+            {"real": real_data_config(config), "synthetic": generated_data_config(config, out_dir)},
+        )
 
 
 def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_path):
@@ -204,8 +222,11 @@ def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_p
     # generate.judge_encoder) and is refused at `generate`, whose dataset would be reused.
     config.generate.min_judge_similarity = 0.45
     config.recognizer.num_steps = 7
-    with pytest.raises(ValueError, match=r"stage generate .*generate\.min_judge_similarity: 0\.3 "
-                                         r"-> 0\.45\); its outputs would be reused"):
+    with pytest.raises(
+        ValueError,
+        match=r"stage generate .*generate\.min_judge_similarity: 0\.3 "
+        r"-> 0\.45\); its outputs would be reused",
+    ):
         pipeline_mode.run_pipeline(config, workdir)
     assert not os.path.exists(tmp_path / "never_prepared")  # refused before the data preparation
     changed = pipeline_mode.stage_configs(config)
@@ -216,8 +237,9 @@ def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_p
 
     # Where the data is prepared and how often a run logs change nothing it computes.
     config.data.data_dir, config.encoder.train.log_every_steps = str(tmp_path / "moved"), 1
-    pipeline_mode.check_stage_configs(workdir, {"judge": pipeline_mode.stage_configs(config)[
-        "judge"]})
+    pipeline_mode.check_stage_configs(
+        workdir, {"judge": pipeline_mode.stage_configs(config)["judge"]}
+    )
     # The report recomputes everything it writes, so a new evaluation config reruns it.
     pipeline_mode.check_stage_configs(workdir, {"report": {**configs["report"], "x": 1}})
     # Records from before they held their config are trusted, as then.

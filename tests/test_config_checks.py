@@ -49,7 +49,11 @@ def test_presets_set_only_keys_the_default_declares(preset, space):
         ("diffusion.loss_weighting", "p2", "config.diffusion.loss_weighting"),
         ("train.batch_size", 0, "config.train.batch_size=0 must be positive"),
         ("train.ema_decay", 1.0, "config.train.ema_decay=1.0 must lie in [0, 1)"),
-        ("sample.num_steps", 101, "config.sample.num_steps=101 must lie in [1, diffusion.num_timesteps=100]"),
+        (
+            "sample.num_steps",
+            101,
+            "config.sample.num_steps=101 must lie in [1, diffusion.num_timesteps=100]",
+        ),
         ("sample.identities", (0, 99), "config.sample.identities"),
         ("model.dtype", "float16", "config.model.dtype='float16'"),
         ("model.attention_resolutions", (3,), "config.model"),
@@ -96,10 +100,15 @@ def test_inconsistent_values_are_refused_naming_the_field(field, value, message)
         ("--config.sample.sampler=euler", "config.sample.sampler"),
     ],
 )
+@pytest.mark.slow  # a subprocess of the main job each (imports TensorFlow and JAX)
 def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, override, message):
     command = [
-        sys.executable, "-m", "diffusion_jax.main", f"--config={config_argument('test')}",
-        f"--workdir={tmp_path}", override,
+        sys.executable,
+        "-m",
+        "diffusion_jax.main",
+        f"--config={config_argument('test')}",
+        f"--workdir={tmp_path}",
+        override,
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

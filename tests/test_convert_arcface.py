@@ -40,8 +40,10 @@ def torch_twin():
 
 
 def random_images(batch: int, resolution: int) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (batch, resolution, resolution, 3)).astype(
-        np.float32
+    return (
+        np.random.default_rng(0)
+        .uniform(-1, 1, (batch, resolution, resolution, 3))
+        .astype(np.float32)
     )
 
 
@@ -92,6 +94,7 @@ def test_small_variant_from_safetensors_matches_torch(torch_twin, tmp_path):
     assert_same_embeddings(convert_arcface_state_dict(tensors, SMALL), twin, torch, 32)
 
 
+@pytest.mark.slow  # two subprocesses of the converter's command line
 def test_cli_converts_a_ddp_training_checkpoint(torch_twin, tmp_path):
     from diffusion_jax.tasks.recognition.encoder_store import load_encoder
 

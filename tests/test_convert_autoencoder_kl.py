@@ -83,6 +83,7 @@ def assert_matches_torch(model, twin, torch) -> None:
     np.testing.assert_allclose(decoded, reference, atol=1e-4 * np.abs(reference).max(), rtol=0)
 
 
+@pytest.mark.slow  # two subprocesses of the converter's command line
 def test_cli_converts_a_diffusers_directory_that_matches_torch(torch_twin, tmp_path):
     from diffusion_jax.tasks.latent.autoencoder_store import load_autoencoder
 

@@ -67,8 +67,11 @@ def test_photometry_of_hand_checkable_images():
     half[:2] = 255  # luma 1 on half of the pixels, 0 on the rest
     measures = dataset_metrics.photometry(np.stack([grey, red, half]))
     brightness, contrast, saturation = ([0.4, 0.299, 0.5], [0.0, 0.0, 0.5], [0.0, 1.0, 0.0])
-    for name, values in (("brightness", brightness), ("contrast", contrast),
-                         ("saturation", saturation)):
+    for name, values in (
+        ("brightness", brightness),
+        ("contrast", contrast),
+        ("saturation", saturation),
+    ):
         assert measures[name]["mean"] == pytest.approx(np.mean(values))
         assert measures[name]["std"] == pytest.approx(np.std(values))
     # Chunked: the same numbers when the images span several chunks.

@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.data.sources import image_folders
-from diffusion_jax.tasks.data.sources import recordio
-from diffusion_jax.tasks.data.sources import tfds_source
+from diffusion_jax.tasks.data.sources import image_decoding, image_folders, recordio, tfds_source
 from diffusion_jax.tasks.generation import dataset_writers as writers
 
 RESOLUTION = 16
@@ -67,9 +64,15 @@ def _write_dataset(root, dataset, image_format="png", formats=ALL_FORMATS):
         staging_dir = os.path.join(root, f"staging_{shard}")
         os.makedirs(staging_dir)
         paths = writers.write_shard(
-            formats=formats, staging_dir=staging_dir, shard=shard, num_shards=NUM_SHARDS,
-            identities_per_shard=IDENTITIES_PER_SHARD, num_identities=NUM_IDENTITIES,
-            image_format=image_format, resolution=RESOLUTION, images=_shard_images(dataset, shard),
+            formats=formats,
+            staging_dir=staging_dir,
+            shard=shard,
+            num_shards=NUM_SHARDS,
+            identities_per_shard=IDENTITIES_PER_SHARD,
+            num_identities=NUM_IDENTITIES,
+            image_format=image_format,
+            resolution=RESOLUTION,
+            images=_shard_images(dataset, shard),
         )
         _move_staged(staging_dir, out_dir, paths)
         shard_paths.append(paths)
@@ -81,8 +84,13 @@ def _finalize(out_dir, dataset, image_format="png", formats=ALL_FORMATS, shard_l
     if shard_lengths is None:
         shard_lengths = [len(_shard_images(dataset, shard)) for shard in range(NUM_SHARDS)]
     return writers.finalize(
-        formats=formats, out_dir=out_dir, num_shards=NUM_SHARDS, num_identities=NUM_IDENTITIES,
-        image_format=image_format, resolution=RESOLUTION, shard_lengths=shard_lengths,
+        formats=formats,
+        out_dir=out_dir,
+        num_shards=NUM_SHARDS,
+        num_identities=NUM_IDENTITIES,
+        image_format=image_format,
+        resolution=RESOLUTION,
+        shard_lengths=shard_lengths,
     )
 
 
@@ -110,8 +118,10 @@ def written(tmp_path_factory, png_dataset):
 
 def test_shards_are_blocks_of_identities_per_shard_labels():
     assert writers.shard_count(NUM_IDENTITIES, IDENTITIES_PER_SHARD) == NUM_SHARDS
-    blocks = [writers.shard_labels(shard, IDENTITIES_PER_SHARD, NUM_IDENTITIES)
-              for shard in range(NUM_SHARDS)]
+    blocks = [
+        writers.shard_labels(shard, IDENTITIES_PER_SHARD, NUM_IDENTITIES)
+        for shard in range(NUM_SHARDS)
+    ]
     assert blocks == [range(0, 2), range(2, 4), range(4, 5)]
     assert writers.folder_image_path(12, 3, "jpeg") == "images/id_000012/003.jpg"
 
@@ -124,8 +134,12 @@ def test_written_paths_follow_the_layout(written):
         + [f"{tfds_dir}/generated_faces-train.array_record-00001-of-00003"]
         + ["recordio/shards/shard_00001.idx", "recordio/shards/shard_00001.rec"]
     )
-    assert final_paths == ["recordio/train.idx", "recordio/train.rec",
-                           f"{tfds_dir}/dataset_info.json", f"{tfds_dir}/features.json"]
+    assert final_paths == [
+        "recordio/train.idx",
+        "recordio/train.rec",
+        f"{tfds_dir}/dataset_info.json",
+        f"{tfds_dir}/features.json",
+    ]
     every_path = sorted(path for paths in shard_paths + [final_paths] for path in paths)
     assert sorted(_file_hashes(out_dir)) == every_path  # no temporary file is left behind
 
@@ -172,8 +186,9 @@ def test_tfds_reads_back_from_its_directory_and_by_name(written, png_dataset):
 def test_recordio_reads_back_with_identity_ranges(written, png_dataset):
     reader = recordio.RecordIOReader(os.path.join(written[0], "recordio", "train.rec"))
     # Label 2 has no image: its range is empty.
-    np.testing.assert_array_equal(reader.identity_ranges,
-                                  [[1, 6], [6, 10], [10, 10], [10, 16], [16, 21]])
+    np.testing.assert_array_equal(
+        reader.identity_ranges, [[1, 6], [6, 10], [10, 10], [10, 16], [16, 21]]
+    )
     assert len(reader) == len(png_dataset)
     for position, ((label, image_index), (pixels, encoded)) in enumerate(png_dataset.items()):
         assert reader[position] == {"image_bytes": encoded, "label": label}
@@ -234,8 +249,11 @@ def test_remove_shard_fragments_deletes_only_the_fragments(png_dataset, tmp_path
     out_dir, _, _ = _write_dataset(str(tmp_path), png_dataset, formats=("recordio", "folders"))
     before = _file_hashes(out_dir)
     removed = writers.remove_shard_fragments(("recordio", "folders"), out_dir)
-    fragments = [f"recordio/shards/shard_{shard:05d}.{ext}"
-                 for shard in range(NUM_SHARDS) for ext in ("idx", "rec")]
+    fragments = [
+        f"recordio/shards/shard_{shard:05d}.{ext}"
+        for shard in range(NUM_SHARDS)
+        for ext in ("idx", "rec")
+    ]
     assert removed == fragments
     assert sorted(_file_hashes(out_dir)) == sorted(set(before) - set(fragments))
     assert not os.path.exists(os.path.join(out_dir, "recordio", "shards"))
@@ -256,13 +274,26 @@ def test_shards_without_images(tmp_path):
         staging_dir = tmp_path / f"staging_{shard}"
         staging_dir.mkdir()
         paths = writers.write_shard(
-            formats=ALL_FORMATS, staging_dir=staging_dir, shard=shard, num_shards=3,
-            identities_per_shard=1, num_identities=3, image_format="png", resolution=RESOLUTION,
+            formats=ALL_FORMATS,
+            staging_dir=staging_dir,
+            shard=shard,
+            num_shards=3,
+            identities_per_shard=1,
+            num_identities=3,
+            image_format="png",
+            resolution=RESOLUTION,
             images=images,
         )
         _move_staged(staging_dir, out_dir, paths)
-    writers.finalize(formats=ALL_FORMATS, out_dir=out_dir, num_shards=3, num_identities=3,
-                     image_format="png", resolution=RESOLUTION, shard_lengths=[0, 0, 1])
+    writers.finalize(
+        formats=ALL_FORMATS,
+        out_dir=out_dir,
+        num_shards=3,
+        num_identities=3,
+        image_format="png",
+        resolution=RESOLUTION,
+        shard_lengths=[0, 0, 1],
+    )
     records = tfds.builder_from_directory(os.path.join(out_dir, writers.TFDS_DIR))
     assert [record["label"] for record in records.as_data_source("train")] == [2]
     reader = recordio.RecordIOReader(os.path.join(out_dir, "recordio", "train.rec"))
@@ -276,9 +307,15 @@ def shard_one(png_dataset, tmp_path):
     staging_dir = tmp_path / "staging"
     staging_dir.mkdir()
     return dict(
-        formats=ALL_FORMATS, staging_dir=staging_dir, shard=1, num_shards=NUM_SHARDS,
-        identities_per_shard=IDENTITIES_PER_SHARD, num_identities=NUM_IDENTITIES,
-        image_format="png", resolution=RESOLUTION, images=_shard_images(png_dataset, 1),
+        formats=ALL_FORMATS,
+        staging_dir=staging_dir,
+        shard=1,
+        num_shards=NUM_SHARDS,
+        identities_per_shard=IDENTITIES_PER_SHARD,
+        num_identities=NUM_IDENTITIES,
+        image_format="png",
+        resolution=RESOLUTION,
+        images=_shard_images(png_dataset, 1),
     )
 
 
@@ -299,16 +336,28 @@ def _image(label, image_index, pixels=None, image_format="png"):
         ({"shard": 3}, "shard must be < num_shards = 3, got 3"),
         ({"num_shards": 4}, r"num_shards must be .* = ceil\(5 / 2\) = 3, got 4"),
         ({"resolution": 0}, "resolution must be an integer >= 1, got 0"),
-        ({"images": [_image(3, 1), _image(3, 0)]},
-         r"sorted .* \(label 3, image_index 0\) follows \(label 3, image_index 1\)"),
+        (
+            {"images": [_image(3, 1), _image(3, 0)]},
+            r"sorted .* \(label 3, image_index 0\) follows \(label 3, image_index 1\)",
+        ),
         ({"images": [_image(3, 0), _image(2, 1)]}, r"\(label 2, image_index 1\) follows"),
         ({"images": [_image(3, 0), _image(3, 0)]}, "without repeats"),
         ({"images": [_image(4, 0)]}, r"label 4, .*outside shard 1's labels \[2, 4\)"),
         ({"images": [_image(1, 0)]}, r"label 1, .*outside shard 1's labels \[2, 4\)"),
-        ({"images": [_image(3, 0, np.zeros((8, 8, 3), np.uint8))]},
-         "8x8 RGB, expected 16x16 RGB for resolution 16"),
-        ({"images": [writers.ShardImage(3, 0, image_decoding.encode_png(
-            np.zeros((16, 16), np.uint8)))]}, "16x16 L, expected 16x16 RGB"),
+        (
+            {"images": [_image(3, 0, np.zeros((8, 8, 3), np.uint8))]},
+            "8x8 RGB, expected 16x16 RGB for resolution 16",
+        ),
+        (
+            {
+                "images": [
+                    writers.ShardImage(
+                        3, 0, image_decoding.encode_png(np.zeros((16, 16), np.uint8))
+                    )
+                ]
+            },
+            "16x16 L, expected 16x16 RGB",
+        ),
         ({"images": [_image(3, 0, image_format="jpeg")]}, "encoded is not a png image"),
         ({"images": [_image(3, 1000)]}, "image_index must be <= 999"),
         ({"images": [(3, 0, b"")]}, r"images\[0\] must be a ShardImage"),
@@ -356,7 +405,8 @@ def test_finalize_refuses_missing_or_mismatched_shards(written, png_dataset, tmp
     with pytest.raises(ValueError, match="image_format must be one of"):
         _finalize(out_dir, png_dataset, image_format="bmp")
     empty = str(tmp_path)
-    missing = os.path.join(empty, writers.TFDS_DIR,
-                           "generated_faces-train.array_record-00000-of-00003")
+    missing = os.path.join(
+        empty, writers.TFDS_DIR, "generated_faces-train.array_record-00000-of-00003"
+    )
     with pytest.raises(ValueError, match=f"the file of shard 0, {missing}, is missing"):
         _finalize(empty, png_dataset, formats=("tfds",))

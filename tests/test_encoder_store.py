@@ -146,9 +146,7 @@ def test_another_format_version_is_refused(saved, tmp_path):
     assert encoder_store.load_encoder(directory).weights_sha256 == saved[2]
 
 
-@pytest.mark.parametrize(
-    "change", [{"embedding_dim": 16}, {"widths": [8, 8]}, {"depths": [1, 2]}]
-)
+@pytest.mark.parametrize("change", [{"embedding_dim": 16}, {"widths": [8, 8]}, {"depths": [1, 2]}])
 def test_weights_that_do_not_fit_the_described_architecture_are_refused_naming_the_directory(
     saved, tmp_path, change
 ):

@@ -13,20 +13,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core import parallel
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.evaluation import verification_sets
-from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.core.fingerprint import array_tree_sha256
-from diffusion_jax.main import MODES
 from diffusion_jax.core.models.iresnet import IResNet
-from diffusion_jax.tasks.recognition import encoder_store
-from diffusion_jax.tasks.recognition import encoder_training
-from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.main import MODES
 from diffusion_jax.tasks.conditional_diffusion.identity_conditions import identity_conditions
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
+from diffusion_jax.tasks.evaluation import verification_sets
+from diffusion_jax.tasks.recognition import encoder_store, encoder_training
+from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from tests.helpers import run_main_job, tiny_config
 
 # Every test reads one run of the main job in a subprocess (module fixture `run`).
@@ -260,7 +259,9 @@ def test_evaluate_encoder_mode_reports_verification_and_identity_separation(run)
     heldout = report["verification"]["heldout"]
     pairs = 10 * config.data.pairs_per_fold  # genuine and impostor pairs each, over 10 folds
     assert (heldout["num_pairs"], heldout["num_genuine"], heldout["num_impostor"]) == (
-        2 * pairs, pairs, pairs
+        2 * pairs,
+        pairs,
+        pairs,
     )
     for key in ("accuracy_mean", "auc", "eer"):
         assert np.isfinite(heldout[key]) and 0.0 <= heldout[key] <= 1.0, (key, heldout[key])
@@ -304,7 +305,9 @@ def test_evaluate_samples_mode_grades_samples_with_a_different_judge(run, tmp_pa
     conditioning = encoder_store.load_encoder(encoder_directory(workdir))
     judge_model = IResNet(**conditioning.architecture, rngs=nnx.Rngs(123))  # other weights
     judge_directory = str(tmp_path / "judge")
-    encoder_store.save_encoder(judge_directory, judge_model, conditioning.architecture, provenance={})
+    encoder_store.save_encoder(
+        judge_directory, judge_model, conditioning.architecture, provenance={}
+    )
 
     refused = copy.deepcopy(config)
     refused.evaluate.judge_encoder = encoder_directory(workdir)
@@ -321,8 +324,12 @@ def test_evaluate_samples_mode_grades_samples_with_a_different_judge(run, tmp_pa
     assert report["diffusion_step"] == config.train.num_steps
     assert report["num_identities"] == config.evaluate.consistency_identities
     assert report["samples_per_identity"] == config.evaluate.consistency_samples_per_identity
-    for key in ("judge_similarity_mean", "judge_impostor_mean", "judge_real_genuine_mean",
-                "condition_similarity_mean"):
+    for key in (
+        "judge_similarity_mean",
+        "judge_impostor_mean",
+        "judge_real_genuine_mean",
+        "condition_similarity_mean",
+    ):
         assert -1.0 <= report[key] <= 1.0, (key, report[key])
     assert 0.0 <= report["judge_rank1"] <= 1.0
     evaluate = config.evaluate

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_jax.tasks.data.sources import faces_builder
 from diffusion_jax.tasks.data.faces import procedural_faces
+from diffusion_jax.tasks.data.sources import faces_builder
 from diffusion_jax.tasks.data.verification import verification_pairs
 
 # 20 held-out identities (two per fold) x 4 images: each fold has 8 = 4 x 2 images for 2 + 2 pairs.

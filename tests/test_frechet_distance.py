@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_jax.tasks.evaluation.frechet_distance import frechet_distance, frechet_distance_of_moments, gaussian_moments
+from diffusion_jax.tasks.evaluation.frechet_distance import (
+    frechet_distance,
+    frechet_distance_of_moments,
+    gaussian_moments,
+)
 
 
 def random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:

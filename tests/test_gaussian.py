@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.core.diffusion import gaussian
-from diffusion_jax.core.diffusion import schedules
+from diffusion_jax.core.diffusion import gaussian, schedules
 
 NUM_TIMESTEPS = 100
 

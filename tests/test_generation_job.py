@@ -18,14 +18,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.tasks.data.sources import image_folders
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
-from diffusion_jax.core.fingerprint import file_sha256
-from diffusion_jax.tasks.generation import dataset_validation
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation import generation_job
-from diffusion_jax.tasks.generation import manifest
-from diffusion_jax.tasks.generation import shard_drawing
+from diffusion_jax.tasks.generation import (
+    dataset_validation,
+    dataset_writers,
+    generation_job,
+    manifest,
+    shard_drawing,
+)
 from diffusion_jax.tasks.generation.generation_models import GenerationModels
 from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
 from tests.helpers import REPO_ROOT, config_argument, run_main_job, tiny_config
@@ -53,8 +55,13 @@ def job_config(data_dir: str, **overrides):
 def command(workdir: str, data_dir: str, out_dir: str, mode: str = "generate", **overrides):
     flags = {**GENERATE_OVERRIDES, "generate.output_dir": out_dir, **overrides}
     return [
-        sys.executable, "-m", "diffusion_jax.main", f"--config={config_argument('test')}",
-        f"--workdir={workdir}", f"--mode={mode}", f"--config.data.data_dir={data_dir}",
+        sys.executable,
+        "-m",
+        "diffusion_jax.main",
+        f"--config={config_argument('test')}",
+        f"--workdir={workdir}",
+        f"--mode={mode}",
+        f"--config.data.data_dir={data_dir}",
     ] + [f"--config.{key}={value}" for key, value in flags.items()]
 
 
@@ -67,8 +74,9 @@ def environment() -> dict:
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=REPO_ROOT, env=environment(), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -76,9 +84,11 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 def dataset_files(out_dir: str) -> dict[str, str]:
     """{relative path: sha256} of every file under out_dir."""
     return {
-        os.path.relpath(os.path.join(directory, name), out_dir):
-            file_sha256(os.path.join(directory, name))
-        for directory, _, names in os.walk(out_dir) for name in names
+        os.path.relpath(os.path.join(directory, name), out_dir): file_sha256(
+            os.path.join(directory, name)
+        )
+        for directory, _, names in os.walk(out_dir)
+        for name in names
     }
 
 
@@ -108,8 +118,11 @@ def test_the_dataset_is_complete_and_valid_with_a_manifest(generated):
     assert counts["identities"] == 6 and counts["judged_images"] >= 18
     assert counts["images"] == counts["decisions"].get("kept", 0) == summary["images_kept"]
     assert summary["images_drawn"] == counts["judged_images"]
-    records = [image for shard in range(6) for image in manifest.read_shard_record(out_dir, shard)[
-        "images"]]
+    records = [
+        image
+        for shard in range(6)
+        for image in manifest.read_shard_record(out_dir, shard)["images"]
+    ]
     last_round = {}
     for image in records:
         last_round[image["identity"]] = max(last_round.get(image["identity"], 0), image["attempt"])
@@ -127,16 +140,20 @@ def test_the_dataset_is_complete_and_valid_with_a_manifest(generated):
     assert plan["networks"]["diffusion"]["step"] == 6
 
 
-def test_identities_are_separated_and_far_from_the_training_identities(generated, trained,
-                                                                        prepared_data_dir):
+def test_identities_are_separated_and_far_from_the_training_identities(
+    generated, trained, prepared_data_dir
+):
     out_dir, _ = generated
     identities = np.load(os.path.join(out_dir, manifest.IDENTITIES_FILE))
     config = job_config(prepared_data_dir)
     similarity = identities @ identities.T
     np.fill_diagonal(similarity, -1)
     assert identities.shape == (6, 32) and similarity.max() <= 0.5 + 1e-6
-    cache = [name for name in os.listdir(os.path.join(trained, "cache"))
-             if name.startswith("training_identities-")]
+    cache = [
+        name
+        for name in os.listdir(os.path.join(trained, "cache"))
+        if name.startswith("training_identities-")
+    ]
     with np.load(os.path.join(trained, "cache", cache[0])) as cached:
         centres = cached["centres"]
     assert centres.shape == (config.data.num_train_identities, 32)
@@ -148,8 +165,12 @@ def test_identities_are_separated_and_far_from_the_training_identities(generated
 
 def test_every_format_loads_back_with_the_same_images_and_labels(generated, tmp_path):
     out_dir, _ = generated
-    kept = [image for shard in range(6) for image in manifest.read_shard_record(out_dir, shard)
-            ["images"] if image["decision"] == "kept"]
+    kept = [
+        image
+        for shard in range(6)
+        for image in manifest.read_shard_record(out_dir, shard)["images"]
+        if image["decision"] == "kept"
+    ]
     kept.sort(key=lambda image: (image["identity"], image["image_index"]))
     pixels = [np.asarray(Image.open(os.path.join(out_dir, image["path"]))) for image in kept]
     labels = [image["identity"] for image in kept]
@@ -170,8 +191,9 @@ def test_every_format_loads_back_with_the_same_images_and_labels(generated, tmp_
         assert tfds_records[index]["label"] == label
         record = recordio[index]
         assert record["label"] == label
-        np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(
-            record["image_bytes"]))), expected)
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(__import__("io").BytesIO(record["image_bytes"]))), expected
+        )
 
 
 def test_one_image_regenerated_alone_equals_its_copy(generated, trained, prepared_data_dir):
@@ -191,7 +213,8 @@ def test_one_image_regenerated_alone_equals_its_copy(generated, trained, prepare
     # row can change (the float sample before rounding to uint8 scores 1e-4 to 1e-3 away).
     condition = models.conditioning.embed_arrays(stored[None], batch_size=1)[0]
     assert float(condition @ identities[job.identity]) == pytest.approx(
-        image["condition_similarity"], abs=1e-5)
+        image["condition_similarity"], abs=1e-5
+    )
 
 
 def generated_mesh():
@@ -206,8 +229,9 @@ def test_a_worker_killed_mid_run_and_rerun_gives_the_uninterrupted_dataset(
     out_dir, _ = generated
     killed = os.path.join(trained, "dataset_killed")
     args = command(trained, prepared_data_dir, killed)
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args, cwd=REPO_ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first_record = manifest.shard_record_path(killed, 0)
     deadline = time.monotonic() + 300
     while not os.path.exists(first_record) and time.monotonic() < deadline:
@@ -227,9 +251,16 @@ def test_two_new_worker_processes_write_disjoint_shards_that_form_the_same_datas
     shared = os.path.join(trained, "dataset_two_workers")
     workers = [
         subprocess.Popen(
-            command(trained, prepared_data_dir, shared,
-                    **{"generate.task_index": index, "generate.task_count": 2}),
-            cwd=REPO_ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            command(
+                trained,
+                prepared_data_dir,
+                shared,
+                **{"generate.task_index": index, "generate.task_count": 2},
+            ),
+            cwd=REPO_ROOT,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for index in (1, 0)  # worker 1 starts first and waits for worker 0's identities
@@ -267,15 +298,24 @@ def test_two_jax_distributed_processes_share_the_job_as_workers(
     processes = []
     for process_id in (0, 1):
         slurm_step = {
-            "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
-            "SLURM_PROCID": str(process_id), "SLURM_LOCALID": str(process_id),
-            "JAX_COORDINATOR_ADDRESS": coordinator, "JAX_LOCAL_DEVICE_IDS": "0",
+            "SLURM_JOB_ID": "1",
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(process_id),
+            "SLURM_LOCALID": str(process_id),
+            "JAX_COORDINATOR_ADDRESS": coordinator,
+            "JAX_LOCAL_DEVICE_IDS": "0",
         }
-        processes.append(subprocess.Popen(
-            command(trained, prepared_data_dir, shared) + ["--distributed"],
-            cwd=REPO_ROOT, env={**environment(), **slurm_step}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                command(trained, prepared_data_dir, shared) + ["--distributed"],
+                cwd=REPO_ROOT,
+                env={**environment(), **slurm_step},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     stderrs = [process.communicate(timeout=600)[1] for process in processes]
     for process, stderr in zip(processes, stderrs):
         assert process.returncode == 0, stderr[-4000:]
@@ -321,8 +361,9 @@ def test_identities_from_unconditional_samples_and_from_an_image_set(
     from diffusion_jax.tasks.generation.image_seeds import candidate_keys
 
     config = job_config(prepared_data_dir)
-    models = GenerationModels(config, trained, os.path.join(trained, "judge", "encoder", "model"),
-                              generated_mesh())
+    models = GenerationModels(
+        config, trained, os.path.join(trained, "judge", "encoder", "model"), generated_mesh()
+    )
     heldout = input_pipeline.load_split_arrays(config.data, "heldout")["image"][::4]
     for index, image in enumerate(heldout):  # nested folders: any depth is read
         path = tmp_path / f"group_{index % 3}" / f"{index:03d}.png"
@@ -330,8 +371,13 @@ def test_identities_from_unconditional_samples_and_from_an_image_set(
         path.write_bytes(encode_png(image))
     centres = np.zeros((1, 32), np.float32)
     centres[0, 0] = 1.0
-    arguments = dict(dim=32, training_centres=centres, conditioning=models.conditioning,
-                     resolution=32, draw_unconditional=models.draw_unconditional)
+    arguments = dict(
+        dim=32,
+        training_centres=centres,
+        conditioning=models.conditioning,
+        resolution=32,
+        draw_unconditional=models.draw_unconditional,
+    )
 
     def check_separated_and_far_from_training(found):
         similarity = found @ found.T
@@ -357,7 +403,7 @@ def test_identities_from_unconditional_samples_and_from_an_image_set(
     in_first_batch = [i for i, c in enumerate(info["candidate_indices"]) if c < len(first_batch)]
     np.testing.assert_allclose(
         identities[in_first_batch],
-        first_batch[[info["candidate_indices"][i] for i in in_first_batch]], atol=1e-5,
+        first_batch[[info["candidate_indices"][i] for i in in_first_batch]],
+        atol=1e-5,
     )
     check_separated_and_far_from_training(identities)
-

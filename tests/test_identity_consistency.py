@@ -5,7 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.tasks.evaluation.identity_consistency import generate_for_conditions, identity_consistency
+from diffusion_jax.tasks.evaluation.identity_consistency import (
+    generate_for_conditions,
+    identity_consistency,
+)
 
 
 class PixelEncoder:
@@ -47,7 +50,12 @@ def test_a_hand_worked_mixture():
     samples = np.stack([np.stack([sources[0], mix]), np.stack([sources[0], sources[0]])])
     encoder = PixelEncoder()
     result = identity_consistency(
-        samples, sources, sources, encoder.embed_arrays(sources), conditioning=encoder, judge=encoder
+        samples,
+        sources,
+        sources,
+        encoder.embed_arrays(sources),
+        conditioning=encoder,
+        judge=encoder,
     )
     root_half = 1 / np.sqrt(2)
     own = np.array([1.0, root_half, 0.0, 0.0])  # cos(J(x_ij), J(r_i))
@@ -65,8 +73,12 @@ def test_mismatched_counts_are_refused():
     encoder = PixelEncoder()
     with pytest.raises(ValueError, match="3 identities but there are 2 source images"):
         identity_consistency(
-            samples, sources[:2], sources, encoder.embed_arrays(sources),
-            conditioning=encoder, judge=encoder,
+            samples,
+            sources[:2],
+            sources,
+            encoder.embed_arrays(sources),
+            conditioning=encoder,
+            judge=encoder,
         )
 
 

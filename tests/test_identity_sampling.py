@@ -6,7 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to, random_unit_vectors, sample_separated_identities, select_separated
+from diffusion_jax.tasks.generation.sphere_sampling import (
+    max_similarity_to,
+    random_unit_vectors,
+    sample_separated_identities,
+    select_separated,
+)
 
 
 def off_diagonal_max(vectors: np.ndarray) -> float:
@@ -42,10 +47,14 @@ def test_thousands_of_identities_are_unit_and_pairwise_separated():
 
 def test_the_blocked_device_version_accepts_what_a_plain_loop_accepts():
     # Small blocks, so acceptance runs across blocks and within them.
-    identities, drawn = sample_separated_identities(30, 10, seed=7, max_similarity=0.4, block_size=16)
+    identities, drawn = sample_separated_identities(
+        30, 10, seed=7, max_similarity=0.4, block_size=16
+    )
     candidates = np.concatenate(
-        [np.asarray(random_unit_vectors(jax.random.fold_in(jax.random.key(7), b), 16, 10))
-         for b in range(drawn // 16)]
+        [
+            np.asarray(random_unit_vectors(jax.random.fold_in(jax.random.key(7), b), 16, 10))
+            for b in range(drawn // 16)
+        ]
     )
     np.testing.assert_allclose(identities, plain_greedy(candidates, 30, 0.4), rtol=1e-6)
     assert drawn > 2 * 16  # several blocks
@@ -108,8 +117,14 @@ def test_given_candidates_are_selected_by_the_same_rule_as_a_plain_loop():
     candidates = np.repeat(centres, 40, axis=0) + 0.4 * rng.normal(size=(1200, 48))
     candidates = rng.permutation(candidates / np.linalg.norm(candidates, axis=1, keepdims=True))
     references = centres[:1] / np.linalg.norm(centres[:1])
-    chosen = select_separated(candidates, 20, max_similarity=0.5, references=references,
-                              max_reference_similarity=0.6, block_size=256)
+    chosen = select_separated(
+        candidates,
+        20,
+        max_similarity=0.5,
+        references=references,
+        max_reference_similarity=0.6,
+        block_size=256,
+    )
     allowed = candidates[(candidates @ references.T).max(axis=1) <= 0.6]
     expected = plain_greedy(allowed, 20, 0.5)
     np.testing.assert_allclose(candidates[chosen], expected, rtol=1e-6)

@@ -180,10 +180,13 @@ def test_the_image_label_source_reads_through_grain(builder, records):
 
 def test_record_labels_are_scanned_once_per_preparation(root, tmp_path, monkeypatch):
     builder = prepare(root, tmp_path)
-    expected = [record["label"] for record in
-                tfds.builder_from_directory(builder.data_dir).as_data_source("train")]
-    np.testing.assert_array_equal(image_folders.ImageLabelSource(builder.data_dir).record_labels,
-                                  expected)
+    expected = [
+        record["label"]
+        for record in tfds.builder_from_directory(builder.data_dir).as_data_source("train")
+    ]
+    np.testing.assert_array_equal(
+        image_folders.ImageLabelSource(builder.data_dir).record_labels, expected
+    )
 
     def refusing_scan(self):
         raise AssertionError("the labels were scanned again")

@@ -16,7 +16,11 @@ def lint_imports(package_parent: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": package_parent}
     return subprocess.run(
         [LINT_IMPORTS, "--config", os.path.join(REPO_ROOT, ".importlinter"), "--no-cache"],
-        cwd=package_parent, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=package_parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -28,11 +32,14 @@ def test_the_package_keeps_its_layer_and_acyclic_contracts():
 
 def test_a_core_module_importing_an_app_breaks_the_layers(tmp_path):
     shutil.copytree(
-        os.path.join(REPO_ROOT, "diffusion_jax"), tmp_path / "diffusion_jax",
+        os.path.join(REPO_ROOT, "diffusion_jax"),
+        tmp_path / "diffusion_jax",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     paths_module = tmp_path / "diffusion_jax" / "core" / "paths.py"
-    paths_module.write_text(paths_module.read_text() + "\nfrom diffusion_jax.apps import pipeline\n")
+    paths_module.write_text(
+        paths_module.read_text() + "\nfrom diffusion_jax.apps import pipeline\n"
+    )
     result = lint_imports(str(tmp_path))
     assert result.returncode != 0
     assert "diffusion_jax.core.paths -> diffusion_jax.apps.pipeline" in result.stdout

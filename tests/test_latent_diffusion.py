@@ -14,18 +14,25 @@ from PIL import Image
 
 from diffusion_jax.apps import config_checks
 from diffusion_jax.core import parallel
-from diffusion_jax.tasks.generation import dataset_validation
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation import generation_job
-from diffusion_jax.tasks.generation import manifest
-from diffusion_jax.tasks.generation import shard_drawing
-from diffusion_jax.tasks.generation.generation_models import GenerationModels
-from diffusion_jax.tasks.latent import autoencoder_store
-from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace, configured_autoencoder_architecture, diffusion_shape, diffusion_space
-from diffusion_jax.main import MODES
 from diffusion_jax.core.models.autoencoder import AutoencoderKL
 from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.main import MODES
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
+from diffusion_jax.tasks.generation import (
+    dataset_validation,
+    dataset_writers,
+    generation_job,
+    manifest,
+    shard_drawing,
+)
+from diffusion_jax.tasks.generation.generation_models import GenerationModels
+from diffusion_jax.tasks.latent import autoencoder_store
+from diffusion_jax.tasks.latent.diffusion_space import (
+    DiffusionSpace,
+    configured_autoencoder_architecture,
+    diffusion_shape,
+    diffusion_space,
+)
 from tests.helpers import load_config, run_main_job, tiny_config
 
 LATENT_SCALE = 0.7
@@ -140,8 +147,14 @@ def latent_run(tmp_path_factory, prepared_data_dir):
     """One run of the main job in latent space through its command line: the perceptual
     encoder, the autoencoder and the latent UNet, 4 + 4 + 6 steps."""
     workdir = str(tmp_path_factory.mktemp("latent_run"))
-    run_main_job("test,latent", workdir, prepared_data_dir, LATENT_RUN_OVERRIDES, timeout=900,
-                 stages="diffusion,judge")
+    run_main_job(
+        "test,latent",
+        workdir,
+        prepared_data_dir,
+        LATENT_RUN_OVERRIDES,
+        timeout=900,
+        stages="diffusion,judge",
+    )
     return workdir
 
 
@@ -169,7 +182,9 @@ def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_
 
     other = latent_config(prepared_data_dir)
     other.autoencoder.latent_channels = 8
-    with pytest.raises(ValueError, match="autoencoder.latent_channels: checkpoint has 4, config has 8"):
+    with pytest.raises(
+        ValueError, match="autoencoder.latent_channels: checkpoint has 4, config has 8"
+    ):
         MODES["sample"](other, latent_run)
 
 
@@ -178,10 +193,14 @@ def test_sample_mode_decodes_latent_samples_to_images(latent_run, prepared_data_
 def test_the_generation_job_decodes_latent_samples_to_images(latent_run, prepared_data_dir):
     workdir = latent_run
     config = latent_config(prepared_data_dir)
-    config.update_from_flattened_dict({
-        "generate.num_identities": 4, "generate.identities_per_shard": 2,
-        "generate.formats": ("folders", "recordio"), "generate.image_format": "jpeg",
-    })
+    config.update_from_flattened_dict(
+        {
+            "generate.num_identities": 4,
+            "generate.identities_per_shard": 2,
+            "generate.formats": ("folders", "recordio"),
+            "generate.image_format": "jpeg",
+        }
+    )
     summary = generation_job.generate_dataset(config, workdir)
     out_dir = summary["out_dir"]
     assert dataset_validation.validate(out_dir)["format_lengths"] == {
@@ -196,10 +215,16 @@ def test_the_generation_job_decodes_latent_samples_to_images(latent_run, prepare
     stored = np.asarray(Image.open(os.path.join(out_dir, image["path"])))
     assert stored.shape == (32, 32, 3)  # decoded from 16x16x4 latents
 
-    models = GenerationModels(config, workdir, os.path.join(workdir, "judge", "encoder", "model"),
-                              parallel.make_mesh(config.mesh, jax.local_devices()))
+    models = GenerationModels(
+        config,
+        workdir,
+        os.path.join(workdir, "judge", "encoder", "model"),
+        parallel.make_mesh(config.mesh, jax.local_devices()),
+    )
     identities = np.load(os.path.join(out_dir, manifest.IDENTITIES_FILE))
     job = shard_drawing.ImageJob(image["identity"], image["image_index"], image["attempt"])
     alone = shard_drawing.regenerate_image(models, identities, config.generate, job)
-    assert dataset_writers.encode_image(alone, "jpeg", 95) == open(
-        os.path.join(out_dir, image["path"]), "rb").read()
+    assert (
+        dataset_writers.encode_image(alone, "jpeg", 95)
+        == open(os.path.join(out_dir, image["path"]), "rb").read()
+    )

@@ -63,8 +63,10 @@ def test_malformed_line_is_refused_naming_number_and_content(tmp_path, line_numb
 
 @pytest.mark.parametrize(
     "header, problem",
-    [("10\t300", " 10 folds of 2 x 300 pairs need 6001 lines, the file has 9"),
-     ("two\t2", "1: expected '<folds>\\\\t<pairs per fold>' or '<pairs>', got 'two\\\\t2'")],
+    [
+        ("10\t300", " 10 folds of 2 x 300 pairs need 6001 lines, the file has 9"),
+        ("two\t2", "1: expected '<folds>\\\\t<pairs per fold>' or '<pairs>', got 'two\\\\t2'"),
+    ],
 )
 def test_bad_counts_are_refused(tmp_path, header, problem):
     pairs_path, image_root = str(tmp_path / "pairs.txt"), str(tmp_path / "lfw")

@@ -5,10 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.core.diffusion import gaussian
-from diffusion_jax.core.diffusion import losses
-from diffusion_jax.core.diffusion import parameterization
-from diffusion_jax.core.diffusion import schedules
+from diffusion_jax.core.diffusion import gaussian, losses, parameterization, schedules
 
 NUM_TIMESTEPS = 100
 GAMMA = 5.0

@@ -9,7 +9,13 @@ import optax
 import pytest
 from flax import nnx
 
-from diffusion_jax.core.models.margin_heads import MARGIN_PRESETS, MarginSoftmaxHead, margin_logits, margin_softmax_loss, margins_for
+from diffusion_jax.core.models.margin_heads import (
+    MARGIN_PRESETS,
+    MarginSoftmaxHead,
+    margin_logits,
+    margin_softmax_loss,
+    margins_for,
+)
 
 SCALE = 64.0
 # The module docstring's clip of cosines before arccos, at the float32 bounds the module uses:

@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from diffusion_jax.tasks.latent.autoencoder_losses import hinge_discriminator_loss
 from diffusion_jax.core.models.patch_discriminator import PatchDiscriminator
+from diffusion_jax.tasks.latent.autoencoder_losses import hinge_discriminator_loss
 
 TINY = {"base_channels": 8, "num_groups": 4}
 

@@ -148,14 +148,19 @@ def _write_dataset_in_place(out_dir: str, dataset, image_format="png"):
     """What the generation job does on an object store: each shard written straight to out_dir."""
     shard_paths = []
     for shard in range(writer_tests.NUM_SHARDS):
-        shard_paths.append(dataset_writers.write_shard(
-            formats=writer_tests.ALL_FORMATS, staging_dir=out_dir, shard=shard,
-            num_shards=writer_tests.NUM_SHARDS,
-            identities_per_shard=writer_tests.IDENTITIES_PER_SHARD,
-            num_identities=writer_tests.NUM_IDENTITIES, image_format=image_format,
-            resolution=writer_tests.RESOLUTION,
-            images=writer_tests._shard_images(dataset, shard),
-        ))
+        shard_paths.append(
+            dataset_writers.write_shard(
+                formats=writer_tests.ALL_FORMATS,
+                staging_dir=out_dir,
+                shard=shard,
+                num_shards=writer_tests.NUM_SHARDS,
+                identities_per_shard=writer_tests.IDENTITIES_PER_SHARD,
+                num_identities=writer_tests.NUM_IDENTITIES,
+                image_format=image_format,
+                resolution=writer_tests.RESOLUTION,
+                images=writer_tests._shard_images(dataset, shard),
+            )
+        )
     return shard_paths, writer_tests._finalize(out_dir, dataset, image_format)
 
 
@@ -207,8 +212,13 @@ def test_record_label_cache_on_an_object_store(store):
 
 def test_identity_folders_are_listed_and_read_from_an_object_store(store, tmp_path):
     local_root = tmp_path / "faces"
-    writer_tests_files = {"ann/1.png": b"a", "ann/2.jpg": b"b", "bob/notes.txt": b"c",
-                          "loose.png": b"d", "bob/nested/3.png": b"e"}
+    writer_tests_files = {
+        "ann/1.png": b"a",
+        "ann/2.jpg": b"b",
+        "bob/notes.txt": b"c",
+        "loose.png": b"d",
+        "bob/nested/3.png": b"e",
+    }
     for path, data in writer_tests_files.items():
         (local_root / path).parent.mkdir(parents=True, exist_ok=True)
         (local_root / path).write_bytes(data)
@@ -226,14 +236,19 @@ def test_identity_folders_are_listed_and_read_from_an_object_store(store, tmp_pa
 
 
 def _job_config(formats=writer_tests.ALL_FORMATS) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "generate": {
-            "formats": list(formats), "identities_per_shard": writer_tests.IDENTITIES_PER_SHARD,
-            "num_identities": writer_tests.NUM_IDENTITIES, "image_format": "png",
-            "jpeg_quality": 95, "min_judge_similarity": 0.5,
-        },
-        "data": {"resolution": writer_tests.RESOLUTION},
-    })
+    return ml_collections.ConfigDict(
+        {
+            "generate": {
+                "formats": list(formats),
+                "identities_per_shard": writer_tests.IDENTITIES_PER_SHARD,
+                "num_identities": writer_tests.NUM_IDENTITIES,
+                "image_format": "png",
+                "jpeg_quality": 95,
+                "min_judge_similarity": 0.5,
+            },
+            "data": {"resolution": writer_tests.RESOLUTION},
+        }
+    )
 
 
 def _run_job_without_models(config, out_dir: str) -> dict:
@@ -249,9 +264,13 @@ def _run_job_without_models(config, out_dir: str) -> dict:
         )
         kept = {key: pixels for key, (pixels, _) in dataset.items() if key[0] in labels}
         records = [
-            {"identity": label, "image_index": index, "decision": "kept",
-             "judge_similarity": 0.9,
-             "path": dataset_writers.folder_image_path(label, index, "png")}
+            {
+                "identity": label,
+                "image_index": index,
+                "decision": "kept",
+                "judge_similarity": 0.9,
+                "path": dataset_writers.folder_image_path(label, index, "png"),
+            }
             for label, index in sorted(kept)
         ]
         generation_job.write_shard(config, out_dir, shard, records, kept)
@@ -266,8 +285,11 @@ def test_the_generation_job_commits_the_same_bytes_on_an_object_store(store, tmp
     assert _run_job_without_models(config, out_dir) == local_manifest
     on_store = store.local(out_dir)
     hashes = _file_hashes(on_store)
-    assert hashes == {name: value for name, value in _file_hashes(local_out).items()
-                      if name != "shards/.finalize.lock"}
+    assert hashes == {
+        name: value
+        for name, value in _file_hashes(local_out).items()
+        if name != "shards/.finalize.lock"
+    }
     assert not any(name.startswith(dataset_writers.FRAGMENT_DIR) for name in hashes)
     assert not any(".partial" in name for name in hashes)
     # A finalizer that comes later finds the manifest and returns it.
@@ -276,9 +298,7 @@ def test_the_generation_job_commits_the_same_bytes_on_an_object_store(store, tmp
     assert _file_hashes(on_store) == hashes
 
 
-def test_a_finalizer_overtaken_on_an_object_store_returns_the_winners_manifest(
-    store, monkeypatch
-):
+def test_a_finalizer_overtaken_on_an_object_store_returns_the_winners_manifest(store, monkeypatch):
     """Finalizer B starts, finalizer A finishes (manifest written, fragments deleted) while B
     reads the shard files: B finds its fragments gone and returns A's manifest."""
     config = _job_config(formats=("recordio",))
@@ -328,11 +348,15 @@ def test_identity_folders_prepare_from_an_object_store_as_from_a_local_root(stor
         )
         source = builder.as_data_source("train")
         report = image_folders.read_preparation_report(builder.data_dir)
-        prepared.append((
-            [{key: np.asarray(value).tolist() for key, value in source[i].items()}
-             for i in range(len(source))],
-            image_folders.read_identity_labels(builder.data_dir),
-            [entry for entry in report["skipped"] if entry["path"] != "carol"],
-        ))
+        prepared.append(
+            (
+                [
+                    {key: np.asarray(value).tolist() for key, value in source[i].items()}
+                    for i in range(len(source))
+                ],
+                image_folders.read_identity_labels(builder.data_dir),
+                [entry for entry in report["skipped"] if entry["path"] != "carol"],
+            )
+        )
     assert prepared[0] == prepared[1]
     assert len(prepared[0][0]) > 0

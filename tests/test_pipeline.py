@@ -49,7 +49,8 @@ def data_config(tmp_path_factory):
 def train_images(data_config):
     """The stored training images as the model sees them, [N, H, W, 3] in [-1, 1]."""
     return (
-        input_pipeline.load_split_arrays(data_config, "train")["image"].astype(np.float32) / 127.5 - 1.0
+        input_pipeline.load_split_arrays(data_config, "train")["image"].astype(np.float32) / 127.5
+        - 1.0
     )
 
 
@@ -88,9 +89,15 @@ def test_batches_are_scaled_stored_images_and_labels(data_config, train_images):
 
 
 def test_order_is_determined_by_the_seed(data_config):
-    first = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
-    again = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3)
-    other = _batches(input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=4), 3)
+    first = _batches(
+        input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3
+    )
+    again = _batches(
+        input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=3), 3
+    )
+    other = _batches(
+        input_pipeline.make_train_iterator(data_config, global_batch_size=BATCH, seed=4), 3
+    )
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -126,9 +133,12 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def test_random_shift_translates_by_at_most_max_shift(data_config, train_images):
     shifting = _data_config(data_config.data_dir, max_shift=2)
     images = np.concatenate(
-        [b["image"] for b in _batches(
-            input_pipeline.make_train_iterator(shifting, global_batch_size=BATCH, seed=0), 4
-        )]
+        [
+            b["image"]
+            for b in _batches(
+                input_pipeline.make_train_iterator(shifting, global_batch_size=BATCH, seed=0), 4
+            )
+        ]
     )
     offsets = list(itertools.product(range(-2, 3), repeat=2))
     candidates = np.stack([[_shifted(x, dy, dx) for dy, dx in offsets] for x in train_images])
@@ -161,10 +171,14 @@ def test_color_jitter_scales_brightness_contrast_and_saturation_by_its_drawn_fac
 
 def test_color_jitter_keeps_a_grey_image_grey_and_zero_strength_changes_nothing():
     grey = np.repeat(np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
-    out = input_pipeline._RandomColorJitter(0.5).random_map({"image": grey}, np.random.default_rng(4))
+    out = input_pipeline._RandomColorJitter(0.5).random_map(
+        {"image": grey}, np.random.default_rng(4)
+    )
     assert np.all(out["image"] == out["image"][..., :1])  # saturation acts on colour only
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    same = input_pipeline._RandomColorJitter(0.0).random_map({"image": image}, np.random.default_rng(1))
+    same = input_pipeline._RandomColorJitter(0.0).random_map(
+        {"image": image}, np.random.default_rng(1)
+    )
     np.testing.assert_array_equal(same["image"], image)
 
 

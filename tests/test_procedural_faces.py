@@ -86,9 +86,9 @@ def test_factors_are_uniform_over_their_ranges():
         values = np.asarray(draws[name], np.float64)
         assert low <= values.min() and values.max() <= high, name
         # The mean of n uniform draws has standard deviation (high - low) / sqrt(12 n).
-        assert abs(values.mean() - (low + high) / 2) < 4.5 * (high - low) / np.sqrt(
-            12 * BATCH
-        ), name
+        assert abs(values.mean() - (low + high) / 2) < 4.5 * (high - low) / np.sqrt(12 * BATCH), (
+            name
+        )
 
 
 def test_factors_depend_only_on_seed_identity_and_image():
@@ -112,8 +112,9 @@ def test_identities_differ_more_than_images_of_one_identity_at_a_frozen_pose():
     frozen; lighting, expression, gaze, glasses, blur and noise still vary. Images of different
     identities under the same nuisance must differ more than images of one identity."""
     identities, images = 16, BATCH // 16
-    identity_ids, image_ids = np.repeat(np.arange(identities), images), np.tile(
-        np.arange(images), identities
+    identity_ids, image_ids = (
+        np.repeat(np.arange(identities), images),
+        np.tile(np.arange(images), identities),
     )
     nuisance = dict(pf.sample_nuisance(0, identity_ids, image_ids))
     canonical = pf.canonical_nuisance(BATCH)
@@ -129,10 +130,10 @@ def test_identities_differ_more_than_images_of_one_identity_at_a_frozen_pose():
         for j in range(i)
     ]
     between = [
-        np.abs(x[k, i] - x[l, i]).mean()
+        np.abs(x[k, i] - x[other, i]).mean()
         for i in range(images)
         for k in range(identities)
-        for l in range(k)
+        for other in range(k)
     ]
     assert np.mean(between) > 1.4 * np.mean(within)
 
@@ -162,8 +163,9 @@ def test_yaw_turns_the_head_in_3d(render_symmetric):
 
 
 def test_light_direction_moves_the_shading(render_symmetric):
-    from_left, from_right = render_symmetric(light_azimuth=-1.0), render_symmetric(
-        light_azimuth=1.0
+    from_left, from_right = (
+        render_symmetric(light_azimuth=-1.0),
+        render_symmetric(light_azimuth=1.0),
     )
     half = RESOLUTION // 2
 

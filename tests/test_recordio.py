@@ -141,8 +141,10 @@ def test_record_split_at_magic_words_reads_back_whole(dataset, identities):
 def test_without_header_record_every_indexed_record_is_an_image(tmp_path):
     rec_path, idx_path = str(tmp_path / "plain.rec"), str(tmp_path / "plain.idx")
     images = [format_fixtures.tiny_image(seed) for seed in range(3)]
-    records = [(key, format_fixtures.image_record(float(label), image))
-               for key, label, image in zip([0, 7, 3], [2, 0, 1], images)]
+    records = [
+        (key, format_fixtures.image_record(float(label), image))
+        for key, label, image in zip([0, 7, 3], [2, 0, 1], images)
+    ]
     format_fixtures.write_recordio(rec_path, idx_path, records)
     reader = recordio.RecordIOReader(rec_path, idx_path)
     assert reader.identity_ranges is None
@@ -229,8 +231,11 @@ def test_bad_magic_is_refused_naming_the_files(dataset):
 
 @pytest.mark.parametrize(
     "shift, problem",
-    [(8, "points inside a record|does not point at the magic"), (2, "not 4-byte aligned"),
-     (10**6, "beyond the end of the file")],
+    [
+        (8, "points inside a record|does not point at the magic"),
+        (2, "not 4-byte aligned"),
+        (10**6, "beyond the end of the file"),
+    ],
 )
 def test_index_offsets_that_miss_records_are_refused(dataset, shift, problem):
     rec_path, idx_path, offsets = dataset

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.core.diffusion import samplers
-from diffusion_jax.core.diffusion import schedules
+from diffusion_jax.core.diffusion import samplers, schedules
 
 NUM_TIMESTEPS = 1000
 NUM_SAMPLES = 8192

@@ -44,7 +44,8 @@ batches = [
 
 def train(mesh):
     shardings = parallel.state_shardings(mesh, abstract)
-    state = jax.jit(state_lib.make_init_fn(build_model, optimizer), out_shardings=shardings)(jax.random.key(0))
+    init = jax.jit(state_lib.make_init_fn(build_model, optimizer), out_shardings=shardings)
+    state = init(jax.random.key(0))
     step = jit_train_step(step_fn, mesh, shardings)
     for batch in batches:
         state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1), {})
@@ -68,7 +69,11 @@ print("MATCH")
 def test_train_step_on_four_devices_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]

@@ -16,7 +16,11 @@ def test_requirements_are_the_stage_and_what_it_needs_transitively_in_pipeline_o
     assert stages.requirements("encoder") == ["encoder"]
     assert stages.requirements("diffusion") == ["encoder", "autoencoder", "diffusion"]
     assert stages.requirements("generate") == [
-        "encoder", "judge", "autoencoder", "diffusion", "generate"
+        "encoder",
+        "judge",
+        "autoencoder",
+        "diffusion",
+        "generate",
     ]
     assert stages.requirements("report") == list(stages.STAGES)
 
@@ -42,8 +46,9 @@ def test_fingerprints_change_with_what_a_stage_reads_and_not_with_neutral_keys(t
     changed = {name for name in stages.STAGES if before[name] != after[name]}
     # data_dir is read by every stage but neutral: only its fingerprint changes, never a refusal.
     assert changed == set(stages.STAGES)
-    old, new = stages.stage_config(tiny_config(str(tmp_path)), "report"), stages.stage_config(
-        config, "report"
+    old, new = (
+        stages.stage_config(tiny_config(str(tmp_path)), "report"),
+        stages.stage_config(config, "report"),
     )
     assert stages.changed_keys(old, new) == ["generate.min_judge_similarity"]
     assert stages.is_neutral("encoder.train.log_every_steps")
@@ -72,7 +77,9 @@ def test_a_missing_prerequisite_is_refused_with_the_command_that_makes_it(tmp_pa
     config = tiny_config(str(tmp_path))
     config.condition.source = "encoder"
     layout = RunLayout.from_config(tmp_path / "run", config)
-    with pytest.raises(stages.MissingStageOutput, match=r"judge stage.*--mode=pipeline --stages=judge"):
+    with pytest.raises(
+        stages.MissingStageOutput, match=r"judge stage.*--mode=pipeline --stages=judge"
+    ):
         stages.require(layout, config, "judge")
     with pytest.raises(stages.MissingStageOutput, match=r"encoder stage.*--mode=train_encoder"):
         stages.require(layout, config, "encoder")
@@ -106,7 +113,9 @@ def test_the_layout_names_every_output_under_the_workdir_or_where_the_config_say
     assert layout.judge.export_dir == root / "judge" / "encoder" / "model"
     assert layout.autoencoder.checkpoints == root / "autoencoder" / "checkpoints"
     assert layout.diffusion.checkpoints == root / "checkpoints"
-    assert layout.recognizer("real").export_dir == root / "recognizers" / "real" / "encoder" / "model"
+    assert (
+        layout.recognizer("real").export_dir == root / "recognizers" / "real" / "encoder" / "model"
+    )
     assert layout.generated == root / "generated"
     assert layout.samples(7) == root / "samples" / "step_7"
     assert layout.stage_record("generate") == root / "pipeline" / "generate.json"

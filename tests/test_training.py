@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.tasks.conditional_diffusion import diffusion_training
+from diffusion_jax.apps import sample as sample_mode
+from diffusion_jax.core import parallel
+from diffusion_jax.core.preemption import Preempted
 from diffusion_jax.core.training import loop
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.tasks.conditional_diffusion import diffusion_training
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
-from diffusion_jax.core import parallel
-from diffusion_jax.core.preemption import Preempted
-from diffusion_jax.apps import sample as sample_mode
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, make_margin_loss
 from tests.helpers import run_main_job, tiny_config
@@ -54,7 +54,9 @@ def test_main_job_leaves_config_checkpoints_events_and_figures(cli_run):
         assert os.path.getsize(path) > 1000, path
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(cli_run, tmp_path, prepared_data_dir, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_parameters(
+    cli_run, tmp_path, prepared_data_dir, monkeypatch
+):
     config = tiny_config(data_dir=prepared_data_dir)
     workdir = str(tmp_path)
 
@@ -110,7 +112,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
             return getattr(self.iterator, name)
 
     monkeypatch.setattr(
-        diffusion_training.pipeline, "make_train_iterator", lambda *a, **k: PoisonAfter(real_make_iterator(*a, **k))
+        diffusion_training.input_pipeline,
+        "make_train_iterator",
+        lambda *a, **k: PoisonAfter(real_make_iterator(*a, **k)),
     )
     with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 3"):
         diffusion_training.train_and_evaluate(config, str(tmp_path))
@@ -132,7 +136,9 @@ def test_sample_mode_writes_samples_and_refuses_a_different_model(cli_run, prepa
         sample_mode.run(other, cli_run)
 
 
-def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(tmp_path, prepared_data_dir):
+def test_a_sigterm_late_in_a_step_still_saves_the_step_training_stops_at(
+    tmp_path, prepared_data_dir
+):
     """SIGTERM arriving after the step's save decision (here: from the per-step hook) must not
     stop training unsaved: the next step is taken, saved, and training stops there."""
     config = tiny_config(data_dir=prepared_data_dir)

@@ -9,10 +9,9 @@ import PIL.Image
 import pytest
 
 from diffusion_jax.apps import config_checks
-from diffusion_jax.tasks.data.sources import image_folders
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
 from diffusion_jax.tasks.conditional_diffusion import diffusion_training
+from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
+from diffusion_jax.tasks.data.sources import image_folders, input_pipeline
 from tests import format_fixtures
 from tests.helpers import tiny_config
 
@@ -104,10 +103,13 @@ def test_image_folder_skips_the_bad_file_and_reports_it(folder_config):
 
 def test_missing_path_is_refused_naming_the_field(tmp_path):
     config = data_config(tmp_path, "recordio", str(tmp_path / "absent.rec"))
-    with pytest.raises(config_checks.ConfigError, match="config.data.path=.*absent.rec.* does not exist"):
+    with pytest.raises(
+        config_checks.ConfigError, match="config.data.path=.*absent.rec.* does not exist"
+    ):
         config_checks.validate(config)
 
 
+@pytest.mark.slow  # trains the diffusion model (2 steps, its compile and figures)
 def test_training_loop_runs_on_recordio(recordio_config, tmp_path):
     recordio_config.train.num_steps = 2
     state = diffusion_training.train_and_evaluate(recordio_config, str(tmp_path / "run"))
@@ -134,8 +136,11 @@ def test_max_identities_and_images_cut_every_file_source(config_fixture, request
     assert [label for label, _ in got] == [0, 0, 1, 1]
     # Each identity's kept images are its first two, whatever the source's stored order.
     for label in (0, 1):
-        kept = [np.asarray(records[i]["image"], np.float32) / 127.5 - 1
-                for other, i in got if other == label]
+        kept = [
+            np.asarray(records[i]["image"], np.float32) / 127.5 - 1
+            for other, i in got
+            if other == label
+        ]
         for image, encoded in zip(kept, faces[label][:2]):
             np.testing.assert_allclose(image, expected_image(encoded), atol=1.5 / 127.5)
     batch = next(input_pipeline.make_train_iterator(config.data, global_batch_size=4, seed=0))

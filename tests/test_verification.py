@@ -170,7 +170,10 @@ def test_tar_at_far_takes_the_most_permissive_point_within_the_target():
     # 200 impostors cannot measure a FAR of 1e-3: at least 1,000 are needed.
     assert verification.tar_at_far(roc, 1e-3) == verification.TarAtFar(1e-3, None, None, None)
     assert [verification.min_impostors(t) for t in (1e-2, 1e-3, 1e-4, 1e-5)] == [
-        100, 1000, 10000, 100000
+        100,
+        1000,
+        10000,
+        100000,
     ]
     with pytest.raises(ValueError, match="FAR target must lie in \\(0, 1\\), got 0"):
         verification.tar_at_far(roc, 0)

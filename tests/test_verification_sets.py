@@ -9,8 +9,8 @@ import PIL.Image
 import pytest
 
 from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.evaluation import verification_sets
 from diffusion_jax.tasks.data.sources.image_decoding import decode_image
+from diffusion_jax.tasks.evaluation import verification_sets
 from diffusion_jax.tasks.evaluation.encoder_report import load_verification_sets
 from tests import format_fixtures
 from tests.helpers import tiny_config
@@ -26,7 +26,7 @@ def png(seed: int, size: int) -> bytes:
 
 
 def test_contiguous_folds_match_kfold_without_shuffling():
-    # sklearn.model_selection.KFold(10).split(range(23)): the first 3 folds hold 3 pairs, the rest 2.
+    # sklearn's KFold(10).split(range(23)): the first 3 folds hold 3 pairs, the rest 2.
     folds = verification_sets.contiguous_folds(23)
     np.testing.assert_array_equal(np.bincount(folds), [3, 3, 3, 2, 2, 2, 2, 2, 2, 2])
     assert np.all(np.diff(folds) >= 0)
@@ -49,9 +49,7 @@ def test_verification_bin_decodes_pairs_in_file_order(tmp_path):
 
 
 def test_lfw_pairs_decode_with_their_folds(tmp_path):
-    folds = [
-        ([(f"Person_{f}", 1, 2)], [(f"Person_{f}", 1, f"Other_{f}", 1)]) for f in range(10)
-    ]
+    folds = [([(f"Person_{f}", 1, 2)], [(f"Person_{f}", 1, f"Other_{f}", 1)]) for f in range(10)]
     pairs_path, root = str(tmp_path / "pairs.txt"), str(tmp_path / "lfw")
     format_fixtures.write_lfw_tree(pairs_path, root, folds, header="10\t1")
     for seed, path in enumerate(sorted(glob.glob(os.path.join(root, "*", "*.jpg")))):

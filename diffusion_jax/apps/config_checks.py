@@ -7,29 +7,29 @@ validates its own arguments (schedules, samplers, the UNet), it is asked, so the
 of truth for what is allowed.
 """
 
-import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 
-from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.data.faces import procedural_faces
+from diffusion_jax.core import paths
 from diffusion_jax.core.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.core.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.core.diffusion.samplers import get_sampler
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation.identity_sources import IDENTITY_SOURCES
 from diffusion_jax.core.diffusion.schedules import beta_schedule
-from diffusion_jax.tasks.latent.autoencoder_training import autoencoder_builder
-from diffusion_jax.tasks.latent.diffusion_space import SPACES, downsampling_factor
 from diffusion_jax.core.models.iresnet import IRESNET_NAMES
 from diffusion_jax.core.models.margin_heads import MARGIN_PRESETS
-from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, encoder_margins
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
 from diffusion_jax.tasks.conditional_diffusion.identity_conditions import CONDITION_SOURCES
+from diffusion_jax.tasks.data.faces import procedural_faces
+from diffusion_jax.tasks.data.sources import image_decoding, input_pipeline
+from diffusion_jax.tasks.generation import dataset_writers
+from diffusion_jax.tasks.generation.identity_sources import IDENTITY_SOURCES
+from diffusion_jax.tasks.latent.autoencoder_training import autoencoder_builder
+from diffusion_jax.tasks.latent.diffusion_space import SPACES, downsampling_factor
+from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, encoder_margins
 
 SUPPORTED = {
     "data.source": input_pipeline.SOURCES,
@@ -113,7 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"must be at most data.num_train_identities={config.data.num_train_identities}",
         )
     elif config.data.source in ("image_folder", "recordio"):
-        _require(config, "data.path", lambda p: os.path.exists(os.path.expanduser(p)), "does not exist")
+        _require(config, "data.path", lambda p: paths.resolve(p).exists(), "does not exist")
     _require(
         config,
         "mesh.data",
@@ -123,9 +123,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "mesh.fsdp", lambda v: v == -1 or v > 0, "must be positive or -1")
 
     _validate_autoencoder(config)  # before the UNet: in latent space it defines x_0's shape
-    _ask("diffusion.beta_schedule", lambda: beta_schedule(
-        config.diffusion.beta_schedule, config.diffusion.num_timesteps
-    ))
+    _ask(
+        "diffusion.beta_schedule",
+        lambda: beta_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps),
+    )
     _ask("sample.sampler", lambda: get_sampler(config.sample.sampler))
     _ask("model", lambda: unet_graphdef(config))
     _validate_encoder(config)
@@ -133,11 +134,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_generate(config: ml_collections.ConfigDict) -> None:
-    for field in ("num_identities", "identities_per_shard", "batch_size",
-                  "candidates_per_identity", "identities_timeout_minutes"):
+    for field in (
+        "num_identities",
+        "identities_per_shard",
+        "batch_size",
+        "candidates_per_identity",
+        "identities_timeout_minutes",
+    ):
         _require(config, f"generate.{field}", lambda v: v > 0, "must be positive")
-    _require(config, "generate.images_per_identity", lambda v: v >= 2,
-             "must be >= 2 (an image is judged against the identity's other images)")
+    _require(
+        config,
+        "generate.images_per_identity",
+        lambda v: v >= 2,
+        "must be >= 2 (an image is judged against the identity's other images)",
+    )
     _require(config, "generate.max_resample_rounds", lambda v: v >= 0, "must be >= 0")
     _require(
         config,
@@ -145,13 +155,25 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         lambda v: v % jax.local_device_count() == 0,
         f"must be divisible by the {jax.local_device_count()} local devices",
     )
-    for field in ("max_identity_similarity", "max_training_similarity", "min_judge_similarity",
-                  "max_duplicate_similarity"):
+    for field in (
+        "max_identity_similarity",
+        "max_training_similarity",
+        "min_judge_similarity",
+        "max_duplicate_similarity",
+    ):
         _require(config, f"generate.{field}", lambda v: -1 <= v <= 1, "must lie in [-1, 1]")
-    _require(config, "generate.identity_source", lambda v: v in IDENTITY_SOURCES,
-             f"is not one of {list(IDENTITY_SOURCES)}")
-    _require(config, "generate.image_format", lambda v: v in dataset_writers.IMAGE_FORMATS,
-             f"is not one of {list(dataset_writers.IMAGE_FORMATS)}")
+    _require(
+        config,
+        "generate.identity_source",
+        lambda v: v in IDENTITY_SOURCES,
+        f"is not one of {list(IDENTITY_SOURCES)}",
+    )
+    _require(
+        config,
+        "generate.image_format",
+        lambda v: v in dataset_writers.IMAGE_FORMATS,
+        f"is not one of {list(dataset_writers.IMAGE_FORMATS)}",
+    )
     _require(config, "generate.jpeg_quality", lambda v: 1 <= v <= 100, "must lie in [1, 100]")
     _require(
         config,
@@ -163,12 +185,20 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         _require_directory(config, "generate.identity_images", "a folder of identity images")
     if config.generate.judge_encoder:
         _require_directory(config, "generate.judge_encoder", "an encoder directory")
-    for field in ("data.max_identities", "data.max_images_per_identity",
-                  "recognizer.num_identities", "recognizer.images_per_identity"):
+    for field in (
+        "data.max_identities",
+        "data.max_images_per_identity",
+        "recognizer.num_identities",
+        "recognizer.images_per_identity",
+    ):
         _require(config, field, lambda v: v == -1 or v > 0, "must be -1 (all) or positive")
     for field in ("data.max_shift", "recognizer.max_shift"):
-        _require(config, field, lambda v: 0 <= v < config.data.resolution // 2,
-                 f"must lie in [0, data.resolution / 2 = {config.data.resolution // 2})")
+        _require(
+            config,
+            field,
+            lambda v: 0 <= v < config.data.resolution // 2,
+            f"must lie in [0, data.resolution / 2 = {config.data.resolution // 2})",
+        )
     _require(config, "recognizer.color_jitter", lambda v: 0 <= v < 1, "must lie in [0, 1)")
     _require(
         config,
@@ -206,8 +236,10 @@ def _validate_encoder(config: ml_collections.ConfigDict) -> None:
     _ask("encoder", lambda: state_lib.model_graphdef(encoder_builder(config, num_classes=2)))
     if config.encoder.checkpoint:
         _require_directory(
-            config, "encoder.checkpoint", "an encoder written by --mode=train_encoder or "
-            "`python -m diffusion_jax.convert arcface_torch`"
+            config,
+            "encoder.checkpoint",
+            "an encoder written by --mode=train_encoder or "
+            "`python -m diffusion_jax.convert arcface_torch`",
         )
     elif config.condition.source == "encoder":
         _require(
@@ -250,8 +282,10 @@ def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
     )
     if config.autoencoder.checkpoint:
         _require_directory(
-            config, "autoencoder.checkpoint", "an autoencoder written by "
-            "--mode=train_autoencoder or `python -m diffusion_jax.convert autoencoder_kl`"
+            config,
+            "autoencoder.checkpoint",
+            "an autoencoder written by "
+            "--mode=train_autoencoder or `python -m diffusion_jax.convert autoencoder_kl`",
         )
 
 
@@ -274,7 +308,7 @@ def _require_directory(config: ml_collections.ConfigDict, field: str, expected: 
     _require(
         config,
         field,
-        lambda path: os.path.isdir(os.path.expanduser(path)),
+        lambda path: paths.resolve(path).is_dir(),
         f"is not a directory ({expected})",
     )
 

@@ -90,7 +90,8 @@ def run_stage(workdir: str, name: str, stage_config: dict, run: Callable[[], obj
         logging.warning("Pipeline stage %s is not complete yet; run again to finish it.", name)
         return False
     paths.write_json_atomically(
-        layout.stage_record(name), {"stage": name, "fingerprint": fingerprint, "config": stage_config}
+        layout.stage_record(name),
+        {"stage": name, "fingerprint": fingerprint, "config": stage_config},
     )
     return True
 
@@ -102,16 +103,21 @@ def _stage_runners(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     def judge():
         judge_config = ml_collections.ConfigDict(config.to_dict())
         judge_config.encoder.seed = config.encoder.seed + 1
-        logging.info("Training the judge encoder (encoder.seed=%d) in %s.",
-                     judge_config.encoder.seed, layout.judge.run_dir)
+        logging.info(
+            "Training the judge encoder (encoder.seed=%d) in %s.",
+            judge_config.encoder.seed,
+            layout.judge.run_dir,
+        )
         train_encoder(judge_config, layout.judge)
 
     def generate():
         return generate_dataset(config, workdir)["dataset_complete"]
 
     def recognizers():
-        data = {"synthetic": generated_data_config(config, str(layout.generated)),
-                "real": real_data_config(config)}
+        data = {
+            "synthetic": generated_data_config(config, str(layout.generated)),
+            "real": real_data_config(config),
+        }
         check_same_identities(config, data)
         for name in ("synthetic", "real"):
             train_recognizer(config, workdir, name, data[name])
@@ -134,7 +140,9 @@ def run_pipeline(
     report when it was among them, else None."""
     unknown = sorted(set(targets) - set(stages.STAGES))
     if unknown:
-        raise ValueError(f"Unknown pipeline stages {unknown}; the stages are {list(stages.STAGES)}.")
+        raise ValueError(
+            f"Unknown pipeline stages {unknown}; the stages are {list(stages.STAGES)}."
+        )
     layout = RunLayout.from_config(workdir, config)
     names = [name for name in stages.STAGES if any(name in stages.requirements(t) for t in targets)]
     configs = stage_configs(config)

@@ -1,5 +1,6 @@
 """`--mode=train_recognizer`: train a face recogniser with the encoder's recipe on
-`config.recognizer`'s data (default `config.data`) into WORKDIR/recognizers/<config.recognizer.name>."""
+`config.recognizer`'s data (default `config.data`) into
+WORKDIR/recognizers/<config.recognizer.name>."""
 
 import ml_collections
 

@@ -11,7 +11,7 @@ rendered RGB array (for TensorBoard).
 """
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -30,7 +30,9 @@ def evenly_spaced_timesteps(num_timesteps: int, num_columns: int) -> np.ndarray:
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Maps [-1, 1] floats to [0, 255] uint8, clipping what lies outside."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(
+        np.uint8
+    )
 
 
 def image_grid(

@@ -6,7 +6,8 @@ parameter is split over `fsdp` along its largest dimension divisible by the axis
 replicated otherwise. With `fsdp=1` every parameter is replicated (plain data parallelism).
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -76,4 +77,3 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
         key: jax.make_array_from_process_local_data(sharding, value)
         for key, value in local_batch.items()
     }
-

@@ -3,10 +3,10 @@ an exported model, a prepared dataset or a generated dataset may be a local path
 object store (`gs://bucket/run`).
 
 Paths are `etils.epath.Path`, the path type Orbax and TFDS already use: on a local path it is a
-`pathlib.Path`; on `gs://` it reaches Cloud Storage through epath's backend (`tf.io.gfile` when
-TensorFlow is importable, else fsspec/gcsfs). One type end to end means no module spells its own
-`os.path` / `open` logic, and no local-only assumption (such as `os.path.abspath`, which turns
-`gs://b/run` into `/cwd/gs:/b/run`) can creep into a path that reaches storage.
+`pathlib.Path`; on `gs://` it reaches Cloud Storage through fsspec/gcsfs (chosen below). One type
+end to end means no module spells its own `os.path` / `open` logic, and no local-only assumption
+(such as `os.path.abspath`, which turns `gs://b/run` into `/cwd/gs:/b/run`) can creep into a path
+that reaches storage.
 
 Commit protocols. A local file system renames atomically; an object store does not rename at all
 (a "move" is a copy and a delete), but it writes each object atomically: a reader sees the old
@@ -23,6 +23,11 @@ import tempfile
 from typing import Any
 
 from etils import epath
+
+# gs:// goes through fsspec/gcsfs, the client the emulator tests exercise, rather than
+# tf.io.gfile, which epath would pick because TensorFlow is installed (and which cannot be pointed
+# at an emulator). Set before any path is used, as epath reads it once.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 Path = epath.Path
 PathLike = str | os.PathLike
@@ -140,12 +145,19 @@ def is_nonempty_dir(path: PathLike) -> bool:
 
 def relative_files(root: PathLike) -> list[str]:
     """The relative paths ('a/b.png', '/'-separated) of every file under `root` at any depth,
-    sorted; [] when `root` does not exist."""
+    sorted; [] when `root` does not exist. (Not `Path.walk`: on gs:// it yields paths without
+    their scheme.)"""
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
-    for directory, _, names in root.walk():
-        prefix = Path(directory).relative_to(root).as_posix()
-        found += [name if prefix == "." else f"{prefix}/{name}" for name in names]
+
+    def visit(directory: Path, prefix: str) -> None:
+        for child in directory.iterdir():
+            if child.is_dir():
+                visit(child, f"{prefix}{child.name}/")
+            else:
+                found.append(f"{prefix}{child.name}")
+
+    visit(root, "")
     return sorted(found)

@@ -15,7 +15,8 @@ import ml_collections
 SPACES = ("pixel", "latent")
 _DEFAULT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "configs", "default.py",
+    "configs",
+    "default.py",
 )
 
 

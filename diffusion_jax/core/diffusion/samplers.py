@@ -26,8 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.core.diffusion.gaussian import predict_eps_from_x0, predict_x0_from_eps, q_posterior_mean_variance
-from diffusion_jax.core.diffusion.parameterization import check_prediction_type, model_output_to_eps_x0
+from diffusion_jax.core.diffusion.gaussian import (
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    q_posterior_mean_variance,
+)
+from diffusion_jax.core.diffusion.parameterization import (
+    check_prediction_type,
+    model_output_to_eps_x0,
+)
 from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]

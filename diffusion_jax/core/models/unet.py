@@ -31,7 +31,17 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from diffusion_jax.core.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv3x3, depth_to_space, group_norm, sinusoidal_embedding, space_to_depth
+from diffusion_jax.core.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    conv3x3,
+    depth_to_space,
+    group_norm,
+    sinusoidal_embedding,
+    space_to_depth,
+)
 
 STEMS = ("conv", "space_to_depth")
 SPACE_TO_DEPTH_BLOCK = 2

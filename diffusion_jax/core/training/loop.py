@@ -4,11 +4,14 @@ Resumes from the latest checkpoint in `run_dir/checkpoints` when there is one. L
 `run_dir` (a local path or gs://): config.json (the resolved config), checkpoints/ (Orbax: train
 state, data-iterator position, config) and TensorBoard events. What differs between models (the
 network, its loss, how a batch of images and labels becomes its input, periodic pictures) is a
-`TrainingTask`. SIGTERM saves the step in progress and raises `preemption.Preempted`.
+`TrainingTask`. SIGTERM saves the step in progress and raises `preemption.Preempted`; with
+several JAX processes, SIGTERM to any one of them stops every process after the same step, which
+they save together (`preemption.stop_check`).
 """
 
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +21,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 
 from diffusion_jax.core import parallel, paths
-from diffusion_jax.core.preemption import Preempted, sigterm_flag
+from diffusion_jax.core.preemption import Preempted, stop_check
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
+from diffusion_jax.core.training.event_logs import EventLog
 from diffusion_jax.core.training.step import Batch, LossFn, jit_train_step, make_train_step
 
 StepHook = Callable[[int, state_lib.TrainState, metric_writers.MetricWriter], None]
@@ -66,7 +71,7 @@ class TrainingTask:
 class TrainingResult:
     state: state_lib.TrainState
     first_step: int  # the step training (re)started from
-    writer: metric_writers.MetricWriter
+    event_log: EventLog  # its `writer` takes more events; `sync()` stores them
 
 
 def write_resolved_config(config: ml_collections.ConfigDict, run_dir: paths.Path) -> None:
@@ -78,15 +83,15 @@ def run_training(
     task: TrainingTask, run_dir: paths.PathLike, mesh: jax.sharding.Mesh, rng: jax.Array
 ) -> TrainingResult:
     """Trains (or resumes) `task` in `run_dir` up to `task.train_config.num_steps`; raises
-    `Preempted` when SIGTERM stopped it first (after saving that step)."""
+    `Preempted` when SIGTERM stopped it first (after saving that step; with several processes,
+    SIGTERM to any one stops all of them at the same step)."""
     # ------------------------------------------------------------------ Setup
     train_config = task.train_config
     run_dir = paths.resolve(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(task.config, run_dir)
-    writer = metric_writers.create_default_writer(
-        str(run_dir), just_logging=jax.process_index() > 0, asynchronous=True
-    )
+    event_log = EventLog(run_dir)
+    writer = event_log.writer
     init_rng, train_rng = jax.random.split(rng)
 
     # ------------------------------------------------------------------ Model and state
@@ -120,17 +125,19 @@ def run_training(
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     all_finite = jnp.array(True)
     last_log_time, last_log_step = time.perf_counter(), first_step
-    with sigterm_flag() as preempted, contextlib.closing(checkpointer):
+    with stop_check() as should_stop, contextlib.closing(checkpointer):
         # Closing the checkpointer waits for any save in flight, also when the loop raised.
         for step in range(first_step + 1, num_steps + 1):
             batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
+            if step == first_step + 1 and jax.process_count() > 1:
+                _compile_in_every_process(train_step, (state, batch, train_rng, frozen))
             state, metrics = train_step(state, batch, train_rng, frozen)
             all_finite = jnp.logical_and(all_finite, jnp.isfinite(metrics["loss"]))
             progress(step)
 
-            # Read the flag once: a SIGTERM arriving later in this iteration is handled after
-            # the next step, which is then saved before stopping.
-            stop = bool(preempted)
+            # Decide once per step, in every process: a SIGTERM arriving later in this iteration
+            # is handled after the next step, which is then saved before stopping.
+            stop = should_stop()
             is_last = step == num_steps or stop
             if step % train_config.log_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
@@ -144,16 +151,36 @@ def run_training(
             if step % train_config.checkpoint_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
                 checkpointer.save(step, state, task.config, task.data_iterator)
+                event_log.sync()
             if task.on_step is not None and task.every_steps and step % task.every_steps == 0:
                 task.on_step(step, state, writer)
             if stop:
                 break
-    writer.flush()
+    event_log.sync()
     if int(state.step) < num_steps:
-        logging.warning("SIGTERM received: saved step %d of %s and stopping.", int(state.step),
-                        task.name)
+        logging.warning(
+            "SIGTERM received%s: saved step %d of %s and stopping.",
+            " by a process" if jax.process_count() > 1 else "", int(state.step), task.name,
+        )
         raise Preempted(task.name, f"step {int(state.step)} in {checkpointer.directory}")
-    return TrainingResult(state=state, first_step=first_step, writer=writer)
+    return TrainingResult(state=state, first_step=first_step, event_log=event_log)
+
+
+_barriers = itertools.count()
+
+
+def _compile_in_every_process(train_step, args: tuple) -> None:
+    """Compiles `train_step` for `args`, then waits until every process has (at a barrier of
+    JAX's coordination service, not a collective). Otherwise a process that finds the step in
+    the persistent compilation cache (on CPU only process 0 does: the cache key holds the process
+    index, and only process 0 writes) would start the step's collectives while another still
+    compiles, and CPU (gloo) collectives give up after 30 seconds."""
+    train_step.lower(*args).compile()  # the jitted function then runs this executable
+    key = f"diffusion_jax_train_step_compiled_{next(_barriers)}"  # the same in every process
+    ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=_COMPILE_BARRIER_TIMEOUT_MS)
+
+
+_COMPILE_BARRIER_TIMEOUT_MS = 3_600_000  # an hour: the slowest process's compilation
 
 
 def _check_finite(all_finite: jax.Array, step: int, checkpointer: Checkpointer) -> None:

@@ -7,7 +7,7 @@ the UNet). The train state holds only pytrees, so the jitted train step is a pur
 arrays: `train_step(state, batch, rng) -> (state, metrics)`.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -74,7 +74,7 @@ def make_optimizer(
 def make_init_fn(
     build_model: BuildModel, optimizer: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
-    """A pure `rng -> TrainState`, suitable for `jax.eval_shape` and `jax.jit(out_shardings=...)`."""
+    """A pure `rng -> TrainState`, for `jax.eval_shape` and `jax.jit(out_shardings=...)`."""
 
     def init(rng: jax.Array) -> TrainState:
         _, params, model_state = split_model(build_model(nnx.Rngs(params=rng)))

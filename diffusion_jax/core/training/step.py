@@ -10,7 +10,8 @@ ema <- d * ema + (1 - d) * params.
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax

@@ -16,11 +16,11 @@ from flax import nnx
 from diffusion_jax.core.diffusion.gaussian import q_sample
 from diffusion_jax.core.diffusion.losses import diffusion_loss
 from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
-from diffusion_jax.tasks.latent.diffusion_space import diffusion_shape
 from diffusion_jax.core.models.conditioning import condition_dropout
 from diffusion_jax.core.models.unet import UNet
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.step import Batch, LossContext, LossFn, Metrics
+from diffusion_jax.tasks.latent.diffusion_space import diffusion_shape
 
 
 def unet_architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:

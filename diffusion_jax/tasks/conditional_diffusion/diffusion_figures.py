@@ -7,7 +7,6 @@ In latent space the forward process, the x_0 estimates and the reverse process r
 and every picture shows their decoding by the autoencoder (`DiffusionSpace.decode`).
 """
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,10 +14,10 @@ import numpy as np
 from clu import metric_writers
 from flax import nnx
 
-from diffusion_jax.tasks.conditional_diffusion import sample_functions
+from diffusion_jax.core import figures, paths
 from diffusion_jax.core.diffusion.gaussian import q_sample
 from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
-from diffusion_jax.core import figures, paths
+from diffusion_jax.tasks.conditional_diffusion import sample_functions
 from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace
 
 NUM_COLUMNS = 8
@@ -41,7 +40,9 @@ class DiffusionFigureWriter:
         self._x0_estimate = sample_functions.make_x0_estimate_fn(
             graphdef, schedule, config.diffusion.prediction_type
         )
-        self._sample = sample_functions.make_sample_fn(graphdef, schedule, config, return_trajectory=True)
+        self._sample = sample_functions.make_sample_fn(
+            graphdef, schedule, config, return_trajectory=True
+        )
 
     def write(
         self,

@@ -13,15 +13,22 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax.core import parallel, stages
-from diffusion_jax.core.run_layout import RunLayout
-from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.diffusion.schedules import schedule_from_config
-from diffusion_jax.tasks.conditional_diffusion.diffusion_figures import DiffusionFigureWriter
-from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace, diffusion_space
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.training import state as state_lib
-from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder, unet_graphdef
-from diffusion_jax.tasks.conditional_diffusion.identity_conditions import IdentityConditions, identity_conditions
 from diffusion_jax.core.training.loop import TrainingTask, run_training
+from diffusion_jax.tasks.conditional_diffusion.denoiser import (
+    make_diffusion_loss,
+    unet_builder,
+    unet_graphdef,
+)
+from diffusion_jax.tasks.conditional_diffusion.diffusion_figures import DiffusionFigureWriter
+from diffusion_jax.tasks.conditional_diffusion.identity_conditions import (
+    IdentityConditions,
+    identity_conditions,
+)
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace, diffusion_space
 
 
 def figure_inputs(
@@ -91,6 +98,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     step, periodic = int(result.state.step), config.train.figures_every_steps
     already_drawn = periodic and step % periodic == 0 and step > result.first_step
     if not already_drawn:
-        figures(step, result.state, result.writer)
-    result.writer.flush()
+        figures(step, result.state, result.event_log.writer)
+    result.event_log.sync()
     return result.state

@@ -1,11 +1,11 @@
 """Where the diffusion model's identity condition comes from (`config.condition.source`).
 
-  encoder                the frozen identity encoder's unit embedding of the training image
-                         itself, as IDiff-Face conditions (computed on the device for every
-                         batch, after augmentation). The encoder is `config.encoder.checkpoint`,
-                         or the one `--mode=train_encoder` trained into WORKDIR/encoder/model.
-  random_identity_table  a frozen random unit vector per training label: a stand-in that needs
-                         no encoder (for experiments on the diffusion model alone).
+encoder                the frozen identity encoder's unit embedding of the training image
+                       itself, as IDiff-Face conditions (computed on the device for every
+                       batch, after augmentation). The encoder is `config.encoder.checkpoint`,
+                       or the one `--mode=train_encoder` trained into WORKDIR/encoder/model.
+random_identity_table  a frozen random unit vector per training label: a stand-in that needs
+                       no encoder (for experiments on the diffusion model alone).
 """
 
 import dataclasses
@@ -17,12 +17,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
-from diffusion_jax.core.run_layout import RunLayout
-from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.models.conditioning import random_identity_embeddings
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.core.training.step import Batch
+from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
-from diffusion_jax.core.training.step import Batch
 
 CONDITION_SOURCES = ("encoder", "random_identity_table")
 
@@ -71,8 +71,13 @@ def _table_conditions(config: ml_collections.ConfigDict, mesh: Mesh) -> Identity
         input_pipeline.num_train_identities(config.data), config.condition.dim, seed=config.seed
     )
     table = jax.device_put(table, parallel.replicated(mesh))
-    lookup = jax.jit(lambda table, labels: table[labels], out_shardings=parallel.batch_sharding(mesh))
+    lookup = jax.jit(
+        lambda table, labels: table[labels], out_shardings=parallel.batch_sharding(mesh)
+    )
     return IdentityConditions(
-        prepare_batch=lambda batch: {"image": batch["image"], "cond": lookup(table, batch["label"])},
+        prepare_batch=lambda batch: {
+            "image": batch["image"],
+            "cond": lookup(table, batch["label"]),
+        },
         of_images=lambda images, labels: np.asarray(table)[np.asarray(labels)],
     )

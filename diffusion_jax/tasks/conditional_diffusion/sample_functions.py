@@ -5,7 +5,7 @@ reverse process inside one jitted `lax.scan`; classifier-free guidance evaluates
 and unconditional branches in one batched forward pass per step.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

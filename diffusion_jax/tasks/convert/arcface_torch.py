@@ -129,9 +129,7 @@ def _torch_shape(path: Sequence[Any], shape: tuple[int, ...]) -> tuple[int, ...]
     return shape
 
 
-def _to_nnx(
-    path: Sequence[Any], array: np.ndarray, final_size: int, dtype: np.dtype
-) -> jax.Array:
+def _to_nnx(path: Sequence[Any], array: np.ndarray, final_size: int, dtype: np.dtype) -> jax.Array:
     """The PyTorch tensor of the variable at `path` in the NNX layout (see the module docstring)."""
     if tuple(path) == ("fc", "kernel"):
         array = einops.rearrange(array, "e (c h w) -> (h w c) e", h=final_size, w=final_size)

@@ -27,20 +27,22 @@ from absl import logging
 from PIL import Image
 
 from diffusion_jax.core import parallel, paths
+from diffusion_jax.core.figures import image_grid, save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
 from diffusion_jax.tasks.evaluation import dataset_metrics
-from diffusion_jax.core.figures import image_grid, save_figure
 from diffusion_jax.tasks.evaluation.frechet_distance import frechet_distance
-from diffusion_jax.tasks.evaluation.identity_report import identity_report, similarity_histogram_figure
+from diffusion_jax.tasks.evaluation.identity_report import (
+    identity_report,
+    similarity_histogram_figure,
+)
 from diffusion_jax.tasks.evaluation.recognizer_evaluation import roc_of_all, verify_recognizers
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation import manifest
+from diffusion_jax.tasks.evaluation.recognizer_training import real_data_config
+from diffusion_jax.tasks.generation import dataset_writers, manifest
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
-from diffusion_jax.tasks.evaluation.recognizer_training import real_data_config
 
 MAX_IMAGES = 20_000
 GRID_IDENTITIES, GRID_IMAGES = 6, 5
@@ -53,23 +55,29 @@ def load_generated(out_dir: str, max_images: int) -> dict[str, np.ndarray]:
     out_dir = paths.Path(out_dir)
     contents = paths.read_json(out_dir / manifest.MANIFEST_FILE)
     kept = sorted(
-        (image for path in contents["shards"]
-         for image in paths.read_json(out_dir / path)["images"]
-         if image["decision"] == "kept"),
+        (
+            image
+            for path in contents["shards"]
+            for image in paths.read_json(out_dir / path)["images"]
+            if image["decision"] == "kept"
+        ),
         key=lambda image: (image["identity"], image["image_index"]),
     )[:max_images]
     formats = contents["plan"]["generate"]["formats"]
     if "folders" in formats:
-        images = [np.asarray(Image.open(io.BytesIO((out_dir / image["path"]).read_bytes())))
-                  for image in kept]
+        images = [
+            np.asarray(Image.open(io.BytesIO((out_dir / image["path"]).read_bytes())))
+            for image in kept
+        ]
     elif "recordio" in formats:
         reader = RecordIOReader(str(out_dir / dataset_writers.RECORDIO_REC))
-        images = [np.asarray(Image.open(io.BytesIO(reader[p]["image_bytes"])))
-                  for p in range(len(kept))]
+        images = [
+            np.asarray(Image.open(io.BytesIO(reader[p]["image_bytes"]))) for p in range(len(kept))
+        ]
     else:  # the TFDS dataset, stored in the same (identity, image index) order
-        records = tfds.builder_from_directory(
-            out_dir / dataset_writers.TFDS_DIR
-        ).as_data_source(dataset_writers.TFDS_SPLIT)
+        records = tfds.builder_from_directory(out_dir / dataset_writers.TFDS_DIR).as_data_source(
+            dataset_writers.TFDS_SPLIT
+        )
         images = [np.asarray(records[p]["image"]) for p in range(len(kept))]
     return {
         "image": np.stack(images),
@@ -83,8 +91,10 @@ def load_real(data_config: ml_collections.ConfigDict, num_identities: int) -> di
     {"image", "label"}."""
     records = input_pipeline.training_records(data_config)
     items = [records[index] for index in range(min(len(records), MAX_IMAGES))]
-    arrays = {"image": np.stack([np.asarray(item["image"]) for item in items]),
-              "label": np.asarray([int(item["label"]) for item in items])}
+    arrays = {
+        "image": np.stack([np.asarray(item["image"]) for item in items]),
+        "label": np.asarray([int(item["label"]) for item in items]),
+    }
     keep = arrays["label"] < num_identities
     return {"image": arrays["image"][keep], "label": arrays["label"][keep]}
 
@@ -117,8 +127,7 @@ def _grid(generated: dict, real: dict) -> np.ndarray:
             for column, image in enumerate(images[:GRID_IMAGES]):
                 padded[column] = to_model_range(image)
             cells.append(padded)
-        rows.append(np.concatenate([cells[0], np.ones((1, side, side, 3), np.float32),
-                                    cells[1]]))
+        rows.append(np.concatenate([cells[0], np.ones((1, side, side, 3), np.float32), cells[1]]))
     return np.stack(rows)
 
 
@@ -127,22 +136,34 @@ def _ratio(value: float | None) -> str:
 
 
 def _markdown(report: dict) -> str:
-    lines = ["# Synthetic versus real training data", "",
-             f"Generated dataset: `{report['generated_dataset']}`", "",
-             "| verification set | real-trained acc (%) | synthetic-trained acc (%) | gap (points) "
-             "| (syn - 50) / (real - 50) | real AUC | synthetic AUC |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Synthetic versus real training data",
+        "",
+        f"Generated dataset: `{report['generated_dataset']}`",
+        "",
+        "| verification set | real-trained acc (%) | synthetic-trained acc (%) | gap (points) "
+        "| (syn - 50) / (real - 50) | real AUC | synthetic AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, claim in report["claim"].items():
-        real, synthetic = report["verification"]["real"][name], report["verification"][
-            "synthetic"][name]
+        real, synthetic = (
+            report["verification"]["real"][name],
+            report["verification"]["synthetic"][name],
+        )
         lines.append(
             f"| {name} | {100 * real['accuracy_mean']:.2f} ± {100 * real['accuracy_std']:.2f} "
             f"| {100 * synthetic['accuracy_mean']:.2f} ± {100 * synthetic['accuracy_std']:.2f} "
             f"| {100 * claim['gap']:.2f} | {_ratio(claim['ratio_above_chance'])} "
-            f"| {real['auc']:.4f} | {synthetic['auc']:.4f} |")
+            f"| {real['auc']:.4f} | {synthetic['auc']:.4f} |"
+        )
     generated, real = report["dataset"]["generated"], report["dataset"]["real"]
-    lines += ["", "## The datasets, under the judge encoder", "",
-              "| | generated | real |", "|---|---|---|"]
+    lines += [
+        "",
+        "## The datasets, under the judge encoder",
+        "",
+        "| | generated | real |",
+        "|---|---|---|",
+    ]
     rows = [
         ("images / identities", lambda d: f"{d['images']} / {d['identities']}"),
         ("genuine similarity", lambda d: f"{d['separation']['genuine_mean']:.3f}"),
@@ -152,9 +173,12 @@ def _markdown(report: dict) -> str:
         ("embedding diversity (1 - cos)", lambda d: f"{d['embedding_diversity']:.3f}"),
         ("pixel diversity (RMS)", lambda d: f"{d['pixel_diversity']:.3f}"),
     ] + [
-        (f"{name} (mean ± std over images)",
-         lambda d, name=name: f"{d['photometry'][name]['mean']:.3f} ± "
-                              f"{d['photometry'][name]['std']:.3f}")
+        (
+            f"{name} (mean ± std over images)",
+            lambda d, name=name: (
+                f"{d['photometry'][name]['mean']:.3f} ± {d['photometry'][name]['std']:.3f}"
+            ),
+        )
         for name in ("brightness", "contrast", "saturation")
     ]
     lines += [f"| {name} | {value(generated)} | {value(real)} |" for name, value in rows]
@@ -163,10 +187,16 @@ def _markdown(report: dict) -> str:
         f" / {generated['nearest_real_identity']['max']:.3f} | "
         f"{real['nearest_other_identity_mean']:.3f} (nearest other real identity) |",
         f"| conditioning encoder cos(E(x), c) | {generated['condition_similarity_mean']:.3f} | |",
-        "", f"Judge-feature Frechet distance, generated to real: "
-        f"{report['dataset']['judge_frechet_distance']:.4f}", "",
-        "![ROC](roc.png)", "", "![Similarities](similarity_histograms.png)", "",
-        "![Generated (left) and real (right) identities](generated_vs_real.png)", "",
+        "",
+        f"Judge-feature Frechet distance, generated to real: "
+        f"{report['dataset']['judge_frechet_distance']:.4f}",
+        "",
+        "![ROC](roc.png)",
+        "",
+        "![Similarities](similarity_histograms.png)",
+        "",
+        "![Generated (left) and real (right) identities](generated_vs_real.png)",
+        "",
     ]
     lines += [f"![{name}](../figures/{name}.png)" for name in DIFFUSION_FIGURES]
     return "\n".join(lines) + "\n"
@@ -194,13 +224,16 @@ def write_claim_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     real = load_real(real_data_config(config), int(generated["label"].max()) + 1)
     generated_measures, generated_embeddings, generated_report = measure(generated, judge, config)
     real_measures, real_embeddings, real_report = measure(real, judge, config)
-    _, generated_centres = dataset_metrics.identity_centres(generated_embeddings,
-                                                            generated["label"])
+    _, generated_centres = dataset_metrics.identity_centres(
+        generated_embeddings, generated["label"]
+    )
     _, real_centres = dataset_metrics.identity_centres(real_embeddings, real["label"])
     generated_measures["nearest_real_identity"] = dataset_metrics.nearest_reference(
-        generated_centres, real_centres, config.evaluate.nearest_identity_thresholds)
-    generated_measures["condition_similarity_mean"] = float(generated["condition_similarity"]
-                                                            .mean())
+        generated_centres, real_centres, config.evaluate.nearest_identity_thresholds
+    )
+    generated_measures["condition_similarity_mean"] = float(
+        generated["condition_similarity"].mean()
+    )
     real_measures["nearest_other_identity_mean"] = real_report.nearest_identity_mean
     report = {
         "generated_dataset": generated_dir,

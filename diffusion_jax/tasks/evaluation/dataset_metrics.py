@@ -84,8 +84,9 @@ def identity_centres(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.nda
     """(sorted distinct labels [K], renormalised mean embedding of each [K, D])."""
     labels = np.asarray(labels)
     distinct = np.unique(labels)
-    sums = np.stack([np.asarray(embeddings, np.float64)[labels == label].sum(0)
-                     for label in distinct])
+    sums = np.stack(
+        [np.asarray(embeddings, np.float64)[labels == label].sum(0) for label in distinct]
+    )
     return distinct, sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
 
 
@@ -93,8 +94,9 @@ def nearest_reference(
     centres: np.ndarray, reference_centres: np.ndarray, thresholds=(0.3, 0.5, 0.7)
 ) -> dict:
     """The nearest-reference measure of the module docstring, as JSON."""
-    nearest = (np.asarray(centres, np.float64) @ np.asarray(reference_centres, np.float64).T
-               ).max(axis=1)
+    nearest = (np.asarray(centres, np.float64) @ np.asarray(reference_centres, np.float64).T).max(
+        axis=1
+    )
     return {
         "mean": float(nearest.mean()),
         "max": float(nearest.max()),

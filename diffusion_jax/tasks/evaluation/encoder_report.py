@@ -24,11 +24,14 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax.core import parallel, paths, stages
+from diffusion_jax.core.figures import save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation import verification_sets
-from diffusion_jax.core.figures import save_figure
-from diffusion_jax.tasks.evaluation.identity_report import identity_report, similarity_histogram_figure
+from diffusion_jax.tasks.evaluation.identity_report import (
+    identity_report,
+    similarity_histogram_figure,
+)
 from diffusion_jax.tasks.evaluation.verification import evaluate_verification, roc_figure
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
@@ -41,7 +44,7 @@ _PAIRS_SEPARATOR = r":(?!//)"
 
 
 def _resampled_pairs_per_fold(entry: str) -> int:
-    count = entry[len(HELDOUT_RESAMPLED):]
+    count = entry[len(HELDOUT_RESAMPLED) :]
     if not count.isdigit() or int(count) < 1:
         raise ValueError(
             f"config.evaluate.verification_sets entry {entry!r}: write heldout@N with N, the "

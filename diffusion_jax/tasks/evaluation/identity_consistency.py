@@ -18,7 +18,7 @@ Judge and conditioning embeddings are taken without flip augmentation.
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -25,7 +25,7 @@ The nearest-centroid search is blocked over rows too; its cost grows as identiti
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -16,11 +16,15 @@ from absl import logging
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel, paths
+from diffusion_jax.core.figures import save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation.encoder_report import load_verification_sets, pair_similarities
-from diffusion_jax.core.figures import save_figure
-from diffusion_jax.tasks.evaluation.verification import VerificationResult, evaluate_verification, roc_figure
+from diffusion_jax.tasks.evaluation.verification import (
+    VerificationResult,
+    evaluate_verification,
+    roc_figure,
+)
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 
@@ -62,17 +66,25 @@ def verify_recognizers(
             similarities = pair_similarities(extractor, pairs, config.evaluate.batch_size)
             result = evaluate_verification(similarities, pairs.is_same, pairs.fold)
             results[name][set_name] = result
-            logging.info("%s on %s: accuracy %.4f +- %.4f.", name, set_name,
-                         result.accuracy_mean, result.accuracy_std)
+            logging.info(
+                "%s on %s: accuracy %.4f +- %.4f.",
+                name,
+                set_name,
+                result.accuracy_mean,
+                result.accuracy_std,
+            )
     return results
 
 
 def roc_of_all(results: dict[str, dict[str, VerificationResult]]):
     """One ROC figure with a curve per (recogniser, set)."""
-    return roc_figure({
-        f"{name} / {set_name}": result
-        for name, per_set in results.items() for set_name, result in per_set.items()
-    })
+    return roc_figure(
+        {
+            f"{name} / {set_name}": result
+            for name, per_set in results.items()
+            for set_name, result in per_set.items()
+        }
+    )
 
 
 def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict:

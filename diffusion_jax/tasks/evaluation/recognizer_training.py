@@ -18,11 +18,12 @@ generated) with one recipe, so the only difference is the data; `recognizer.num_
 
 import ml_collections
 
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.generation import dataset_writers
 from diffusion_jax.core import paths
 from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.generation import dataset_writers
 from diffusion_jax.tasks.recognition.encoder_training import train_encoder
+
 
 def _apply_recognizer_section(
     data: ml_collections.ConfigDict, recognizer: ml_collections.ConfigDict

@@ -19,19 +19,22 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax.core import parallel, stages
-from diffusion_jax.core.run_layout import RunLayout
-from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.core.diffusion.schedules import schedule_from_config
 from diffusion_jax.core.figures import image_grid, save_figure
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
+from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
+from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.tasks.evaluation.frechet_distance import frechet_distance
-from diffusion_jax.tasks.evaluation.identity_consistency import generate_for_conditions, identity_consistency
+from diffusion_jax.tasks.evaluation.identity_consistency import (
+    generate_for_conditions,
+    identity_consistency,
+)
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
-from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
-from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
-from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
 
 GRID_ROWS = 8
 
@@ -98,7 +101,9 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str) -> dict:
     judge = EmbeddingExtractor(judge_encoder.model, mesh, flip=False)
 
     real = images_per_label(
-        config.data, evaluate_config.consistency_identities, evaluate_config.real_images_per_identity
+        config.data,
+        evaluate_config.consistency_identities,
+        evaluate_config.real_images_per_identity,
     )
     sources, seconds = real[:, 0], real[:, 1]
     conditions = conditioning.embed_arrays(sources, description="Conditions")

@@ -39,7 +39,7 @@ for InsightFace's .bin files; see `data.verification_sets`). What is computed:
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -17,11 +17,10 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from diffusion_jax.tasks.data.verification import lfw_pairs
+from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.data.verification import verification_bin
-from diffusion_jax.tasks.data.verification import verification_pairs
 from diffusion_jax.tasks.data.sources.image_decoding import decode_image
+from diffusion_jax.tasks.data.verification import lfw_pairs, verification_bin, verification_pairs
 
 NUM_FOLDS = 10
 
@@ -71,8 +70,8 @@ def from_lfw_pairs(
     pairs = lfw_pairs.read_lfw_pairs(pairs_path, image_root)
 
     def load(path: str) -> np.ndarray:
-        with open(path, "rb") as f:
-            return decode_image(f.read(), resolution=resolution, policy=policy, source=path)
+        data = paths.Path(path).read_bytes()
+        return decode_image(data, resolution=resolution, policy=policy, source=str(path))
 
     return VerificationSet(
         images_a=np.stack([load(pair.path_a) for pair in pairs]),

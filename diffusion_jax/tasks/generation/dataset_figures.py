@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffusion_jax.core import paths  # noqa: E402
+from diffusion_jax.core.figures import image_grid  # noqa: E402
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range  # noqa: E402
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader  # noqa: E402
-from diffusion_jax.core.figures import image_grid  # noqa: E402
 from diffusion_jax.tasks.generation import dataset_writers  # noqa: E402
 
 FIGURES_DIR = "figures"
@@ -76,8 +76,13 @@ def judge_similarity_figure(images: list[dict], min_similarity: float) -> plt.Fi
         values = [image["judge_similarity"] for image in images if image["decision"] == decision]
         if values:
             axis.hist(values, bins=bins, alpha=0.6, label=f"{decision} ({len(values):,})")
-    axis.axvline(min_similarity, color="black", linestyle="--", linewidth=1,
-                 label=f"threshold {min_similarity}")
+    axis.axvline(
+        min_similarity,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"threshold {min_similarity}",
+    )
     axis.set_xlabel("judge similarity to the identity's other first-round images")
     axis.set_ylabel("images")
     axis.legend(fontsize=7)
@@ -88,8 +93,10 @@ def judge_similarity_figure(images: list[dict], min_similarity: float) -> plt.Fi
 def write_dataset_figures(out_dir: str, plan: dict, records: list[dict]) -> list[str]:
     """Draws the module's figures into OUT/figures; returns their paths relative to OUT."""
     images = [image for record in records for image in record["images"]]
-    kept = sorted((image for image in images if image["decision"] == "kept"),
-                  key=lambda image: (image["identity"], image["image_index"]))
+    kept = sorted(
+        (image for image in images if image["decision"] == "kept"),
+        key=lambda image: (image["identity"], image["image_index"]),
+    )
     generate = plan["generate"]
     figures = {
         "identities.png": identities_figure(out_dir, generate["formats"], kept),

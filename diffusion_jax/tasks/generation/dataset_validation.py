@@ -16,11 +16,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
-from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.fingerprint import file_sha256
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation import manifest
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
+from diffusion_jax.tasks.generation import dataset_writers, manifest
 
 
 class InvalidDatasetError(ValueError):
@@ -49,8 +48,11 @@ def validate(out_dir: str) -> dict:
     manifest_path = paths.Path(out_dir) / manifest.MANIFEST_FILE
     if not manifest_path.is_file():
         shards_dir = paths.Path(out_dir) / manifest.SHARDS_DIR
-        present = len([path for path in shards_dir.iterdir() if path.name.endswith(".json")]) \
-            if shards_dir.is_dir() else 0
+        present = (
+            len([path for path in shards_dir.iterdir() if path.name.endswith(".json")])
+            if shards_dir.is_dir()
+            else 0
+        )
         raise InvalidDatasetError(
             f"{manifest_path} does not exist: the dataset is not complete ({present} shard "
             "records present); run --mode=generate again to finish it"
@@ -77,16 +79,20 @@ def validate(out_dir: str) -> dict:
                         problems.append(f"{path}: {image['path']} is kept but not in its files")
     counts = contents["counts"]
     if kept != counts["images"]:
-        problems.append(f"the shard records keep {kept} images, the manifest counts "
-                        f"{counts['images']}")
+        problems.append(
+            f"the shard records keep {kept} images, the manifest counts {counts['images']}"
+        )
     if shard_files + len(contents["files"]) != counts["files"]:
-        problems.append(f"{shard_files + len(contents['files'])} files are listed, the manifest "
-                        f"counts {counts['files']}")
+        problems.append(
+            f"{shard_files + len(contents['files'])} files are listed, the manifest "
+            f"counts {counts['files']}"
+        )
     formats = contents["plan"]["generate"]["formats"]
     if "folders" in formats:
         unlisted = _unlisted_folder_images(out_dir, listed_folder_images)
-        problems += [f"{paths.Path(out_dir) / path} is not in any shard record"
-                     for path in unlisted[:20]]
+        problems += [
+            f"{paths.Path(out_dir) / path} is not in any shard record" for path in unlisted[:20]
+        ]
     lengths = {}
     if "tfds" in formats:
         tfds_dir = paths.Path(out_dir) / dataset_writers.TFDS_DIR
@@ -94,15 +100,23 @@ def validate(out_dir: str) -> dict:
     if "recordio" in formats:
         rec_path = paths.Path(out_dir) / dataset_writers.RECORDIO_REC
         lengths["recordio"] = len(RecordIOReader(str(rec_path)))
-    problems += [f"the {name} dataset holds {length} images, the manifest counts {kept}"
-                 for name, length in lengths.items() if length != kept]
+    problems += [
+        f"the {name} dataset holds {length} images, the manifest counts {kept}"
+        for name, length in lengths.items()
+        if length != kept
+    ]
     if problems:
         raise InvalidDatasetError(
             f"{out_dir} does not match its manifest ({len(problems)} problems):\n  "
             + "\n  ".join(problems)
         )
-    return {"out_dir": out_dir, "valid": True, **counts, "formats": formats,
-            "format_lengths": lengths}
+    return {
+        "out_dir": out_dir,
+        "valid": True,
+        **counts,
+        "formats": formats,
+        "format_lengths": lengths,
+    }
 
 
 def validate_generated_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict:

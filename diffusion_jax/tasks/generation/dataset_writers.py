@@ -75,8 +75,7 @@ from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.data.sources import recordio
+from diffusion_jax.tasks.data.sources import image_decoding, recordio
 
 FORMATS = ("folders", "tfds", "recordio")
 IMAGE_FORMATS = ("png", "jpeg")
@@ -118,8 +117,10 @@ def identity_folder_name(label: int) -> str:
 def folder_image_path(label: int, image_index: int, image_format: str) -> str:
     """The "folders" file of an image, relative to the output directory."""
     _check_image_format(image_format)
-    return (f"{FOLDERS_DIR}/{identity_folder_name(label)}/{image_index:03d}."
-            f"{_FILE_EXTENSIONS[image_format]}")
+    return (
+        f"{FOLDERS_DIR}/{identity_folder_name(label)}/{image_index:03d}."
+        f"{_FILE_EXTENSIONS[image_format]}"
+    )
 
 
 def shard_count(num_identities: int, identities_per_shard: int) -> int:
@@ -155,8 +156,12 @@ def encode_image(pixels: np.ndarray, image_format: str = "png", jpeg_quality: in
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
     buffer = io.BytesIO()
     PIL.Image.fromarray(pixels).save(
-        buffer, format="JPEG", quality=int(jpeg_quality), subsampling="4:2:0",
-        optimize=False, progressive=False,
+        buffer,
+        format="JPEG",
+        quality=int(jpeg_quality),
+        subsampling="4:2:0",
+        optimize=False,
+        progressive=False,
     )
     return buffer.getvalue()
 
@@ -188,12 +193,15 @@ def write_shard(
     _check_dataset(num_shards, num_identities, image_format, resolution)
     expected_shards = shard_count(num_identities, identities_per_shard)
     if num_shards != expected_shards:
-        raise ValueError(f"num_shards must be ceil(num_identities / identities_per_shard) = "
-                         f"ceil({num_identities} / {identities_per_shard}) = {expected_shards}, "
-                         f"got {num_shards}")
+        raise ValueError(
+            f"num_shards must be ceil(num_identities / identities_per_shard) = "
+            f"ceil({num_identities} / {identities_per_shard}) = {expected_shards}, "
+            f"got {num_shards}"
+        )
     labels = shard_labels(shard, identities_per_shard, num_identities)
-    images = _checked_images(images, shard, labels, image_format, resolution,
-                             as_folders="folders" in formats)
+    images = _checked_images(
+        images, shard, labels, image_format, resolution, as_folders="folders" in formats
+    )
     staging_dir = os.fspath(staging_dir)
     if not paths.is_url(staging_dir) and (
         not paths.Path(staging_dir).is_dir() or paths.is_nonempty_dir(staging_dir)
@@ -292,8 +300,9 @@ def _check_image_format(image_format: str) -> None:
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     if isinstance(formats, str):
-        raise ValueError(f"formats must be a sequence of names from {FORMATS}, got the string "
-                         f"{formats!r}")
+        raise ValueError(
+            f"formats must be a sequence of names from {FORMATS}, got the string {formats!r}"
+        )
     formats = tuple(formats)
     if not formats:
         raise ValueError(f"formats must name at least one of {FORMATS}, got none")
@@ -332,15 +341,20 @@ def _checked_images(
         _check_integer(f"images[{position}].image_index", image.image_index, minimum=0)
         where = f"image (label {image.label}, image_index {image.image_index})"
         if not labels.start <= image.label < labels.stop:
-            raise ValueError(f"{where}: label outside shard {shard}'s labels "
-                             f"[{labels.start}, {labels.stop})")
+            raise ValueError(
+                f"{where}: label outside shard {shard}'s labels [{labels.start}, {labels.stop})"
+            )
         if as_folders and image.image_index > _MAX_FOLDER_IMAGE_INDEX:
-            raise ValueError(f"{where}: the 'folders' format names images by 3 digits, so "
-                             f"image_index must be <= {_MAX_FOLDER_IMAGE_INDEX}")
+            raise ValueError(
+                f"{where}: the 'folders' format names images by 3 digits, so "
+                f"image_index must be <= {_MAX_FOLDER_IMAGE_INDEX}"
+            )
         key = (image.label, image.image_index)
         if previous is not None and key <= previous:
-            raise ValueError(f"images must be sorted by (label, image_index) without repeats: "
-                             f"{where} follows (label {previous[0]}, image_index {previous[1]})")
+            raise ValueError(
+                f"images must be sorted by (label, image_index) without repeats: "
+                f"{where} follows (label {previous[0]}, image_index {previous[1]})"
+            )
         previous = key
         _check_encoded(image.encoded, where, image_format, resolution)
         checked.append(ShardImage(int(image.label), int(image.image_index), image.encoded))
@@ -356,8 +370,10 @@ def _check_encoded(encoded: bytes, where: str, image_format: str, resolution: in
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ValueError(f"{where}: encoded is not a {image_format} image") from None
     if size != (resolution, resolution) or mode != "RGB":
-        raise ValueError(f"{where}: encoded image is {size[0]}x{size[1]} {mode}, expected "
-                         f"{resolution}x{resolution} RGB for resolution {resolution}")
+        raise ValueError(
+            f"{where}: encoded image is {size[0]}x{size[1]} {mode}, expected "
+            f"{resolution}x{resolution} RGB for resolution {resolution}"
+        )
 
 
 # Shard files.
@@ -423,13 +439,15 @@ def _write_folders(staging_dir: str, spec: _Shard, images: list[ShardImage]) -> 
 def _tfds_features(
     num_identities: int, image_format: str, resolution: int
 ) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(
-            shape=(resolution, resolution, 3), encoding_format=image_format
-        ),
-        "label": tfds.features.ClassLabel(num_classes=num_identities),
-        "image_index": tfds.features.Scalar(np.int32),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(
+                shape=(resolution, resolution, 3), encoding_format=image_format
+            ),
+            "label": tfds.features.ClassLabel(num_classes=num_identities),
+            "image_index": tfds.features.Scalar(np.int32),
+        }
+    )
 
 
 def _tfds_file_template(dataset_dir: str) -> tfds.core.ShardedFileTemplate:
@@ -457,9 +475,9 @@ def _write_tfds_shard(staging_dir: str, spec: _Shard, images: list[ShardImage]) 
         writer = array_record_module.ArrayRecordWriter(local_path, _ARRAY_RECORD_OPTIONS)
         try:
             for image in images:
-                example = features.encode_example({
-                    "image": image.encoded, "label": image.label, "image_index": image.image_index
-                })
+                example = features.encode_example(
+                    {"image": image.encoded, "label": image.label, "image_index": image.image_index}
+                )
                 # deterministic=True: the proto's feature map in key order, whatever the runtime.
                 writer.write(
                     serializer.get_tf_example(example).SerializeToString(deterministic=True)
@@ -480,9 +498,7 @@ def _image_record(image: ShardImage) -> bytes:
     return recordio.frame_record(recordio.pack_record(header, image.encoded))
 
 
-def _write_recordio_fragment(
-    staging_dir: str, spec: _Shard, images: list[ShardImage]
-) -> list[str]:
+def _write_recordio_fragment(staging_dir: str, spec: _Shard, images: list[ShardImage]) -> list[str]:
     rec_path, idx_path = _fragment_paths(spec.shard)
     records, index_lines, offset = [], [], 0
     for key, image in enumerate(images):
@@ -512,8 +528,9 @@ def _finalize_tfds(out_dir, num_identities, image_format, resolution, shard_leng
     for shard, length in enumerate(shard_lengths):
         path = _tfds_shard_file(dataset_dir, shard, len(shard_lengths))
         if not paths.Path(path).is_file():
-            raise ValueError(f"cannot finalize 'tfds': the file of shard {shard}, {path}, is "
-                             "missing")
+            raise ValueError(
+                f"cannot finalize 'tfds': the file of shard {shard}, {path}, is missing"
+            )
         with _local_copy_of(path) as local_path:
             reader = array_record_module.ArrayRecordReader(local_path)
             try:
@@ -521,8 +538,10 @@ def _finalize_tfds(out_dir, num_identities, image_format, resolution, shard_leng
             finally:
                 reader.close()
         if num_records != length:
-            raise ValueError(f"cannot finalize 'tfds': {path} holds {num_records} records, "
-                             f"shard_lengths[{shard}] = {length}")
+            raise ValueError(
+                f"cannot finalize 'tfds': {path} holds {num_records} records, "
+                f"shard_lengths[{shard}] = {length}"
+            )
         num_bytes += paths.Path(path).stat().length
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(
@@ -541,26 +560,35 @@ def _finalize_tfds(out_dir, num_identities, image_format, resolution, shard_leng
         disable_shuffling=True,
     )
     info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD)
-    info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(
-            name=TFDS_SPLIT,
-            shard_lengths=shard_lengths,
-            num_bytes=num_bytes,
-            filename_template=_tfds_file_template(dataset_dir),
+    info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(
+                    name=TFDS_SPLIT,
+                    shard_lengths=shard_lengths,
+                    num_bytes=num_bytes,
+                    filename_template=_tfds_file_template(dataset_dir),
+                )
+            ]
         )
-    ]))
+    )
     on_object_store = paths.is_url(dataset_dir)
     local_partial_dir = _partial_path(paths.Path(dataset_dir) / "metadata")
-    with (tempfile.TemporaryDirectory() if on_object_store
-          else contextlib.nullcontext(local_partial_dir)) as partial_dir:
+    with (
+        tempfile.TemporaryDirectory()
+        if on_object_store
+        else contextlib.nullcontext(local_partial_dir)
+    ) as partial_dir:
         partial_dir = paths.Path(partial_dir)
         if not on_object_store:
             paths.remove_tree(partial_dir)
             partial_dir.mkdir(parents=True)
         info.write_to_directory(partial_dir)
         # dataset_info.json last: TFDS takes a directory holding it for a prepared dataset.
-        names = sorted((path.name for path in partial_dir.iterdir()),
-                       key=lambda name: (name == "dataset_info.json", name))
+        names = sorted(
+            (path.name for path in partial_dir.iterdir()),
+            key=lambda name: (name == "dataset_info.json", name),
+        )
         for name in names:
             paths.move(partial_dir / name, paths.Path(dataset_dir) / name)
         if not on_object_store:
@@ -575,27 +603,33 @@ def _fragment_bytes(rec_path: str) -> Iterator[bytes | mmap.mmap]:
     if paths.is_url(rec_path):
         yield paths.Path(rec_path).read_bytes()
         return
-    with open(rec_path, "rb") as rec_file, mmap.mmap(
-        rec_file.fileno(), 0, access=mmap.ACCESS_READ
-    ) as buffer:
+    with (
+        open(rec_path, "rb") as rec_file,
+        mmap.mmap(rec_file.fileno(), 0, access=mmap.ACCESS_READ) as buffer,
+    ):
         yield buffer
 
 
-def _read_fragment(buffer: bytes | mmap.mmap, rec_path: str, idx_path: str, shard: int,
-                   length: int, labels: range) -> tuple[np.ndarray, np.ndarray]:
+def _read_fragment(
+    buffer: bytes | mmap.mmap, rec_path: str, idx_path: str, shard: int, length: int, labels: range
+) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, labels) of the fragment's records, the file's bytes being `buffer`, after
     checking that its index lists keys 0 .. length - 1 at the offsets of consecutive records
     that fill the file, their labels sorted and within `labels` (those after the earlier shards'
     labels)."""
     keys, offsets = recordio.read_index(idx_path)
     if not np.array_equal(keys, np.arange(length)):
-        raise ValueError(f"cannot finalize 'recordio': {idx_path} lists {keys.size} keys, "
-                         f"expected 0 .. {length - 1} (shard_lengths[{shard}] = {length})")
+        raise ValueError(
+            f"cannot finalize 'recordio': {idx_path} lists {keys.size} keys, "
+            f"expected 0 .. {length - 1} (shard_lengths[{shard}] = {length})"
+        )
     size = len(buffer)
     if length == 0 or size == 0:
         if length or size:
-            raise ValueError(f"cannot finalize 'recordio': {rec_path} holds {size} bytes and its "
-                             f"index {length} records")
+            raise ValueError(
+                f"cannot finalize 'recordio': {rec_path} holds {size} bytes and its "
+                f"index {length} records"
+            )
         return offsets, np.zeros(0, np.int64)
     record_labels = np.empty(length, np.int64)
     end = 0
@@ -606,29 +640,38 @@ def _read_fragment(buffer: bytes | mmap.mmap, rec_path: str, idx_path: str, shar
             record, end = recordio.unframe_record(buffer, offset)
             header, _ = recordio.unpack_record(record)
         except ValueError as error:
-            raise ValueError(f"cannot finalize 'recordio': {rec_path} key {key}: {error}"
-                             ) from None
+            raise ValueError(f"cannot finalize 'recordio': {rec_path} key {key}: {error}") from None
         record_labels[key] = header.label
     if end != size:
-        raise ValueError(f"cannot finalize 'recordio': {rec_path} holds {size - end} bytes "
-                         "after its last record")
+        raise ValueError(
+            f"cannot finalize 'recordio': {rec_path} holds {size - end} bytes after its last record"
+        )
     if np.any(np.diff(record_labels) < 0) or not (
         labels.start <= record_labels[0] and record_labels[-1] < labels.stop
     ):
-        raise ValueError(f"cannot finalize 'recordio': the labels of {rec_path} are not sorted "
-                         f"within [{labels.start}, {labels.stop}) (after the earlier shards')")
+        raise ValueError(
+            f"cannot finalize 'recordio': the labels of {rec_path} are not sorted "
+            f"within [{labels.start}, {labels.stop}) (after the earlier shards')"
+        )
     return offsets, record_labels
 
 
-def _write_recordio(partial_rec: str, partial_idx: str, fragments: list[list[str]],
-                    num_identities: int, shard_lengths: list[int]) -> None:
+def _write_recordio(
+    partial_rec: str,
+    partial_idx: str,
+    fragments: list[list[str]],
+    num_identities: int,
+    shard_lengths: list[int],
+) -> None:
     """Streams the header record, the fragments' records (one shard at a time) and the identity
     records into partial_rec, and their index into partial_idx (both local files)."""
     first_identity_key = sum(shard_lengths) + 1
     end_identity_key = first_identity_key + num_identities
     counts = np.zeros(num_identities, np.int64)
-    with (open(partial_rec, "wb") as rec_file,
-          open(partial_idx, "w", encoding="ascii", newline="\n") as idx_file):
+    with (
+        open(partial_rec, "wb") as rec_file,
+        open(partial_idx, "w", encoding="ascii", newline="\n") as idx_file,
+    ):
 
         def append(key: int, labels: list[int], record_id: int) -> None:
             header = recordio.IRHeader(2, np.asarray(labels, np.float32), record_id, 0)
@@ -641,10 +684,15 @@ def _write_recordio(partial_rec: str, partial_idx: str, fragments: list[list[str
             zip(fragments, shard_lengths)
         ):
             is_empty = paths.Path(fragment_rec).stat().length == 0  # mmap refuses empty files
-            with (contextlib.nullcontext(b"") if is_empty else _fragment_bytes(fragment_rec)
-                  ) as buffer:
+            with (
+                contextlib.nullcontext(b"") if is_empty else _fragment_bytes(fragment_rec)
+            ) as buffer:
                 offsets, labels = _read_fragment(
-                    buffer, fragment_rec, fragment_idx, shard, length,
+                    buffer,
+                    fragment_rec,
+                    fragment_idx,
+                    shard,
+                    length,
                     range(next_label, num_identities),
                 )
                 next_label = int(labels[-1]) + 1 if length else next_label
@@ -667,9 +715,11 @@ def _finalize_recordio(out_dir: str, num_identities: int, shard_lengths: list[in
     first_identity_key = num_images + 1
     end_identity_key = first_identity_key + num_identities
     if end_identity_key > _MAX_RECORDIO_KEY:
-        raise ValueError(f"RecordIO stores keys as float32 labels, exact up to {_MAX_RECORDIO_KEY}:"
-                         f" {num_images} images and {num_identities} identities need "
-                         f"{end_identity_key}")
+        raise ValueError(
+            f"RecordIO stores keys as float32 labels, exact up to {_MAX_RECORDIO_KEY}:"
+            f" {num_images} images and {num_identities} identities need "
+            f"{end_identity_key}"
+        )
     fragments = [
         [os.fspath(paths.Path(out_dir) / path) for path in _fragment_paths(shard)]
         for shard in range(num_shards)
@@ -677,15 +727,18 @@ def _finalize_recordio(out_dir: str, num_identities: int, shard_lengths: list[in
     for shard, fragment in enumerate(fragments):
         for path in fragment:
             if not paths.Path(path).is_file():
-                raise ValueError(f"cannot finalize 'recordio': the fragment of shard {shard}, "
-                                 f"{path}, is missing")
-    rec_path, idx_path = (os.fspath(paths.Path(out_dir) / path)
-                          for path in (RECORDIO_REC, RECORDIO_IDX))
+                raise ValueError(
+                    f"cannot finalize 'recordio': the fragment of shard {shard}, {path}, is missing"
+                )
+    rec_path, idx_path = (
+        os.fspath(paths.Path(out_dir) / path) for path in (RECORDIO_REC, RECORDIO_IDX)
+    )
     with contextlib.ExitStack() as stack:
         if paths.is_url(out_dir):
             local_dir = paths.Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            partial_rec, partial_idx = (os.fspath(local_dir / paths.Path(path).name)
-                                        for path in (rec_path, idx_path))
+            partial_rec, partial_idx = (
+                os.fspath(local_dir / paths.Path(path).name) for path in (rec_path, idx_path)
+            )
         else:
             partial_rec, partial_idx = _partial_path(rec_path), _partial_path(idx_path)
             paths.Path(partial_rec).parent.mkdir(parents=True, exist_ok=True)

@@ -56,21 +56,25 @@ import tqdm
 from absl import logging
 
 from diffusion_jax.core import parallel, paths, stages
-from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.fingerprint import file_sha256
-from diffusion_jax.tasks.generation import dataset_writers
-from diffusion_jax.tasks.generation import manifest
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.generation import dataset_writers, manifest
 from diffusion_jax.tasks.generation.dataset_figures import write_dataset_figures
 from diffusion_jax.tasks.generation.generation_models import GenerationModels
-from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
 from diffusion_jax.tasks.generation.identity_sources import choose_identities
 from diffusion_jax.tasks.generation.shard_drawing import Throughput, draw_shards
+from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
 from diffusion_jax.tasks.generation.training_identities import cached_identity_centres
 from diffusion_jax.tasks.generation.worker_index import Worker, find_worker
 
 # config.generate fields that say who runs the job and where, not what it makes.
-WORKER_FIELDS = ("output_dir", "task_index", "task_count", "identities_timeout_minutes",
-                 "judge_encoder")
+WORKER_FIELDS = (
+    "output_dir",
+    "task_index",
+    "task_count",
+    "identities_timeout_minutes",
+    "judge_encoder",
+)
 SAMPLER_FIELDS = ("sampler", "num_steps", "eta", "guidance_scale", "clip_x0", "use_ema")
 _POLL_SECONDS = 5.0
 
@@ -109,11 +113,16 @@ def dataset_plan(config: ml_collections.ConfigDict, models: GenerationModels) ->
 
 
 def _choose_and_write_identities(
-    config: ml_collections.ConfigDict, workdir: str, out_dir: str, models: GenerationModels,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out_dir: str,
+    models: GenerationModels,
     plan: dict,
 ) -> None:
     centres = cached_identity_centres(
-        config, models.conditioning, models.identity["conditioning_encoder"],
+        config,
+        models.conditioning,
+        models.identity["conditioning_encoder"],
         cache_dir=RunLayout.from_config(workdir, config).cache,
     )
     identities, description = choose_identities(
@@ -138,8 +147,12 @@ def _choose_and_write_identities(
     paths.write_json_atomically(
         paths.Path(out_dir) / manifest.PLAN_FILE, {**plan, "identities": description}
     )
-    logging.info("Chose %d identities (%s); nearest training identity at cos %.3f.",
-                 len(identities), description["source"], nearest.max())
+    logging.info(
+        "Chose %d identities (%s); nearest training identity at cos %.3f.",
+        len(identities),
+        description["source"],
+        nearest.max(),
+    )
 
 
 def _check_plan(saved: dict, plan: dict, path: paths.Path) -> None:
@@ -157,7 +170,10 @@ def _check_plan(saved: dict, plan: dict, path: paths.Path) -> None:
 
 
 def load_identities(
-    config: ml_collections.ConfigDict, workdir: str, out_dir: str, models: GenerationModels,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out_dir: str,
+    models: GenerationModels,
     worker: Worker,
 ) -> tuple[np.ndarray, dict]:
     """The dataset's identities [N, D] and its saved plan; worker 0 makes them if missing."""
@@ -168,10 +184,13 @@ def load_identities(
     deadline = time.monotonic() + 60 * config.generate.identities_timeout_minutes
     while not plan_path.is_file():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"worker 0 wrote no {plan_path} within "
-                               f"{config.generate.identities_timeout_minutes} minutes")
-        logging.log_every_n_seconds(logging.INFO, "Waiting for worker 0 to write %s.", 60,
-                                    plan_path)
+            raise TimeoutError(
+                f"worker 0 wrote no {plan_path} within "
+                f"{config.generate.identities_timeout_minutes} minutes"
+            )
+        logging.log_every_n_seconds(
+            logging.INFO, "Waiting for worker 0 to write %s.", 60, plan_path
+        )
         time.sleep(_POLL_SECONDS)
     saved = paths.read_json(plan_path)
     _check_plan(saved, plan, plan_path)
@@ -192,7 +211,8 @@ def _encode_all(generate_config, kept: dict[tuple[int, int], np.ndarray]):
 
     def encode(key):
         return dataset_writers.encode_image(
-            kept[key], image_format=generate_config.image_format,
+            kept[key],
+            image_format=generate_config.image_format,
             jpeg_quality=generate_config.jpeg_quality,
         )
 
@@ -205,7 +225,10 @@ def _encode_all(generate_config, kept: dict[tuple[int, int], np.ndarray]):
 
 
 def write_shard(
-    config: ml_collections.ConfigDict, out_dir: str, shard: int, records: list[dict],
+    config: ml_collections.ConfigDict,
+    out_dir: str,
+    shard: int,
+    records: list[dict],
     kept: dict[tuple[int, int], np.ndarray],
 ) -> dict:
     """Writes the shard's files (locally: staged, then moved into place; on an object store: at
@@ -297,8 +320,10 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
         return None
     manifest_path = paths.Path(out_dir) / manifest.MANIFEST_FILE
     on_object_store = paths.is_url(out_dir)
-    lock = contextlib.nullcontext() if on_object_store else _exclusive_lock(
-        paths.Path(out_dir) / manifest.SHARDS_DIR / ".finalize.lock"
+    lock = (
+        contextlib.nullcontext()
+        if on_object_store
+        else _exclusive_lock(paths.Path(out_dir) / manifest.SHARDS_DIR / ".finalize.lock")
     )
     with lock:
         if manifest_path.is_file():
@@ -338,8 +363,13 @@ def generate_dataset(
     generate = config.generate
     out_dir = str(layout.generated)
     worker = find_worker(generate.task_index, generate.task_count)
-    logging.info("Worker %d of %d (from %s) generates into %s.", worker.index, worker.count,
-                 worker.source, out_dir)
+    logging.info(
+        "Worker %d of %d (from %s) generates into %s.",
+        worker.index,
+        worker.count,
+        worker.source,
+        out_dir,
+    )
     if models is None:
         for stage in ("encoder", "diffusion", "judge"):
             stages.require(layout, config, stage)
@@ -348,18 +378,27 @@ def generate_dataset(
     (paths.Path(out_dir) / manifest.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     identities, plan = load_identities(config, workdir, out_dir, models, worker)
 
-    todo = [s for s in worker.shards(num_shards(generate))
-            if manifest.read_shard_record(out_dir, s) is None]
+    todo = [
+        s
+        for s in worker.shards(num_shards(generate))
+        if manifest.read_shard_record(out_dir, s) is None
+    ]
     skipped = len(worker.shards(num_shards(generate))) - len(todo)
     if skipped:
         logging.info("%d of this worker's shards are complete already.", skipped)
     throughput = Throughput()
     planned = sum(len(shard_labels(generate, s)) for s in todo) * generate.images_per_identity
     shards_started = time.perf_counter()
-    with tqdm.tqdm(total=planned, unit="img", desc=f"Worker {worker.index}/{worker.count}",
-                   disable=planned == 0, smoothing=0.1) as progress:
-        for shard, records, kept in draw_shards(config, models, identities, todo, throughput,
-                                                progress):
+    with tqdm.tqdm(
+        total=planned,
+        unit="img",
+        desc=f"Worker {worker.index}/{worker.count}",
+        disable=planned == 0,
+        smoothing=0.1,
+    ) as progress:
+        for shard, records, kept in draw_shards(
+            config, models, identities, todo, throughput, progress
+        ):
             writing = time.perf_counter()
             write_shard(config, out_dir, shard, records, kept)
             throughput.write_seconds += time.perf_counter() - writing

@@ -29,15 +29,15 @@ from absl import logging
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
-from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.diffusion.schedules import schedule_from_config
 from diffusion_jax.core.fingerprint import array_tree_sha256
+from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
+from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
+from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
-from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
-from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
-from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
 
 
 def judge_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -53,9 +53,7 @@ class GenerationModels:
     """The diffusion model (sampling parameters of its checkpoint), its diffusion space, the
     conditioning encoder and the judge, on `mesh`; `identity` describes them for the manifest."""
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str, judge_dir: str, mesh: Mesh
-    ):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, judge_dir: str, mesh: Mesh):
         self.mesh = mesh
         self.params, self.step = restore_sampling_params(config, workdir, mesh)
         conditioning = encoder_store.load_encoder(
@@ -87,7 +85,9 @@ class GenerationModels:
             self.identity["autoencoder"] = self.space.autoencoder.weights_sha256
         logging.info(
             "Generating with diffusion step %d, conditioning encoder %s, judge %s.",
-            self.step, conditioning.directory, judge.directory,
+            self.step,
+            conditioning.directory,
+            judge.directory,
         )
 
     def _put(self, array) -> jax.Array:

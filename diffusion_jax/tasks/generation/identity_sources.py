@@ -27,8 +27,7 @@ from absl import logging
 
 from diffusion_jax.core import paths
 from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.generation import sphere_sampling
-from diffusion_jax.tasks.generation import image_seeds
+from diffusion_jax.tasks.generation import image_seeds, sphere_sampling
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 
 IDENTITY_SOURCES = ("random", "gaussian", "unconditional", "images")
@@ -44,7 +43,8 @@ def list_image_files(root: str) -> list[str]:
     if not paths.Path(root).is_dir():
         raise ValueError(f"config.generate.identity_images={root!r} is not a directory")
     found = [
-        path for path in paths.relative_files(root)
+        path
+        for path in paths.relative_files(root)
         if path.rsplit("/", 1)[-1].lower().endswith(IMAGE_SUFFIXES)
     ]
     if not found:
@@ -79,8 +79,9 @@ def _unconditional_candidates(
     for start in range(0, num, batch):
         keys = image_seeds.candidate_keys(generate_config.seed, start, batch)
         embeddings.append(np.asarray(conditioning(draw(keys))))
-        logging.log_every_n_seconds(logging.INFO, "Unconditional candidates: %d of %d", 30,
-                                    start + batch, num)
+        logging.log_every_n_seconds(
+            logging.INFO, "Unconditional candidates: %d of %d", 30, start + batch, num
+        )
     return np.concatenate(embeddings)[:num]
 
 
@@ -128,7 +129,8 @@ def choose_identities(
     if source in ("gaussian", "unconditional"):
         if source == "gaussian":
             candidates = gaussian_candidates(
-                training_centres, num * generate_config.candidates_per_identity,
+                training_centres,
+                num * generate_config.candidates_per_identity,
                 generate_config.seed,
             )
         else:

@@ -69,7 +69,10 @@ class Throughput:
 
 
 def dispatch(
-    models: GenerationModels, identities: np.ndarray, seed: int, jobs: list[ImageJob],
+    models: GenerationModels,
+    identities: np.ndarray,
+    seed: int,
+    jobs: list[ImageJob],
     batch_size: int,
 ) -> jax.Array:
     """Queues the images of `jobs` on the device, padded to `batch_size` with copies of the
@@ -80,7 +83,9 @@ def dispatch(
 
 
 def regenerate_image(
-    models: GenerationModels, identities: np.ndarray, generate_config: ml_collections.ConfigDict,
+    models: GenerationModels,
+    identities: np.ndarray,
+    generate_config: ml_collections.ConfigDict,
     job: ImageJob,
 ) -> np.ndarray:
     """The image of `job` drawn alone (in an otherwise padded batch): equal to its copy in the
@@ -139,8 +144,9 @@ class _ShardDrawer:
                 self.shard_of[identity] = shard
                 self.queue.extend(ImageJob(identity, k, 0) for k in range(per_identity))
 
-    def _record(self, job: ImageJob, decision: str, similarity: float, nearest: float,
-                condition: np.ndarray) -> dict:
+    def _record(
+        self, job: ImageJob, decision: str, similarity: float, nearest: float, condition: np.ndarray
+    ) -> dict:
         record = {
             "identity": job.identity,
             "image_index": job.image_index,
@@ -250,8 +256,16 @@ class _ShardDrawer:
             batch = [self.queue.popleft() for _ in range(count)]
             queued = None
             if batch:
-                queued = batch, dispatch(self.models, self.identities, self.generate.seed,
-                                         batch, self.generate.batch_size)
+                queued = (
+                    batch,
+                    dispatch(
+                        self.models,
+                        self.identities,
+                        self.generate.seed,
+                        batch,
+                        self.generate.batch_size,
+                    ),
+                )
             yield from self._judge_rounds_in_flight()  # the rounds the batch before completed
             if in_flight is not None:
                 self._receive(*in_flight)

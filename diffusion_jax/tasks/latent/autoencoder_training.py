@@ -37,19 +37,26 @@ from absl import logging
 from flax import nnx
 
 from diffusion_jax.core import parallel, stages
-from diffusion_jax.core.run_layout import RunLayout
-from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.figures import image_grid, save_figure
-from diffusion_jax.tasks.latent import autoencoder_store
-from diffusion_jax.tasks.latent.autoencoder_losses import autoencoder_loss, discriminator_loss, frozen_identity_features
-from diffusion_jax.tasks.latent.diffusion_space import IMAGE_CHANNELS, configured_autoencoder_architecture
-from diffusion_jax.tasks.latent.latent_scale import LatentMoments
 from diffusion_jax.core.models.autoencoder import AutoencoderKL
 from diffusion_jax.core.models.patch_discriminator import PatchDiscriminator
-from diffusion_jax.tasks.recognition.encoder_store import load_encoder
+from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.loop import TrainingTask, run_training
 from diffusion_jax.core.training.step import Batch, LossContext, LossFn, Metrics
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.latent import autoencoder_store
+from diffusion_jax.tasks.latent.autoencoder_losses import (
+    autoencoder_loss,
+    discriminator_loss,
+    frozen_identity_features,
+)
+from diffusion_jax.tasks.latent.diffusion_space import (
+    IMAGE_CHANNELS,
+    configured_autoencoder_architecture,
+)
+from diffusion_jax.tasks.latent.latent_scale import LatentMoments
+from diffusion_jax.tasks.recognition.encoder_store import load_encoder
 
 PERCEPTUAL_ENCODER = "perceptual_encoder"  # its key in LossContext.frozen
 
@@ -245,9 +252,7 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> str:
     result = run_training(task, run.run_dir, mesh, jax.random.key(config.seed))
     model = nnx.merge(state_lib.model_graphdef(build_model), result.state.params).autoencoder
     latent_scale = estimate_posterior_scale(model, config, mesh)
-    reconstruction_error = write_reconstructions(
-        model, config, run.run_dir / "reconstructions.png"
-    )
+    reconstruction_error = write_reconstructions(model, config, run.run_dir / "reconstructions.png")
     logging.info(
         "Latent scale: %.5f; reconstruction error %.4f.", latent_scale, reconstruction_error
     )

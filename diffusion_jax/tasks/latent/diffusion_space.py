@@ -19,7 +19,6 @@ The UNet's input shape follows from the config alone (`diffusion_shape`), so a m
 before any autoencoder exists; a loaded autoencoder must then match `config.autoencoder`.
 """
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,9 +27,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.models.autoencoder import autoencoder_architecture
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.latent.autoencoder_store import LoadedAutoencoder, load_autoencoder
-from diffusion_jax.core.models.autoencoder import autoencoder_architecture
 
 SPACES = ("pixel", "latent")
 IMAGE_CHANNELS = 3
@@ -132,8 +131,9 @@ class DiffusionSpace:
 
 
 def diffusion_space(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> DiffusionSpace:
-    """The space of `config.diffusion.space`; in latent space, the autoencoder of
-    the run layout's (`config.autoencoder.checkpoint`, else WORKDIR/autoencoder/model), checked against `config.autoencoder`."""
+    """The space of `config.diffusion.space`; in latent space, the run layout's autoencoder
+    (`config.autoencoder.checkpoint`, else WORKDIR/autoencoder/model), checked against
+    `config.autoencoder`."""
     diffusion_shape(config)  # refuses an unknown space
     if config.diffusion.space == "pixel":
         return DiffusionSpace(mesh)

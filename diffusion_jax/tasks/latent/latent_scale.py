@@ -25,6 +25,7 @@ are small, so the copy is cheap. The same merge combines the moments of several 
 
 import dataclasses
 import math
+
 import jax
 import numpy as np
 

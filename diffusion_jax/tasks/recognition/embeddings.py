@@ -19,8 +19,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
-from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 from diffusion_jax.core.models.iresnet import IResNet
+from diffusion_jax.tasks.data.sources.image_decoding import to_model_range
 
 
 def resize_to(images: jax.Array, resolution: int) -> jax.Array:

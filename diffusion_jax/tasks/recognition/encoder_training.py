@@ -1,12 +1,12 @@
 """Training an identity encoder: an IResNet with a margin-softmax head over the training labels.
 
-`train_encoder(config, model)` trains in `model.run_dir` (a `run_layout.TrainedModel`: WORKDIR/encoder
-for the conditioning encoder) with the loop, train step and Orbax checkpoints every model of this
-project shares (`core.training.loop`), on the labelled training source of `config.data`, and
-resumes there after an interruption. When training completes, the backbone alone (without the
-head, which only knows the training identities) is exported with `encoder_store.save_encoder` to
-`model.export_dir`, the directory the diffusion model's conditioning and
-`--mode=evaluate_encoder` read. A complete export is not trained again.
+`train_encoder(config, model)` trains in `model.run_dir` (a `run_layout.TrainedModel`:
+WORKDIR/encoder for the conditioning encoder) with the loop, train step and Orbax checkpoints
+every model of this project shares (`core.training.loop`), on the labelled training source of
+`config.data`, and resumes there after an interruption. When training completes, the backbone
+alone (without the head, which only knows the training identities) is exported with
+`encoder_store.save_encoder` to `model.export_dir`, the directory the diffusion model's
+conditioning and `--mode=evaluate_encoder` read. A complete export is not trained again.
 
 The loss is the cross entropy of the margin logits (`models.margin_heads`) of the backbone's
 embedding of each image, resized to the encoder's input resolution; the logged `accuracy` is that
@@ -22,15 +22,19 @@ from absl import logging
 from flax import nnx
 
 from diffusion_jax.core import parallel
-from diffusion_jax.core.run_layout import TrainedModel
-from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.core.models.iresnet import IResNet, iresnet_architecture
-from diffusion_jax.core.models.margin_heads import MarginSoftmaxHead, margin_softmax_loss, margins_for
-from diffusion_jax.tasks.recognition import encoder_store
-from diffusion_jax.tasks.recognition.embeddings import resize_to
+from diffusion_jax.core.models.margin_heads import (
+    MarginSoftmaxHead,
+    margin_softmax_loss,
+    margins_for,
+)
+from diffusion_jax.core.run_layout import TrainedModel
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.loop import TrainingTask, run_training
 from diffusion_jax.core.training.step import Batch, LossContext, LossFn, Metrics
+from diffusion_jax.tasks.data.sources import input_pipeline
+from diffusion_jax.tasks.recognition import encoder_store
+from diffusion_jax.tasks.recognition.embeddings import resize_to
 
 
 class EncoderWithHead(nnx.Module):

@@ -15,7 +15,18 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.tasks.data.faces.render_primitives import bump, coverage, ellipse_distance, hypot, integer_hash, mix, over, palette, smoothstep, vec
+from diffusion_jax.tasks.data.faces.render_primitives import (
+    bump,
+    coverage,
+    ellipse_distance,
+    hypot,
+    integer_hash,
+    mix,
+    over,
+    palette,
+    smoothstep,
+    vec,
+)
 
 Factors = Mapping[str, jax.Array]
 """One face's identity (`face`) or nuisance (`scene`) factors, scalars by name (face_factors)."""

@@ -33,9 +33,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.tasks.data.faces.face_factors import CANONICAL_NUISANCE, IDENTITY_FACTORS, MAX_BLUR_AT_64, NUISANCE_FACTORS, IdentityFactors, IdentityParams, NuisanceFactors, NuisanceParams, canonical_nuisance, check_image_ids, check_seed, sample_identities, sample_nuisance
-from diffusion_jax.tasks.data.faces.face_parts import SKIN_PALETTE, FaceCoordinates, Factors, hair_colour, nose_slope, paint_brows, paint_eyes, paint_facial_hair, paint_glasses, paint_mouth, paint_nose, paint_skin_marks, skin_colour
-from diffusion_jax.tasks.data.faces.render_primitives import FAR, Rays, cast_quadric, coverage, dot, ellipse_distance, integer_hash, lambert, mix, normalise, over, palette, rotation, smoothstep, vec, wave
+from diffusion_jax.tasks.data.faces.face_factors import (
+    CANONICAL_NUISANCE,
+    IDENTITY_FACTORS,
+    MAX_BLUR_AT_64,
+    NUISANCE_FACTORS,
+    IdentityFactors,
+    IdentityParams,
+    NuisanceFactors,
+    NuisanceParams,
+    canonical_nuisance,
+    check_image_ids,
+    check_seed,
+    sample_identities,
+    sample_nuisance,
+)
+from diffusion_jax.tasks.data.faces.face_parts import (
+    SKIN_PALETTE,
+    FaceCoordinates,
+    Factors,
+    hair_colour,
+    nose_slope,
+    paint_brows,
+    paint_eyes,
+    paint_facial_hair,
+    paint_glasses,
+    paint_mouth,
+    paint_nose,
+    paint_skin_marks,
+    skin_colour,
+)
+from diffusion_jax.tasks.data.faces.render_primitives import (
+    FAR,
+    Rays,
+    cast_quadric,
+    coverage,
+    dot,
+    ellipse_distance,
+    integer_hash,
+    lambert,
+    mix,
+    normalise,
+    over,
+    palette,
+    rotation,
+    smoothstep,
+    vec,
+    wave,
+)
 
 __all__ = [
     "CANONICAL_NUISANCE",
@@ -269,8 +314,9 @@ def _hair(face: Factors, scene: Factors, view: _View) -> tuple[_Layer, _Layer]:
     shell_pixel = view.pixel / radii[1]
     hair = hair_colour(face)
     hat_colour = vec(scene["hat_red"], scene["hat_green"], scene["hat_blue"])
-    hat_front, hat_back = _hat_mask(scene, front_unit, shell_pixel), _hat_mask(
-        scene, back_unit, shell_pixel
+    hat_front, hat_back = (
+        _hat_mask(scene, front_unit, shell_pixel),
+        _hat_mask(scene, back_unit, shell_pixel),
     )
     # Strands run down the head: a wave around the vertical axis, over the pseudo-angle
     # x / (|x| + |z|).

@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusion_jax.tasks.data.faces import procedural_faces
-from diffusion_jax.tasks.data.verification import verification_pairs
 from diffusion_jax.tasks.data.sources.image_decoding import encode_png
+from diffusion_jax.tasks.data.verification import verification_pairs
 
 HELDOUT_IDENTITY_OFFSET = 1_000_000
 _RENDER_CHUNK = 8 * procedural_faces.RENDER_BATCH_SIZE
@@ -160,8 +160,8 @@ class ProceduralFaces(_ProceduralBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=(
-                "Procedural faces (diffusion_jax.tasks.data.faces.procedural_faces) labelled by identity; "
-                "train and held-out identities are disjoint."
+                "Procedural faces (diffusion_jax.tasks.data.faces.procedural_faces) labelled by "
+                "identity; train and held-out identities are disjoint."
             ),
             features=tfds.features.FeaturesDict(
                 {

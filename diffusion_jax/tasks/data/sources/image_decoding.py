@@ -168,7 +168,7 @@ def decode_image(
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 image [H, W, 3], with PIL (TFDS's own encoder would start TensorFlow)."""
+    """PNG bytes of a uint8 image [H, W, 3], by PIL (TFDS's own encoder would start TensorFlow)."""
     buffer = io.BytesIO()
     PIL.Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

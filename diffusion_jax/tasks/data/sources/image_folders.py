@@ -63,8 +63,8 @@ _PREFETCH_PER_THREAD = 4
 class ImageFolderConfig(tfds.core.BuilderConfig):
     """Where the identity folders are and how their images are decoded; the name encodes it all.
 
-    `root` is made absolute (a URL is kept as given); the name is `<root's basename>-<hash of root>_r<resolution>_<policy>
-    _max<max_pixels>`.
+    `root` is made absolute (a URL is kept as given); the name is
+    `<root's basename>-<hash of root>_r<resolution>_<policy>_max<max_pixels>`.
     """
 
     name: str = ""
@@ -247,7 +247,8 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=(
                 f"Identity folders under {self.builder_config.root}, decoded by the "
-                f"{self.builder_config.policy!r} policy of diffusion_jax.tasks.data.sources.image_decoding; "
+                f"{self.builder_config.policy!r} policy of "
+                "diffusion_jax.tasks.data.sources.image_decoding; "
                 f"labels in {LABELS_FILENAME}, skipped inputs in {REPORT_FILENAME}."
             ),
             features=tfds.features.FeaturesDict(

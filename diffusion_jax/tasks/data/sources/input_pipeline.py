@@ -387,24 +387,108 @@ class _ToModelInputs(grain.transforms.Map):
         return {"image": to_model_range(element["image"]), "label": np.int32(element["label"])}
 
 
+class _GlobalBatchRows:
+    """A grain sampler over this process's rows of each global batch.
+
+    The global order is that of an IndexSampler over `num_records` records shuffled from
+    `seed`, reshuffled every epoch, endless: the same whatever the number of processes. With
+    W = max(worker_count, 1) grain workers, the k-th batch a process emits comes from worker
+    w = k % W, whose batches hold every W-th local index starting at w; of global batch k (what
+    one process with W workers emits k-th), process p of P takes rows [p * b, (p + 1) * b),
+    b = B / P. So local index w + W * (q * b + j) is global index w + W * (q * B + p * b + j):
+    the identity when P = 1. Each record keeps its global index in its metadata, hence random
+    augmentations that follow its position (a `RandomMap` draws from Philox(seed + index)).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_records: int,
+        seed: int,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        worker_count: int,
+    ):
+        self._global = grain.samplers.IndexSampler(
+            num_records=num_records, shuffle=True, num_epochs=None, seed=seed
+        )
+        self._global_batch_size = global_batch_size
+        self._rows = global_batch_size // process_count
+        self._process_index, self._process_count = process_index, process_count
+        self._workers = max(worker_count, 1)
+        if process_count == 1:
+            # Grain validates a restored iterator state by the sampler's repr. One process reads
+            # record for record what the IndexSampler of ShardByJaxProcess read before this class
+            # existed, and keeps its repr, so that the checkpoints written then still resume.
+            self._repr = (
+                f"IndexSampler(num_records={num_records}, shard_options=ShardByJaxProcess("
+                "shard_index=0, shard_count=1, drop_remainder=True), shuffle=True, "
+                f"num_epochs=None, seed={seed})"
+            )
+        else:
+            self._repr = (
+                f"GlobalBatchRows(num_records={num_records}, seed={seed}, "
+                f"global_batch_size={global_batch_size}, process_index={process_index}, "
+                f"process_count={process_count}, worker_count={worker_count})"
+            )
+
+    def __len__(self) -> int:
+        return len(self._global) // self._process_count
+
+    def __repr__(self) -> str:
+        return self._repr
+
+    def global_index(self, index: int) -> int:
+        worker, position = index % self._workers, index // self._workers
+        batch, row = divmod(position, self._rows)
+        return worker + self._workers * (
+            batch * self._global_batch_size + self._process_index * self._rows + row
+        )
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if index < 0:
+            raise IndexError(f"negative sampler index {index}")
+        return self._global[self.global_index(index)]
+
+
 def make_train_iterator(
     data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int
 ) -> grain.DataLoaderIterator:
     """An endless iterator of training batches {"image": float32 [B, H, W, 3] in [-1, 1],
     "label": int32 [B]}, with B = global_batch_size / jax.process_count() for this process.
 
-    Each process reads its own shard of the records (ShardByJaxProcess, remainders dropped),
-    reshuffled every epoch from `seed`, optionally mirrored at random (`horizontal_flip`),
-    translated by up to `max_shift` pixels in each direction and colour-jittered by
-    `color_jitter` (each absent or 0: never). The batches
-    are a function of (seed, process count, worker_count): grain batches within each worker, so
-    0 and 1 workers agree but more workers group the records differently. Workers are processes
-    and need absl flags parsed (as under `absl.app.run`). The iterator's position is
-    `get_state()` / `set_state()`, or `grain.checkpoint.CheckpointSave(iterator)` in an Orbax
-    CheckpointManager. A single process prepares the data if needed; several must
-    `ensure_prepared` first.
+    The global batches do not depend on the number of processes: one order of the records,
+    reshuffled every epoch from `seed`, cut into global batches; process p of P gets rows
+    [p * B, (p + 1) * B) of each, and reads and decodes only those records. Each record is
+    optionally mirrored at random (`horizontal_flip`), translated by up to `max_shift` pixels in
+    each direction and colour-jittered by `color_jitter` (each absent or 0: never), with draws
+    that depend on its position in the global order, not on the process. The batches are a
+    function of (seed, worker_count): grain batches within each worker, so 0 and 1 workers agree
+    but more workers group the records differently. Workers are processes and need absl flags
+    parsed (as under `absl.app.run`). The iterator's position is `get_state()` /
+    `set_state()`, or `grain.checkpoint.CheckpointSave(iterator)` in an Orbax CheckpointManager
+    (one state per process: resume with the same number of processes). A single process
+    prepares the data if needed; several must `ensure_prepared` first.
     """
-    process_count = jax.process_count()
+    return _train_iterator(
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def _train_iterator(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+) -> grain.DataLoaderIterator:
+    """`make_train_iterator` as process `process_index` of `process_count` reads it."""
     if (
         isinstance(global_batch_size, bool)
         or not isinstance(global_batch_size, int)
@@ -419,12 +503,13 @@ def make_train_iterator(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     source = training_records(data_config)
-    sampler = grain.samplers.IndexSampler(
+    sampler = _GlobalBatchRows(
         num_records=len(source),
-        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        shuffle=True,
-        num_epochs=None,
         seed=seed,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=data_config.worker_count,
     )
     operations = [_RandomHorizontalFlip()] if data_config.horizontal_flip else []
     max_shift = data_config.get("max_shift", 0)  # configs saved before the field existed
@@ -441,5 +526,6 @@ def make_train_iterator(
         sampler=sampler,
         operations=operations,
         worker_count=data_config.worker_count,
+        shard_options=grain.sharding.NoSharding(),
     )
     return iter(loader)

@@ -62,8 +62,13 @@ def _read(path: str, num_records: int, digest: str) -> RecordLabels | None:
         logging.warning("Ignoring the label cache %s: it holds another preparation's labels", path)
         return None
     if labels.shape != (num_records,) or labels.dtype != np.int32:
-        logging.warning("Ignoring the label cache %s: %s labels %s for %d records", path,
-                        labels.dtype, labels.shape, num_records)
+        logging.warning(
+            "Ignoring the label cache %s: %s labels %s for %d records",
+            path,
+            labels.dtype,
+            labels.shape,
+            num_records,
+        )
         return None
     return RecordLabels(labels=labels, names=tuple(str(name) for name in names))
 
@@ -80,8 +85,9 @@ def _write(path: str, record_labels: RecordLabels, digest: str) -> None:
     try:
         paths.write_shared_bytes(path, buffer.getvalue())
     except OSError as error:
-        logging.warning("Cannot keep the record labels in %s (%s): each opening scans them",
-                        path, error)
+        logging.warning(
+            "Cannot keep the record labels in %s (%s): each opening scans them", path, error
+        )
 
 
 def load_or_scan(
@@ -101,8 +107,10 @@ def load_or_scan(
         return cached
     scanned = scan()
     if np.shape(scanned.labels) != (num_records,):
-        raise ValueError(f"scanned {np.shape(scanned.labels)} labels for the {num_records} "
-                         f"records of split {split!r} in {dataset_dir}")
+        raise ValueError(
+            f"scanned {np.shape(scanned.labels)} labels for the {num_records} "
+            f"records of split {split!r} in {dataset_dir}"
+        )
     scanned = dataclasses.replace(scanned, labels=np.asarray(scanned.labels, np.int32))
     _write(path, scanned, digest)
     return scanned

@@ -105,8 +105,10 @@ def unframe_record(buffer: bytes | mmap.mmap | RemoteBytes, offset: int = 0) -> 
             )
         cflag, length = lrecord >> _LENGTH_BITS, lrecord & _MAX_PART_LENGTH
         if cflag not in expected_flags:
-            raise ValueError(f"part at byte {offset} has continuation flag {cflag}, expected "
-                             f"one of {expected_flags}")
+            raise ValueError(
+                f"part at byte {offset} has continuation flag {cflag}, expected "
+                f"one of {expected_flags}"
+            )
         start = offset + _PART_HEADER.size
         if start + length > len(buffer):
             raise ValueError(
@@ -177,8 +179,9 @@ def read_index(idx_path: paths.PathLike) -> tuple[np.ndarray, np.ndarray]:
     keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     unique_keys, counts = np.unique(keys, return_counts=True)
     if np.any(counts > 1):
-        raise ValueError(f"{idx_path}: key {unique_keys[np.argmax(counts > 1)]} appears "
-                         f"{counts.max()} times")
+        raise ValueError(
+            f"{idx_path}: key {unique_keys[np.argmax(counts > 1)]} appears {counts.max()} times"
+        )
     return keys, offsets
 
 
@@ -302,8 +305,9 @@ class RecordIOReader:
             raise ValueError(f"{where} has {header.flag} label, expected 2 (identity key range)")
         first, end = (_integer_label(label, where) for label in header.label[:2])
         if not 1 <= first <= end:
-            raise ValueError(f"{where} gives identity keys [{first}, {end}), expected 1 <= first "
-                             f"<= end")
+            raise ValueError(
+                f"{where} gives identity keys [{first}, {end}), expected 1 <= first <= end"
+            )
         expected = np.arange(1, end, dtype=np.int64)
         missing = expected[~np.isin(expected, self._sorted_keys)]
         if missing.size:
@@ -319,8 +323,10 @@ class RecordIOReader:
                 raise ValueError(f"{where} has {identity.flag} labels, expected 2 (key range)")
             ranges[row] = [_integer_label(label, where) for label in identity.label[:2]]
             if not 1 <= ranges[row, 0] <= ranges[row, 1] <= first:
-                raise ValueError(f"{where} gives image keys [{ranges[row, 0]}, "
-                                 f"{ranges[row, 1]}) outside [1, {first})")
+                raise ValueError(
+                    f"{where} gives image keys [{ranges[row, 0]}, "
+                    f"{ranges[row, 1]}) outside [1, {first})"
+                )
         return np.arange(1, first, dtype=np.int64), ranges
 
     def __contains__(self, key: int) -> bool:
@@ -346,8 +352,10 @@ class RecordIOReader:
         key = int(self.image_keys[position])
         header, image = self.read(key)
         label = header.label if header.flag == 0 else header.label[0]
-        return {"image_bytes": image, "label": _integer_label(label, f"{self.rec_path}: "
-                                                                      f"record {key}")}
+        return {
+            "image_bytes": image,
+            "label": _integer_label(label, f"{self.rec_path}: record {key}"),
+        }
 
     def shard(self, index: int, count: int) -> RecordIOReader:
         """A reader of the `index`-th of `count` contiguous, near-equal blocks of the images
@@ -372,4 +380,3 @@ class RecordIOReader:
 
     def __repr__(self) -> str:
         return f"RecordIOReader({self.rec_path!r}, {self.idx_path!r}, {len(self)} images)"
-

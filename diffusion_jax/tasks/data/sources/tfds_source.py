@@ -28,8 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import image_decoding
-from diffusion_jax.tasks.data.sources import record_label_cache
+from diffusion_jax.tasks.data.sources import image_decoding, record_label_cache
 
 # Records read per call while scanning the labels: bounds the memory held by encoded images.
 _LABEL_SCAN_CHUNK = 1024

@@ -37,8 +37,10 @@ def _parse_counts(first_line: str, pairs_path: str) -> tuple[int, int]:
     if len(counts) == 1:
         counts = [1, counts[0]]
     if len(counts) != 2 or min(counts) < 1:
-        raise ValueError(f"{pairs_path}:1: expected '<folds>\\t<pairs per fold>' or "
-                         f"'<pairs>', got {first_line.rstrip()!r}")
+        raise ValueError(
+            f"{pairs_path}:1: expected '<folds>\\t<pairs per fold>' or "
+            f"'<pairs>', got {first_line.rstrip()!r}"
+        )
     return counts[0], counts[1]
 
 
@@ -63,8 +65,10 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
     num_folds, pairs_per_fold = _parse_counts(lines[0], pairs_path)
     expected_lines = 1 + 2 * num_folds * pairs_per_fold
     if len(lines) != expected_lines:
-        raise ValueError(f"{pairs_path}: {num_folds} folds of 2 x {pairs_per_fold} pairs need "
-                         f"{expected_lines} lines, the file has {len(lines)}")
+        raise ValueError(
+            f"{pairs_path}: {num_folds} folds of 2 x {pairs_per_fold} pairs need "
+            f"{expected_lines} lines, the file has {len(lines)}"
+        )
     pairs = []
     for line_number, line in enumerate(lines[1:], start=2):
         fold, position = divmod(line_number - 2, 2 * pairs_per_fold)
@@ -82,15 +86,24 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
         except ValueError as error:
             layout = "name\\tn1\\tn2" if is_same else "name1\\tn1\\tname2\\tn2"
             kind = "matched" if is_same else "mismatched"
-            raise ValueError(f"{pairs_path}:{line_number}: expected a {kind} pair '{layout}' "
-                             f"({error}), got {line!r}") from None
-        pairs.append(LfwPair(lfw_image_path(image_root, name_a, number_a, extension),
-                             lfw_image_path(image_root, name_b, number_b, extension),
-                             is_same, fold))
+            raise ValueError(
+                f"{pairs_path}:{line_number}: expected a {kind} pair '{layout}' "
+                f"({error}), got {line!r}"
+            ) from None
+        pairs.append(
+            LfwPair(
+                lfw_image_path(image_root, name_a, number_a, extension),
+                lfw_image_path(image_root, name_b, number_b, extension),
+                is_same,
+                fold,
+            )
+        )
     missing = sorted(
         {path for pair in pairs for path in pair[:2] if not paths.Path(path).is_file()}
     )
     if missing:
-        raise ValueError(f"{pairs_path}: {len(missing)} image files named by the pairs do not "
-                         f"exist, first: {missing[:3]}")
+        raise ValueError(
+            f"{pairs_path}: {len(missing)} image files named by the pairs do not "
+            f"exist, first: {missing[:3]}"
+        )
     return pairs

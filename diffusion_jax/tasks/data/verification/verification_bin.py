@@ -96,8 +96,10 @@ def _flags(issame: object, path: str) -> np.ndarray:
         return issame.copy()
     if isinstance(issame, (list, tuple)) and all(isinstance(flag, bool) for flag in issame):
         return np.array(issame, dtype=bool).reshape(-1)
-    raise ValueError(f"{path}: the same/different flags must be a list of bools or a 1-D bool "
-                     f"array, got {type(issame).__name__}")
+    raise ValueError(
+        f"{path}: the same/different flags must be a list of bools or a 1-D bool "
+        f"array, got {type(issame).__name__}"
+    )
 
 
 def read_verification_bin(path: str) -> VerificationBin:
@@ -109,19 +111,29 @@ def read_verification_bin(path: str) -> VerificationBin:
     with paths.Path(path).open("rb") as file:
         try:
             content = _RestrictedUnpickler(file, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-                KeyError) as error:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+        ) as error:
             raise ValueError(f"{path}: not a readable verification file: {error}") from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
-        raise ValueError(f"{path}: expected a pickled pair (bins, issame_list), got "
-                         f"{type(content).__name__}")
+        raise ValueError(
+            f"{path}: expected a pickled pair (bins, issame_list), got {type(content).__name__}"
+        )
     bins, issame = content
     if not isinstance(bins, (list, tuple)):
-        raise ValueError(f"{path}: bins must be a list of encoded images, got "
-                         f"{type(bins).__name__}")
+        raise ValueError(
+            f"{path}: bins must be a list of encoded images, got {type(bins).__name__}"
+        )
     is_same = _flags(issame, path)
     if len(bins) != 2 * len(is_same):
-        raise ValueError(f"{path}: {len(bins)} images for {len(is_same)} same/different "
-                         f"flags; a verification file holds 2 images per flag")
+        raise ValueError(
+            f"{path}: {len(bins)} images for {len(is_same)} same/different "
+            f"flags; a verification file holds 2 images per flag"
+        )
     images = [_encoded_image(item, path, index) for index, item in enumerate(bins)]
     return VerificationBin(images=images, is_same=is_same)

@@ -8,7 +8,6 @@ checkpoint and none waits forever in a collective the others left.
 """
 
 import contextlib
-import itertools
 import signal
 from collections.abc import Callable, Iterator
 
@@ -52,31 +51,30 @@ def sigterm_flag() -> Iterator[SigtermFlag]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# Every call of a `stop_check` in this process, across blocks: JAX's sync point is a call count
-# that must grow in the same way in every process, also when a notice arrives between two loops.
-_sync_point_calls = itertools.count(1)
-
-
 @contextlib.contextmanager
-def stop_check() -> Iterator[Callable[[], bool]]:
-    """Within the block, `should_stop()` says whether to save and stop now. Every process must
-    call it once per step, at the same steps (a training loop's iterations).
+def stop_check(first_step: int) -> Iterator[Callable[[int], bool]]:
+    """Within the block, `should_stop(step)` says whether to save and stop after `step`. Every
+    process must call it once per step with that step, first_step + 1, first_step + 2, ...
 
     One process: True once SIGTERM has arrived (`sigterm_flag`). Several JAX processes: True, in
-    every process at the same call, once any process has received SIGTERM. This is JAX's
-    preemption sync point (`multihost_utils.reached_preemption_sync_point`): the handler that
+    every process at the same step, once any process has received SIGTERM. This is JAX's
+    preemption sync point (`multihost_utils.reached_preemption_sync_point`, which Orbax's
+    CheckpointManager also consults with the step it saves): the handler that
     `jax.distributed.initialize()` installs catches SIGTERM, the coordination service tells
-    every process, and they agree on the next call of the fastest one; this process installs no
-    handler of its own then, which would replace JAX's. Without JAX's preemption service
-    (`jax_enable_preemption_service=False`), each call gathers every process's SIGTERM flag
-    instead, which waits for the device work in flight.
+    every process, and they agree on the step after the furthest one's. This process installs no
+    handler of its own then, which would replace JAX's. Entering the block reports `first_step`,
+    so that a notice that arrives between then and the first step (while it compiles) stops
+    after it; one that arrives earlier in a resumed run is missed (JAX agreed on a step already
+    passed). Without JAX's preemption service (`jax_enable_preemption_service=False`), each call
+    gathers every process's SIGTERM flag instead, which waits for the device work in flight.
     """
     if jax.process_count() == 1:
         with sigterm_flag() as flag:
-            yield lambda: bool(flag)
+            yield lambda step: bool(flag)
     elif jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service:
         # What `jax.distributed.initialize()` needs to set up JAX's preemption sync manager.
-        yield lambda: multihost_utils.reached_preemption_sync_point(next(_sync_point_calls))
+        reached_before = multihost_utils.reached_preemption_sync_point(first_step)
+        yield lambda step: reached_before or multihost_utils.reached_preemption_sync_point(step)
     else:
         with sigterm_flag() as flag:
-            yield lambda: bool(np.any(multihost_utils.process_allgather(np.array(bool(flag)))))
+            yield lambda step: bool(np.any(multihost_utils.process_allgather(np.array(bool(flag)))))

@@ -22,9 +22,7 @@ from diffusion_jax.core.training.state import TrainState
 class Checkpointer:
     """A thin, typed wrapper over `ocp.CheckpointManager` with the three items above."""
 
-    def __init__(
-        self, directory: paths.PathLike, *, max_to_keep: int = 3, read_only: bool = False
-    ):
+    def __init__(self, directory: paths.PathLike, *, max_to_keep: int = 3, read_only: bool = False):
         self.directory = paths.resolve(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -93,7 +91,9 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-        restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
         return restored.config
 
     def wait_until_finished(self) -> None:
@@ -101,4 +101,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-

@@ -98,9 +98,7 @@ def run_training(
     optimizer, learning_rate = task.make_optimizer(train_config)
     abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
     shardings = parallel.state_shardings(mesh, abstract_state)
-    checkpointer = Checkpointer(
-        run_dir / "checkpoints", max_to_keep=train_config.keep_checkpoints
-    )
+    checkpointer = Checkpointer(run_dir / "checkpoints", max_to_keep=train_config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         logging.info("%s: resuming from step %d.", task.name, checkpointer.latest_step())
         state = checkpointer.restore(abstract_state, shardings, data_iterator=task.data_iterator)
@@ -125,7 +123,7 @@ def run_training(
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     all_finite = jnp.array(True)
     last_log_time, last_log_step = time.perf_counter(), first_step
-    with stop_check() as should_stop, contextlib.closing(checkpointer):
+    with stop_check(first_step) as should_stop, contextlib.closing(checkpointer):
         # Closing the checkpointer waits for any save in flight, also when the loop raised.
         for step in range(first_step + 1, num_steps + 1):
             batch = task.prepare_batch(parallel.global_batch(next(task.data_iterator), mesh))
@@ -137,7 +135,7 @@ def run_training(
 
             # Decide once per step, in every process: a SIGTERM arriving later in this iteration
             # is handled after the next step, which is then saved before stopping.
-            stop = should_stop()
+            stop = should_stop(step)
             is_last = step == num_steps or stop
             if step % train_config.log_every_steps == 0 or is_last:
                 _check_finite(all_finite, step, checkpointer)
@@ -160,7 +158,9 @@ def run_training(
     if int(state.step) < num_steps:
         logging.warning(
             "SIGTERM received%s: saved step %d of %s and stopping.",
-            " by a process" if jax.process_count() > 1 else "", int(state.step), task.name,
+            " by a process" if jax.process_count() > 1 else "",
+            int(state.step),
+            task.name,
         )
         raise Preempted(task.name, f"step {int(state.step)} in {checkpointer.directory}")
     return TrainingResult(state=state, first_step=first_step, event_log=event_log)

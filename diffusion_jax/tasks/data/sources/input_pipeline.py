@@ -25,11 +25,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import faces_builder
-from diffusion_jax.tasks.data.sources import image_folders
-from diffusion_jax.tasks.data.sources import recordio
-from diffusion_jax.tasks.data.sources import tfds_source
-from diffusion_jax.tasks.data.sources.image_decoding import LUMA_WEIGHTS, decode_image, to_model_range
+from diffusion_jax.tasks.data.sources import faces_builder, image_folders, recordio, tfds_source
+from diffusion_jax.tasks.data.sources.image_decoding import (
+    LUMA_WEIGHTS,
+    decode_image,
+    to_model_range,
+)
 
 SPLITS = ("train", "heldout", "pairs")
 SOURCES = ("procedural", "image_folder", "recordio", "tfds")
@@ -96,7 +97,8 @@ def _check_source(data_config: ml_collections.ConfigDict) -> None:
     is_file_source = data_config.source in ("image_folder", "recordio")
     if is_file_source and not paths.resolve(data_config.path).exists():
         raise FileNotFoundError(
-            f"data.path={data_config.path!r} (for data.source={data_config.source!r}) does not exist"
+            f"data.path={data_config.path!r} (for data.source={data_config.source!r}) "
+            "does not exist"
         )
 
 
@@ -178,8 +180,10 @@ def _record_labels(data_config: ml_collections.ConfigDict, records) -> np.ndarra
             )
         starts, ends = reader.identity_ranges[:, 0], reader.identity_ranges[:, 1]
         if np.any(np.diff(starts) < 0):
-            raise ValueError(f"{reader.rec_path}: the identity key ranges are not in label order, "
-                             "so data.max_identities / max_images_per_identity cannot use them")
+            raise ValueError(
+                f"{reader.rec_path}: the identity key ranges are not in label order, "
+                "so data.max_identities / max_images_per_identity cannot use them"
+            )
         labels = np.searchsorted(starts, reader.image_keys, side="right") - 1
         if np.any(labels < 0) or np.any(reader.image_keys >= ends[labels]):
             raise ValueError(f"{reader.rec_path}: an image key lies outside every identity range")
@@ -233,8 +237,10 @@ def training_records(data_config: ml_collections.ConfigDict):
         _record_labels(data_config, records), max_identities, max_images_per_identity
     )
     if not len(indices):
-        raise ValueError(f"data.max_identities / max_images_per_identity leave no record of "
-                         f"{data_config.source} {data_config.path!r}")
+        raise ValueError(
+            f"data.max_identities / max_images_per_identity leave no record of "
+            f"{data_config.source} {data_config.path!r}"
+        )
     return _Subset(records, indices)
 
 
@@ -356,7 +362,7 @@ class _RandomShift(grain.transforms.RandomMap):
         height, width = image.shape[:2]
         top, left = rng.integers(0, 2 * shift + 1, size=2)
         padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
-        return {**element, "image": padded[top:top + height, left:left + width]}
+        return {**element, "image": padded[top : top + height, left : left + width]}
 
 
 class _RandomColorJitter(grain.transforms.RandomMap):

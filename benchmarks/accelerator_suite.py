@@ -18,11 +18,12 @@ Sections (each on a mesh of every device JAX sees, `config.mesh` of the preset: 
                           `max_resample_rounds`) with `GenerationModels.draw` and `.embed_round`
                           on randomly initialised networks: a random UNet, and two random
                           IResNets (the preset's architecture, different seeds) as conditioning
-                          encoder and judge; identities are random unit vectors. Files are not
-                          written (benchmarks/generation_throughput.py times the whole job of a
-                          trained run). Reported: images drawn per second, and the share of time
-                          outside the denoiser = 1 - batches x t(sampler alone, same batch) /
-                          seconds of the drawing loop. A warm-up shard compiles everything first.
+                          encoder and judge; identities are random unit vectors, 2 per shard.
+                          Files are not written (benchmarks/generation_throughput.py times the
+                          whole job of a trained run). Reported: images drawn per second, and
+                          the share of time outside the denoiser = 1 - batches x t(sampler
+                          alone, same batch) / seconds of the drawing loop. A warm-up shard
+                          compiles the embeddings first (the sampler's section compiled it).
                           With random networks the judge's decisions (and so the redraws) are not
                           those of a trained run.
     encoder_train_step    the identity encoder's train step: `encoder_builder` (IResNet + margin
@@ -42,8 +43,10 @@ encoder computes in float32 (TF32 on NVIDIA GPUs by XLA's default precision); it
 against the bf16 peak, and says so.
 
 The budget: compiles cannot be cut short, timing loops can. Each section's timing stops at its
-share of the budget left, and a section that would start with less than --reserve_s left is
-skipped (reported as such). Sizes: the preset's batches, except --quick (a check that it runs,
+share of the budget left or its cap (30 s; generation 60 s), after at most 50 timed calls (the
+sampler 10), and a section that would start with less than --reserve_s left is skipped (reported
+as such). Compiles dominate on an accelerator: the four programs, the two embedding functions and
+two state initialisations. Sizes: the preset's batches, except --quick (a check that it runs,
 for the tests on a CPU): the base preset shrunk to a tiny UNet at 32x32, iresnet_small at 32x32,
 32-dimensional identities, batches of 8, 4 sampler steps.
 
@@ -68,22 +71,35 @@ from diffusion_jax.benchmark_record import write_benchmark_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("diffusion_train_step", "sampler", "generation", "encoder_train_step", "memory")
-# Share of the budget left that each timed section may spend timing (compiles come on top).
+# Share of the budget left that each timed section may spend timing (compiles come on top), and
+# the most seconds it may spend, whatever is left.
 TIMING_SHARE = {
     "diffusion_train_step": 0.25,
     "sampler": 0.25,
     "generation": 0.4,
     "encoder_train_step": 0.5,
 }
+TIMING_CAP_S = {
+    "diffusion_train_step": 30.0,
+    "sampler": 30.0,
+    "generation": 60.0,
+    "encoder_train_step": 30.0,
+}
 MAX_CALLS, QUICK_CALLS = 50, 3  # timed calls per program at most
+SAMPLER_MAX_CALLS = 10  # a guided 50-step batch takes about a second on an H100
 QUICK_TIMING_S = 2.0  # --quick: seconds of timing per program at most
+# Identities per shard of the generation section: small, so that the warm-up shard is short and
+# the timed drawing stops at a shard's end soon after its deadline.
+SUITE_IDENTITIES_PER_SHARD = 2
 
 
 def load_preset(preset: str):
     """`configs/faces.py:<preset>`, loaded by path as `--config` loads it."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("faces_config", REPO_ROOT / "configs" / "faces.py")
+    spec = importlib.util.spec_from_file_location(
+        "faces_config", REPO_ROOT / "configs" / "faces.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset)
@@ -92,6 +108,7 @@ def load_preset(preset: str):
 def suite_config(quick: bool):
     """The base preset in pixel space; with `quick`, shrunk to tiny sizes (module docstring)."""
     config = load_preset("base,pixel")
+    config.generate.identities_per_shard = SUITE_IDENTITIES_PER_SHARD
     if not quick:
         return config
     config.data.resolution = 32
@@ -112,7 +129,6 @@ def suite_config(quick: bool):
     config.sample.num_steps = 4
     config.generate.batch_size = 8
     config.generate.images_per_identity = 4
-    config.generate.identities_per_shard = 2
     return config
 
 
@@ -135,7 +151,7 @@ class Budget:
 
     def timing_s(self, section: str) -> float:
         share = max(0.0, TIMING_SHARE[section] * (self.left() - self.reserve_s))
-        return min(share, self.max_timing_s)
+        return min(share, TIMING_CAP_S[section], self.max_timing_s)
 
 
 def median_call_seconds(call, seconds: float, max_calls: int) -> tuple[float, int]:
@@ -215,10 +231,13 @@ def diffusion_train_step(config, mesh, budget: Budget, peak, context) -> dict[st
     data = np.random.default_rng(0)
     side = config.data.resolution
     cond = data.normal(size=(batch_size, config.condition.dim)).astype(np.float32)
-    batch = parallel.global_batch({
-        "x0": data.uniform(-1, 1, (batch_size, side, side, 3)).astype(np.float32),
-        "cond": cond / np.linalg.norm(cond, axis=1, keepdims=True),
-    }, mesh)
+    batch = parallel.global_batch(
+        {
+            "x0": data.uniform(-1, 1, (batch_size, side, side, 3)).astype(np.float32),
+            "cond": cond / np.linalg.norm(cond, axis=1, keepdims=True),
+        },
+        mesh,
+    )
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, rng, {}).compile()
     compile_s = time.perf_counter() - start
@@ -228,12 +247,14 @@ def diffusion_train_step(config, mesh, budget: Budget, peak, context) -> dict[st
         holder[0], metrics = compiled(holder[0], batch, rng, {})  # the state is donated
         return metrics["loss"]
 
-    seconds, calls = median_call_seconds(step, budget.timing_s("diffusion_train_step"),
-                                         budget.max_calls)
+    seconds, calls = median_call_seconds(
+        step, budget.timing_s("diffusion_train_step"), budget.max_calls
+    )
     images_per_s = batch_size / seconds
     flops = flops_per_image(compiled, num_devices, batch_size)
     context["num_params"] = state_lib.count_params(holder[0].params)
-    del holder, state
+    holder.clear()  # the last state: freed before the next section
+    del state
     return {
         "batch": batch_size,
         "dtype": config.model.dtype,
@@ -278,15 +299,17 @@ def sampler(config, mesh, budget: Budget, peak, context) -> dict[str, Any]:
     compiled = sample_fn.lower(params, cond, keys).compile()
     compile_s = time.perf_counter() - start
     seconds, calls = median_call_seconds(
-        lambda: compiled(params, cond, keys), budget.timing_s("sampler"), budget.max_calls
+        lambda: compiled(params, cond, keys),
+        budget.timing_s("sampler"),
+        min(budget.max_calls, SAMPLER_MAX_CALLS),
     )
     steps = sampler_options(config.sample, schedule.num_timesteps)["num_steps"]
     guided = config.sample.guidance_scale not in (0, 1)
     flops = flops_per_image(compiled, num_devices, batch_size, repeats=steps)
     images_per_s = batch_size / seconds
-    # The generation section reuses the UNet, its sampler (compiled by the job's first call:
-    # the same jitted function) and the sampler's time per batch.
-    context.update(graphdef=graphdef, params=params, sample_fn=sample_fn, sample_s=seconds)
+    # The generation section reuses the UNet, the compiled sampler (the job's batches have these
+    # shapes and shardings, so it is not compiled again) and its time per batch.
+    context.update(params=params, sample_fn=compiled, sample_s=seconds)
     return {
         "sampler": config.sample.sampler,
         "num_steps": steps,
@@ -347,11 +370,10 @@ def generation(config, mesh, budget: Budget, peak, context) -> dict[str, Any]:
     per_shard = generate.identities_per_shard
     # Identities for far more shards than the budget allows; drawing stops at the deadline.
     generate.num_identities = per_shard * 1000
-    identities = np.random.default_rng(2).normal(size=(generate.num_identities,
-                                                       config.condition.dim))
-    identities = (identities / np.linalg.norm(identities, axis=1, keepdims=True)).astype(
-        np.float32
+    identities = np.random.default_rng(2).normal(
+        size=(generate.num_identities, config.condition.dim)
     )
+    identities = (identities / np.linalg.norm(identities, axis=1, keepdims=True)).astype(np.float32)
 
     def run(shards, seconds: float, max_shards: int) -> tuple[Throughput, float, list]:
         throughput = Throughput()
@@ -359,8 +381,9 @@ def generation(config, mesh, budget: Budget, peak, context) -> dict[str, Any]:
         deadline = time.perf_counter() + seconds
         start = time.perf_counter()
         with tqdm.tqdm(total=0, disable=True) as progress:
-            for shard, records, kept in draw_shards(config, models, identities, shards,
-                                                    throughput, progress):
+            for shard, records, kept in draw_shards(
+                config, models, identities, shards, throughput, progress
+            ):
                 completed.append((shard, records, kept))
                 if time.perf_counter() > deadline or len(completed) >= max_shards:
                     break
@@ -371,7 +394,8 @@ def generation(config, mesh, budget: Budget, peak, context) -> dict[str, Any]:
     warmup_s = time.perf_counter() - start
     max_shards = 3 if context["quick"] else 1000
     throughput, seconds, completed = run(
-        list(range(1, generate.num_identities // per_shard)), budget.timing_s("generation"),
+        list(range(1, generate.num_identities // per_shard)),
+        budget.timing_s("generation"),
         max_shards,
     )
     records = [record for _, shard_records, _ in completed for record in shard_records]
@@ -425,10 +449,13 @@ def encoder_train_step(config, mesh, budget: Budget, peak, context) -> dict[str,
     num_params = state_lib.count_params(state.params)
     data = np.random.default_rng(3)
     side = config.encoder.input_resolution
-    batch = parallel.global_batch({
-        "image": data.uniform(-1, 1, (batch_size, side, side, 3)).astype(np.float32),
-        "label": data.integers(0, num_classes, batch_size).astype(np.int32),
-    }, mesh)
+    batch = parallel.global_batch(
+        {
+            "image": data.uniform(-1, 1, (batch_size, side, side, 3)).astype(np.float32),
+            "label": data.integers(0, num_classes, batch_size).astype(np.int32),
+        },
+        mesh,
+    )
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, rng, {}).compile()
     compile_s = time.perf_counter() - start
@@ -438,9 +465,11 @@ def encoder_train_step(config, mesh, budget: Budget, peak, context) -> dict[str,
         holder[0], metrics = compiled(holder[0], batch, rng, {})
         return metrics["loss"]
 
-    seconds, calls = median_call_seconds(step, budget.timing_s("encoder_train_step"),
-                                         budget.max_calls)
-    del holder, state
+    seconds, calls = median_call_seconds(
+        step, budget.timing_s("encoder_train_step"), budget.max_calls
+    )
+    holder.clear()  # the last state: freed before the next section
+    del state
     images_per_s = batch_size / seconds
     flops = flops_per_image(compiled, num_devices, batch_size)
     return {
@@ -474,12 +503,23 @@ SECTION_FUNCTIONS = {
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes: a check that everything runs (e.g. on a CPU)")
-    parser.add_argument("--time_budget_s", type=float, default=480.0,
-                        help="wall-clock budget of the whole suite, seconds")
-    parser.add_argument("--reserve_s", type=float, default=20.0,
-                        help="a section is skipped when less than this is left")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: a check that everything runs (e.g. on a CPU)",
+    )
+    parser.add_argument(
+        "--time_budget_s",
+        type=float,
+        default=480.0,
+        help="wall-clock budget of the whole suite, seconds",
+    )
+    parser.add_argument(
+        "--reserve_s",
+        type=float,
+        default=20.0,
+        help="a section is skipped when less than this is left",
+    )
     parser.add_argument("--output", help="also write the JSON record here")
     args = parser.parse_args(argv)
     if args.time_budget_s <= 0 or args.reserve_s < 0:
@@ -510,8 +550,11 @@ def main(argv: list[str]) -> None:
     context: dict[str, Any] = {"quick": args.quick}
     for name in SECTIONS[:-1]:
         if budget.left() < args.reserve_s or (name == "generation" and "sample_fn" not in context):
-            results["sections"][name] = {"skipped": "time budget" if budget.left() < args.reserve_s
-                                         else "the sampler section did not run"}
+            results["sections"][name] = {
+                "skipped": "time budget"
+                if budget.left() < args.reserve_s
+                else "the sampler section did not run"
+            }
             continue
         started = time.perf_counter()
         print(f"{name} ...", file=sys.stderr, flush=True)
@@ -531,12 +574,22 @@ def main(argv: list[str]) -> None:
         "resolution": config.data.resolution,
         "train_batch_size": config.train.batch_size,
         "sample": {key: config.sample[key] for key in ("sampler", "num_steps", "guidance_scale")},
-        "generate": {key: config.generate[key] for key in (
-            "batch_size", "images_per_identity", "identities_per_shard", "max_resample_rounds",
-            "min_judge_similarity", "max_duplicate_similarity")},
-        "encoder": {"architecture": config.encoder.architecture,
-                    "input_resolution": config.encoder.input_resolution,
-                    "batch_size": config.encoder.train.batch_size},
+        "generate": {
+            key: config.generate[key]
+            for key in (
+                "batch_size",
+                "images_per_identity",
+                "identities_per_shard",
+                "max_resample_rounds",
+                "min_judge_similarity",
+                "max_duplicate_similarity",
+            )
+        },
+        "encoder": {
+            "architecture": config.encoder.architecture,
+            "input_resolution": config.encoder.input_resolution,
+            "batch_size": config.encoder.train.batch_size,
+        },
     }
     write_benchmark_json(args.output, "accelerator_suite", rounded(results), settings)
 

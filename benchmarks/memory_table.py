@@ -27,9 +27,9 @@ Per device, for each preset and target (device kind x count):
                  preset's batch per device. The points should bracket the batches evaluated,
                  away from 1 and 2: XLA:CPU's temp for base is 0.77 and 0.98 GB at 1 and 2
                  images (0.21 GB per image), then 1.61, 5.36 and 20.31 GB at 4, 16 and 64
-                 (0.312 GB per image, linear to 0.1%). On a CPU-only machine this is XLA:CPU's buffer
-                 assignment (other fusion, no cuDNN/TPU layouts): an ESTIMATE of the
-                 accelerator's, not its measurement.
+                 (0.312 GB per image; the line misses none of the three by more than 2 MB).
+                 On a CPU-only machine this is XLA:CPU's buffer assignment (other fusion, no
+                 cuDNN/TPU layouts): an ESTIMATE of the accelerator's, not its measurement.
     total        state + encoder + batch x b + temp(b) + the step's outputs not aliased to its
                  donated inputs (the metrics).
     max batch    the largest b with total(b) <= --memory_fraction x the device's memory, per
@@ -46,9 +46,9 @@ Time estimates (ESTIMATES from cited peaks and an ASSUMED utilisation, not measu
 
     images/s = device_count x peak bf16 FLOP/s x --mfu / (FLOPs per image)
     generate --dataset_images:  sampler FLOPs per image = forward FLOPs x passes per image;
-        the judge's and the conditioning encoder's embeddings (~0.2% of a guided 50-step base
-        sample's FLOPs) and redraws of rejected images (at most max_resample_rounds per image)
-        are not counted.
+        the judge's and the conditioning encoder's embeddings (2 x 11.7 GFLOP of iresnet50 per
+        image, encoder_throughput_cpu2.json: 0.4% of a guided 50-step base sample) and redraws
+        of rejected images (at most max_resample_rounds per image) are not counted.
     train one epoch over --dataset_images:  train-step FLOPs per image.
 
 Peaks are the data sheets' dense bf16 rates (benchmarks/device_specs.py); --mfu defaults to 0.4,
@@ -63,7 +63,8 @@ compiles each target's whole mesh instead.
 
     python benchmarks/memory_table.py                                   # base,large; 4 targets
     python benchmarks/memory_table.py --presets=base --device_kind=h100 --device_count=1,8
-    python benchmarks/memory_table.py --presets=base --output=benchmarks/results/memory_table_cpu2.json
+    python benchmarks/memory_table.py --calibration_batches=4,16,64 \
+        --output=benchmarks/results/memory_table_cpu2.json
 """
 
 import argparse
@@ -90,7 +91,9 @@ TARGET_LABELS = {("tpu_v5e", 16): "TPU v5e-16", ("tpu_v4", 16): "TPU v4-32 (16 c
 
 def load_preset(preset: str):
     """`configs/faces.py:<preset>`, loaded by path as `--config` loads it."""
-    spec = importlib.util.spec_from_file_location("faces_config", REPO_ROOT / "configs" / "faces.py")
+    spec = importlib.util.spec_from_file_location(
+        "faces_config", REPO_ROOT / "configs" / "faces.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset)
@@ -159,9 +162,7 @@ def state_bytes_per_device(abstract_state, data: int, fsdp: int) -> dict[str, in
 
     from diffusion_jax.core import parallel
 
-    mesh = AbstractMesh(
-        (data, fsdp), parallel.DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto)
-    )
+    mesh = AbstractMesh((data, fsdp), parallel.DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
     shardings = parallel.state_shardings(mesh, abstract_state)
 
     def part_bytes(leaves, part_shardings) -> int:
@@ -339,16 +340,30 @@ def calibrate(config, devices, data, fsdp, batches, log) -> dict:
     }
 
 
-def table_row(config, target, mesh, calibration, state_bytes, encoder_bytes, per_image_input,
-              forward, passes, args) -> dict:
+def table_row(
+    config,
+    target,
+    mesh,
+    calibration,
+    state_bytes,
+    encoder_bytes,
+    per_image_input,
+    forward,
+    passes,
+    args,
+) -> dict:
     data, fsdp, note = mesh
     spec = target.spec
     global_batch = config.train.batch_size
     per_device_batch = global_batch / target.count
     temp = calibration["temp_fixed_bytes"] + calibration["temp_per_image_bytes"] * per_device_batch
     activations = calibration["temp_per_image_bytes"] * per_device_batch
-    fixed = (state_bytes["total"] + encoder_bytes + calibration["temp_fixed_bytes"]
-             + calibration["unaliased_output_bytes"])
+    fixed = (
+        state_bytes["total"]
+        + encoder_bytes
+        + calibration["temp_fixed_bytes"]
+        + calibration["unaliased_output_bytes"]
+    )
     total = fixed + per_image_input * per_device_batch + activations
     usable = spec.memory_bytes * args.memory_fraction
     per_image = calibration["temp_per_image_bytes"] + per_image_input
@@ -456,25 +471,55 @@ def markdown_tables(results: dict, args) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="base,large",
-                        help="comma-separated presets of configs/faces.py (PRESET[,SPACE])")
-    parser.add_argument("--device_kind", choices=sorted(DEVICE_SPECS),
-                        help="one device kind (default: the four targets "
-                        + ", ".join(f"{k}:{c}" for k, c in DEFAULT_TARGETS) + ")")
-    parser.add_argument("--device_count", default="1",
-                        help="comma-separated device counts of --device_kind (e.g. 1,8,16,32)")
-    parser.add_argument("--fsdp", type=int,
-                        help="fsdp size of every target (default: the preset's mesh; -1: all)")
-    parser.add_argument("--calibration_batches", default="4,16",
-                        help="images per device the step is compiled at (two or more)")
-    parser.add_argument("--compile_mesh", choices=("fsdp", "full"), default="fsdp",
-                        help="compile on data=1 x fsdp devices (default) or the target's mesh")
-    parser.add_argument("--memory_fraction", type=float, default=1.0,
-                        help="share of the device memory usable by the step")
-    parser.add_argument("--mfu", type=float, default=0.4,
-                        help="ASSUMED model FLOP utilisation of the time estimates")
-    parser.add_argument("--dataset_images", type=int, default=500_000,
-                        help="images of the dataset the time estimates are for")
+    parser.add_argument(
+        "--presets",
+        default="base,large",
+        help="comma-separated presets of configs/faces.py (PRESET[,SPACE])",
+    )
+    parser.add_argument(
+        "--device_kind",
+        choices=sorted(DEVICE_SPECS),
+        help="one device kind (default: the four targets "
+        + ", ".join(f"{k}:{c}" for k, c in DEFAULT_TARGETS)
+        + ")",
+    )
+    parser.add_argument(
+        "--device_count",
+        default="1",
+        help="comma-separated device counts of --device_kind (e.g. 1,8,16,32)",
+    )
+    parser.add_argument(
+        "--fsdp", type=int, help="fsdp size of every target (default: the preset's mesh; -1: all)"
+    )
+    parser.add_argument(
+        "--calibration_batches",
+        default="4,16",
+        help="images per device the step is compiled at (two or more)",
+    )
+    parser.add_argument(
+        "--compile_mesh",
+        choices=("fsdp", "full"),
+        default="fsdp",
+        help="compile on data=1 x fsdp devices (default) or the target's mesh",
+    )
+    parser.add_argument(
+        "--memory_fraction",
+        type=float,
+        default=1.0,
+        help="share of the device memory usable by the step",
+    )
+    parser.add_argument(
+        "--mfu",
+        type=float,
+        default=0.4,
+        help="ASSUMED model FLOP utilisation of the time estimates",
+    )
+    parser.add_argument(
+        "--dataset_images",
+        type=int,
+        default=500_000,
+        help="images of the dataset the time estimates are for",
+    )
     parser.add_argument("--output", help="also write the JSON record here")
     args = parser.parse_args(argv)
     # "base,large" -> base, large; "base,latent,large" -> "base,latent", large (a space name
@@ -509,7 +554,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"--presets: {error}")
     meshes = {
         (preset, target): target_mesh(config, target.count, args.fsdp)
-        for preset, config in configs.items() for target in args.targets
+        for preset, config in configs.items()
+        for target in args.targets
     }
 
     def compile_shape(mesh, target) -> tuple[int, int]:
@@ -553,11 +599,20 @@ def main(argv: list[str]) -> None:
         for target in args.targets:
             mesh = meshes[(preset, target)]
             calibration = calibrations[compile_shape(mesh, target)]
-            rows.append(table_row(
-                config, target, mesh, calibration,
-                state_bytes_per_device(abstract_state, mesh[0], mesh[1]),
-                encoder_bytes, per_image_input, forward, passes, args,
-            ))
+            rows.append(
+                table_row(
+                    config,
+                    target,
+                    mesh,
+                    calibration,
+                    state_bytes_per_device(abstract_state, mesh[0], mesh[1]),
+                    encoder_bytes,
+                    per_image_input,
+                    forward,
+                    passes,
+                    args,
+                )
+            )
         first = calibrations[next(iter(calibrations))]
         results["presets"][preset] = {
             "num_params": state_lib.count_params(abstract_state.params),
@@ -579,12 +634,12 @@ def main(argv: list[str]) -> None:
         }
     results["notes"] = {
         "exact": "state (params, EMA, optimiser), conditioning-encoder weights and batch inputs: "
-                 "sums of the abstract leaves' shard sizes",
+        "sums of the abstract leaves' shard sizes",
         "estimated": f"temp and activations: XLA:{backend.upper()} buffer assignment of the step "
-                     "compiled for this machine, fitted linearly in the batch"
-                     + (" -- an estimate of an accelerator's" if backend == "cpu" else ""),
+        "compiled for this machine, fitted linearly in the batch"
+        + (" -- an estimate of an accelerator's" if backend == "cpu" else ""),
         "time": "images/s and hours: cited dense bf16 peaks x the assumed MFU over XLA's FLOPs; "
-                "not measured",
+        "not measured",
     }
     print(markdown_tables(results, args))
     settings = {

@@ -64,22 +64,30 @@ def test_largest_batch_fits_and_one_more_does_not(memory_table):
         "train_flops_per_image": 1.8e11,
         "unaliased_output_bytes": 100,
     }
-    state = {"params": 4e8, "ema_params": 4e8, "opt_state": 8e8,
-             "step_and_model_state": 4, "total": 1.6e9 + 4}
+    state = {
+        "params": 4e8,
+        "ema_params": 4e8,
+        "opt_state": 8e8,
+        "step_and_model_state": 4,
+        "total": 1.6e9 + 4,
+    }
 
     class Args:
         memory_fraction, mfu, dataset_images = 1.0, 0.4, 500_000
 
     forward = {"flops_per_image": 6e10}
     passes = {"passes_per_image": 100}
-    row = memory_table.table_row(config, target, (16, 1, ""), calibration, state, 1.7e8,
-                                 50_000, forward, passes, Args)
+    row = memory_table.table_row(
+        config, target, (16, 1, ""), calibration, state, 1.7e8, 50_000, forward, passes, Args
+    )
     assert row["per_device_batch"] == 8 and row["fits"]
     per_device = row["max_batch_per_device"]
     usable = row["usable_memory_bytes"]
     fixed = state["total"] + 1.7e8 + 1e9 + 100
-    assert fixed + per_device * (0.2e9 + 50_000) <= usable < fixed + (per_device + 1) * (
-        0.2e9 + 50_000
+    assert (
+        fixed + per_device * (0.2e9 + 50_000)
+        <= usable
+        < fixed + (per_device + 1) * (0.2e9 + 50_000)
     )
     assert row["max_global_batch"] == 16 * per_device
     estimates = row["estimates"]
@@ -98,9 +106,19 @@ def test_demo_table_end_to_end(tmp_path):
         os.environ.get("DIFFUSION_JAX_TEST_CACHE", str(REPO_ROOT / ".jax_cache")),
     )
     completed = subprocess.run(
-        [sys.executable, "benchmarks/memory_table.py", "--presets=demo", "--device_kind=h100",
-         "--device_count=1,8", f"--output={output}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "benchmarks/memory_table.py",
+            "--presets=demo",
+            "--device_kind=h100",
+            "--device_count=1,8",
+            f"--output={output}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "| target |" in completed.stdout

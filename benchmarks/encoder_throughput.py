@@ -185,7 +185,7 @@ def measure_jax(
 def torch_margin_logits(
     cosines, labels, *, scale: float, margins: tuple[float, float, float], cosine_clip: float
 ):
-    """`models.margin_heads.margin_logits` in torch: s * cos off target, s * (cos(m1 theta + m2)
+    """`margin_heads.margin_logits` in torch: s * cos off target, s * (cos(m1 theta + m2)
     - m3) at the target, with the same fallback past theta_0 and the same cosine clip; for
     CosFace (m1 = 1, m2 = 0), s * (cos - m3) at the target without arccos."""
     import torch

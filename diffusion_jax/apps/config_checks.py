@@ -209,7 +209,8 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> None:
-    """The fields every training run reads (`train.loop`): config.train, config.encoder.train."""
+    """The fields every training run reads (`core.training.loop`): config.train and
+    config.encoder.train."""
     for field in (
         "batch_size",
         "num_steps",

@@ -1,4 +1,4 @@
-"""Imports the IResNet backbones of insightface's `arcface_torch` into `models.iresnet.IResNet`.
+"""Imports the IResNet backbones of insightface's `arcface_torch` into `core.models.iresnet`.
 
 Every nnx.Param and nnx.BatchStat of the IResNet is read from one state-dict key, with s the
 stage and b the block, both counted from 0:

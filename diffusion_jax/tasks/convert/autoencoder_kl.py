@@ -1,5 +1,5 @@
 """Imports diffusers `AutoencoderKL` directories (the VAEs of Stable Diffusion 1.x, 2.x and XL,
-and others of their layout) into `models.autoencoder.AutoencoderKL`.
+and others of their layout) into `core.models.autoencoder.AutoencoderKL`.
 
 A diffusers model directory holds config.json and diffusion_pytorch_model.safetensors (a
 diffusers pipeline keeps its VAE in the vae/ subdirectory).
@@ -26,7 +26,7 @@ Any other key, or another value, is refused with a ValueError naming the key, so
 would change the network is dropped silently.
 
 Tensors: the NNX path of every parameter, joined with dots, is its diffusers state-dict key with
-`weight` for kernel and scale (see the module docstring of `models.autoencoder`):
+`weight` for kernel and scale (see the module docstring of `core.models.autoencoder`):
 
     PyTorch key                                NNX path                     layout change
     *.conv*.weight, *quant_conv.weight         *.kernel                     OIHW -> HWIO

@@ -4,8 +4,8 @@ For the encoder the diffusion model is conditioned on (`config.encoder.checkpoin
 trained into WORKDIR/encoder/model) it writes to WORKDIR/encoder_report/:
 
   report.json                 the encoder's provenance and weights hash; per verification set the
-                              10-fold accuracy, TAR@FAR, EER, ROC AUC (`evaluate.verification`);
-                              per labelled set the identity report (`evaluate.identity_report`)
+                              10-fold accuracy, TAR@FAR, EER, ROC AUC (`evaluation.verification`);
+                              per labelled set the identity report (`evaluation.identity_report`)
   roc.png                     ROC curves of every verification set
   similarity_histograms.png   genuine and impostor similarity histograms of every labelled set
 

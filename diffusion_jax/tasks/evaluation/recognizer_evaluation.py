@@ -3,7 +3,7 @@
 Each recogniser (an encoder directory) embeds the pairs of every set of
 `config.evaluate.verification_sets` (the embedded held-out pairs, InsightFace `.bin` files such as
 LFW, CFP-FP and AgeDB-30, or LFW `pairs.txt`), and is scored with insightface's 10-fold protocol,
-the ROC, TAR@FAR and EER (`evaluate.verification`). The recognisers are
+the ROC, TAR@FAR and EER (`evaluation.verification`). The recognisers are
 `config.recognizer.evaluate` ("NAME=DIR" or DIR entries), or every recogniser trained under
 WORKDIR/recognizers. Writes WORKDIR/evaluation/report.json and roc.png.
 """

@@ -5,7 +5,7 @@ images of each (the first is the source whose conditioning-encoder embedding is 
 the second gives the real-photo ceiling), draws `consistency_samples_per_identity` samples per
 condition with `config.sample`'s sampler and guidance, and grades them with the judge encoder
 `config.evaluate.judge_encoder` (`evaluate.identity_consistency`). It also gives the Frechet
-distance (`evaluate.frechet_distance`) between the judge's embeddings of all samples and of the
+distance (`evaluation.frechet_distance`) between the judge's embeddings of all samples and of the
 first `config.evaluate.real_images_per_identity` real images of the same identities. Writes to
 WORKDIR/sample_report/: identity_consistency.json and consistency_grid.png (per row: source,
 second real image, samples).

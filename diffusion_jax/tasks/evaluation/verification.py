@@ -2,7 +2,7 @@
 
 Input: one cosine similarity per pair (of unit embeddings, flip-augmented or not upstream),
 is_same bool [N], and fold int [N] in 0..K-1 (LFW's pairs.txt folds, or 10 contiguous blocks
-for InsightFace's .bin files; see `data.verification_sets`). What is computed:
+for InsightFace's .bin files; see `evaluation.verification_sets`). What is computed:
 
   10-fold accuracy   insightface's protocol (recognition/arcface_torch/eval/verification.py),
                      so the numbers compare with published LFW / CFP-FP / AgeDB-30 tables. It

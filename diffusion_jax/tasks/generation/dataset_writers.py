@@ -28,7 +28,7 @@ Layouts, relative to OUT (s: 5-digit shard, N: 5-digit shard count, ext: png or 
 - "folders": `images/id_{label:06d}/{image_index:03d}.{ext}` (`folder_image_path`) holding the
   encoded bytes, so that sorted folder names are label order (`identity_folder_name`); image
   indices above 999 are refused, as their names would not sort. Written by write_shard only; an
-  identity without images has no folder. `data.image_folders.prepare_image_folder` numbers the
+  identity without images has no folder. `sources.image_folders.prepare_image_folder` numbers the
   folders that have images 0 .. K - 1 in that order: the generated label when no identity is
   empty, and in any case the folder's name.
 - "tfds": a TFDS dataset in `tfds/generated_faces/1.0.0/` (`TFDS_DIR`), split `train`, one
@@ -41,7 +41,7 @@ Layouts, relative to OUT (s: 5-digit shard, N: 5-digit shard count, ext: png or 
   `tfds.builder_from_directory(OUT/tfds/generated_faces/1.0.0)` and by name,
   `tfds.data_source("generated_faces", data_dir=OUT/tfds)` (hence `data.tfds_source`).
 - "recordio": InsightFace RecordIO, `recordio/train.rec` + `recordio/train.idx`, in the layout of
-  `data.recordio` (whose functions frame and pack every record): key 0 the header record (flag
+  `sources.recordio` (whose functions frame and pack every record): key 0 the header record (flag
   2, labels (M + 1, M + 1 + C) for M images); keys 1 .. M the images in (label, image_index)
   order, flag 0, label = the label as a float, id = label, id2 = image_index; keys M + 1 ..
   M + C the identity records of labels 0 .. C - 1 (flag 2, labels (start_key, end_key), the

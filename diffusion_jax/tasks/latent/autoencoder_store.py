@@ -5,10 +5,10 @@
     DIR/weights/          Orbax checkpoint of the AutoencoderKL's parameters
 
 `architecture` holds the keyword arguments of `AutoencoderKL` (see
-`models.autoencoder.autoencoder_architecture`), so the network is rebuilt exactly. `latent_scale`
-is the factor s the diffusion model's latents are multiplied by, z_diffusion = s * z, chosen so
-they have about unit variance (diffusers' `scaling_factor`). `provenance` says where the weights
-came from (a training run, or a converted directory and its hashes). The layout, the
+`core.models.autoencoder.autoencoder_architecture`), so the network is rebuilt exactly.
+`latent_scale` is the factor s the diffusion model's latents are multiplied by, z_diffusion = s * z,
+chosen so they have about unit variance (diffusers' `scaling_factor`). `provenance` says where the
+weights came from (a training run, or a converted directory and its hashes). The layout, the
 interrupted-save rule (autoencoder.json is written last) and the refusal of weights that do not fit
 the architecture, naming each parameter and both shapes, are `model_store.ModelStore`'s. DIR may be
 local or a `gs://` URL (`core.paths`).

@@ -1,8 +1,8 @@
 """Training the KL autoencoder of latent diffusion: `train_autoencoder(config, workdir)`.
 
 Trains in WORKDIR/autoencoder with the loop, train step and Orbax checkpoints every model of this
-project shares (`train.loop`), on the training images of `config.data`, and resumes there after
-an interruption. The loss is `latent.autoencoder_losses.autoencoder_loss`:
+project shares (`core.training.loop`), on the training images of `config.data`, and resumes there
+after an interruption. The loss is `autoencoder_losses.autoencoder_loss`:
 
     L1 + perceptual_weight * P + kl_weight * KL  [+ discriminator_weight * G from the start step]
 

@@ -4,13 +4,13 @@
                         "weights_sha256": "..."}
     DIR/weights/       Orbax checkpoint of the IResNet's state (nnx.Param and nnx.BatchStat)
 
-`architecture` holds the keyword arguments of `IResNet` (see `models.iresnet.iresnet_architecture`),
-so the network is rebuilt exactly; `provenance` says where the weights came from (a training run
-and its step, or a converted file and its hash). encoder.json is written last: a directory without
-it is an interrupted save and is refused. `weights_sha256` (`fingerprint.array_tree_sha256` of the
-state) identifies the weights in caches and manifests. The layout is `model_store.ModelStore`'s,
-which also refuses weights that do not fit the architecture, naming the parameters. DIR may be
-local or a `gs://` URL (`core.paths`).
+`architecture` holds the keyword arguments of `IResNet` (see
+`core.models.iresnet.iresnet_architecture`), so the network is rebuilt exactly; `provenance` says
+where the weights came from (a training run and its step, or a converted file and its hash).
+encoder.json is written last: a directory without it is an interrupted save and is refused.
+`weights_sha256` (`fingerprint.array_tree_sha256` of the state) identifies the weights in caches and
+manifests. The layout is `model_store.ModelStore`'s, which also refuses weights that do not fit the
+architecture, naming the parameters. DIR may be local or a `gs://` URL (`core.paths`).
 """
 
 import dataclasses

@@ -8,7 +8,7 @@ alone (without the head, which only knows the training identities) is exported w
 `encoder_store.save_encoder` to `model.export_dir`, the directory the diffusion model's
 conditioning and `--mode=evaluate_encoder` read. A complete export is not trained again.
 
-The loss is the cross entropy of the margin logits (`models.margin_heads`) of the backbone's
+The loss is the cross entropy of the margin logits (`core.models.margin_heads`) of the backbone's
 embedding of each image, resized to the encoder's input resolution; the logged `accuracy` is that
 of the margin-free cosine classifier on the training batch.
 """

@@ -65,6 +65,7 @@ import numpy as np
 
 # Beside this script (Python puts the script's directory first on its path).
 from device_specs import peak_for_device_kind
+from presets import load_preset
 from unet_throughput import rounded
 
 from diffusion_jax.benchmark_record import write_benchmark_json
@@ -91,18 +92,6 @@ QUICK_TIMING_S = 2.0  # --quick: seconds of timing per program at most
 # Identities per shard of the generation section: small, so that the warm-up shard is short and
 # the timed drawing stops at a shard's end soon after its deadline.
 SUITE_IDENTITIES_PER_SHARD = 2
-
-
-def load_preset(preset: str):
-    """`configs/faces.py:<preset>`, loaded by path as `--config` loads it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "faces_config", REPO_ROOT / "configs" / "faces.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
 
 
 def suite_config(quick: bool):

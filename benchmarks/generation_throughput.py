@@ -29,7 +29,6 @@ settings, results).
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -40,6 +39,7 @@ import time
 
 import jax
 import numpy as np
+from presets import load_preset
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 from diffusion_jax.core import parallel
@@ -48,13 +48,6 @@ from diffusion_jax.tasks.generation.generation_models import GenerationModels, j
 from diffusion_jax.tasks.generation.image_seeds import image_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_preset(preset: str):
-    spec = importlib.util.spec_from_file_location("faces", REPO_ROOT / "configs" / "faces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
 
 
 def median_seconds(fn, repeats: int) -> float:

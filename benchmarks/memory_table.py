@@ -69,7 +69,6 @@ compiles each target's whole mesh instead.
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import pathlib
@@ -79,6 +78,7 @@ from typing import Any
 
 # device_specs.py sits beside this script (Python puts the script's directory on its path).
 from device_specs import DEVICE_SPECS, DeviceSpec
+from presets import load_preset
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 
@@ -87,16 +87,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # slice (32 TensorCores = 16 chips; JAX sees one device per v4 chip).
 DEFAULT_TARGETS = (("h100", 1), ("h100", 8), ("tpu_v5e", 16), ("tpu_v4", 16))
 TARGET_LABELS = {("tpu_v5e", 16): "TPU v5e-16", ("tpu_v4", 16): "TPU v4-32 (16 chips)"}
-
-
-def load_preset(preset: str):
-    """`configs/faces.py:<preset>`, loaded by path as `--config` loads it."""
-    spec = importlib.util.spec_from_file_location(
-        "faces_config", REPO_ROOT / "configs" / "faces.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,6 @@ settings, results).
 
 import contextlib
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -39,6 +38,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 from absl import app, flags
+from presets import load_preset
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
@@ -57,13 +57,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _demo_config() -> ml_collections.ConfigDict:
-    """`configs/faces.py:demo`, loaded the way `config_flags` loads it."""
-    spec = importlib.util.spec_from_file_location(
-        "faces_config", os.path.join(REPO_ROOT, "configs", "faces.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("demo")
+    """`configs/faces.py:demo`."""
+    return load_preset("demo")
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:

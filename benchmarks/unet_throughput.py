@@ -42,6 +42,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import presets
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 
@@ -53,15 +54,10 @@ CPU_BATCH_PIXELS = 32 * 32 * 32
 
 
 def load_preset(preset: str) -> ml_collections.ConfigDict:
-    """`configs/faces.py:<preset>,pixel`, loaded the way `config_flags` loads a config file: the
-    UNet is timed on images (in pixel space), whatever space the preset defaults to, and sampled
-    with DDIM, the sampler the twin has (the demo preset generates with DPM-Solver++(2M), also
-    one guided network evaluation per step)."""
-    path = REPO_ROOT / "configs" / "faces.py"
-    spec = importlib.util.spec_from_file_location("faces_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"{preset},pixel")
+    """`configs/faces.py:<preset>,pixel`: the UNet is timed on images (in pixel space), whatever
+    space the preset defaults to, and sampled with DDIM, the sampler the twin has (the demo preset
+    generates with DPM-Solver++(2M), also one guided network evaluation per step)."""
+    config = presets.load_preset(f"{preset},pixel")
     config.sample.sampler = "ddim"
     return config
 

@@ -97,7 +97,8 @@ def run_stage(workdir: str, name: str, stage_config: dict, run: Callable[[], obj
 
 
 def _stage_runners(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Callable]:
-    """{stage: a function running it}; each returns False while its outputs are incomplete."""
+    """{stage: a function running it} but the report's; each returns False while its outputs
+    are incomplete."""
     layout = RunLayout.from_config(workdir, config)
 
     def judge():
@@ -129,7 +130,6 @@ def _stage_runners(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         "diffusion": lambda: train_and_evaluate(config, workdir),
         "generate": generate,
         "recognizers": recognizers,
-        "report": lambda: write_claim_report(config, workdir),
     }
 
 
@@ -149,6 +149,8 @@ def run_pipeline(
     check_stage_configs(workdir, {name: configs[name] for name in names})
     input_pipeline.ensure_prepared(config.data)
     runners = _stage_runners(config, workdir)
+    report = {}  # every process gets the report it computed; only process 0 writes the file
+    runners["report"] = lambda: report.update(write_claim_report(config, workdir))
     for name in names:
         if stages.STAGES[name].skipped(config):
             logging.info("Pipeline stage %s: not needed by this config.", name)
@@ -156,7 +158,7 @@ def run_pipeline(
         if not run_stage(workdir, name, configs[name], runners[name]):
             return None
     if "report" in names:
-        return paths.read_json(layout.report / "report.json")
+        return report or paths.read_json(layout.report / "report.json")  # or the last run's
     return None
 
 

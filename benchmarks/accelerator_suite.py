@@ -195,28 +195,18 @@ def diffusion_train_step(config, mesh, budget: Budget, peak, context) -> dict[st
     from diffusion_jax.core import parallel
     from diffusion_jax.core.diffusion.schedules import schedule_from_config
     from diffusion_jax.core.training import state as state_lib
-    from diffusion_jax.core.training.step import jit_train_step, make_train_step
-    from diffusion_jax.tasks.conditional_diffusion.denoiser import (
-        make_diffusion_loss,
-        unet_builder,
-        unet_graphdef,
-    )
+    from diffusion_jax.core.training.step import training_program
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder
 
     num_devices = mesh.devices.size
     batch_size = round_up(config.train.batch_size, num_devices)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    optimizer, learning_rate = state_lib.make_optimizer(config.train)
-    abstract_state = state_lib.abstract_train_state(unet_builder(config), optimizer)
-    train_step = make_train_step(
-        unet_graphdef(config),
-        make_diffusion_loss(schedule, config),
-        optimizer,
-        learning_rate,
-        config.train.ema_decay,
+    program = training_program(
+        unet_builder(config), make_diffusion_loss(schedule, config), config.train, mesh
     )
-    jitted = jit_train_step(train_step, mesh, parallel.state_shardings(mesh, abstract_state))
+    jitted = program.step
     rng = jax.random.key(config.seed)
-    state = state_lib.init_train_state(unet_builder(config), optimizer, mesh, rng)
+    state = state_lib.init_train_state(unet_builder(config), program.optimizer, mesh, rng)
     data = np.random.default_rng(0)
     side = config.data.resolution
     cond = data.normal(size=(batch_size, config.condition.dim)).astype(np.float32)
@@ -414,7 +404,7 @@ def encoder_train_step(config, mesh, budget: Budget, peak, context) -> dict[str,
 
     from diffusion_jax.core import parallel
     from diffusion_jax.core.training import state as state_lib
-    from diffusion_jax.core.training.step import jit_train_step, make_train_step
+    from diffusion_jax.core.training.step import training_program
     from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, make_margin_loss
 
     del context
@@ -423,18 +413,10 @@ def encoder_train_step(config, mesh, budget: Budget, peak, context) -> dict[str,
     batch_size = round_up(train_config.batch_size, num_devices)
     num_classes = config.data.num_train_identities
     build_model = encoder_builder(config, num_classes)
-    optimizer, learning_rate = state_lib.make_optimizer(train_config)
-    abstract_state = state_lib.abstract_train_state(build_model, optimizer)
-    train_step = make_train_step(
-        state_lib.model_graphdef(build_model),
-        make_margin_loss(),
-        optimizer,
-        learning_rate,
-        train_config.ema_decay,
-    )
-    jitted = jit_train_step(train_step, mesh, parallel.state_shardings(mesh, abstract_state))
+    program = training_program(build_model, make_margin_loss(), train_config, mesh)
+    jitted = program.step
     rng = jax.random.key(config.encoder.seed)
-    state = state_lib.init_train_state(build_model, optimizer, mesh, rng)
+    state = state_lib.init_train_state(build_model, program.optimizer, mesh, rng)
     num_params = state_lib.count_params(state.params)
     data = np.random.default_rng(3)
     side = config.encoder.input_resolution

@@ -119,7 +119,7 @@ def measure_jax(
     from diffusion_jax.core import parallel
     from diffusion_jax.core.models.iresnet import IResNet
     from diffusion_jax.core.training import state as state_lib
-    from diffusion_jax.core.training.step import jit_train_step, make_train_step
+    from diffusion_jax.core.training.step import training_program
     from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
     from diffusion_jax.tasks.recognition.encoder_training import (
         encoder_architecture,
@@ -133,17 +133,9 @@ def measure_jax(
     if phase == "train_step":
         train_config = config.encoder.train
         build_model = encoder_builder(config, num_classes=NUM_CLASSES)
-        optimizer, learning_rate = state_lib.make_optimizer(train_config)
-        abstract_state = state_lib.abstract_train_state(build_model, optimizer)
-        train_step = make_train_step(
-            state_lib.model_graphdef(build_model),
-            make_margin_loss(),
-            optimizer,
-            learning_rate,
-            train_config.ema_decay,
-        )
-        jitted = jit_train_step(train_step, mesh, parallel.state_shardings(mesh, abstract_state))
-        state = state_lib.init_train_state(build_model, optimizer, mesh, rng)
+        program = training_program(build_model, make_margin_loss(), train_config, mesh)
+        jitted = program.step
+        state = state_lib.init_train_state(build_model, program.optimizer, mesh, rng)
         num_params = state_lib.count_params(state.params)
         args = [state, parallel.global_batch(batch, mesh), rng, {}]
     else:

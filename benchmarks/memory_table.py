@@ -135,13 +135,13 @@ def fit_line(points: list[tuple[int, float]]) -> tuple[float, float, float]:
 # JAX (imported only in main, after XLA_FLAGS is set).
 
 
-def abstract_pieces(config):
-    """(abstract train state, optimizer, learning-rate schedule) of the preset, no allocation."""
+def abstract_train_state(config):
+    """The preset's abstract train state (`jax.eval_shape`, no allocation)."""
     from diffusion_jax.core.training import state as state_lib
     from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
 
-    optimizer, learning_rate = state_lib.make_optimizer(config.train)
-    return state_lib.abstract_train_state(unet_builder(config), optimizer), optimizer, learning_rate
+    optimizer, _ = state_lib.make_optimizer(config.train)
+    return state_lib.abstract_train_state(unet_builder(config), optimizer)
 
 
 def state_bytes_per_device(abstract_state, data: int, fsdp: int) -> dict[str, int]:
@@ -207,26 +207,18 @@ def compile_train_step(config, devices, data: int, fsdp: int, per_device_batch: 
 
     from diffusion_jax.core import parallel
     from diffusion_jax.core.diffusion.schedules import schedule_from_config
-    from diffusion_jax.core.training.step import jit_train_step, make_train_step
-    from diffusion_jax.tasks.conditional_diffusion.denoiser import (
-        make_diffusion_loss,
-        unet_graphdef,
-    )
+    from diffusion_jax.core.training.step import training_program
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import make_diffusion_loss, unet_builder
     from diffusion_jax.tasks.latent.diffusion_space import diffusion_shape
 
     mesh = parallel.make_mesh(
         ml_collections.ConfigDict({"data": data, "fsdp": fsdp}), devices[: data * fsdp]
     )
-    abstract_state, optimizer, learning_rate = abstract_pieces(config)
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    train_step = make_train_step(
-        unet_graphdef(config),
-        make_diffusion_loss(schedule, config),
-        optimizer,
-        learning_rate,
-        config.train.ema_decay,
+    program = training_program(
+        unet_builder(config), make_diffusion_loss(schedule, config), config.train, mesh
     )
-    jitted = jit_train_step(train_step, mesh, parallel.state_shardings(mesh, abstract_state))
+    abstract_state, jitted = program.abstract_state, program.step
     global_batch = per_device_batch * data * fsdp
     side, channels = diffusion_shape(config)
     batch = {
@@ -572,7 +564,7 @@ def main(argv: list[str]) -> None:
     results = {"compiled_for": backend, "presets": {}}
     for preset, config in configs.items():
         log(f"{preset}:")
-        abstract_state, _, _ = abstract_pieces(config)
+        abstract_state = abstract_train_state(config)
         calibrations = {}
         for target in args.targets:
             shape = compile_shape(meshes[(preset, target)], target)

@@ -194,11 +194,10 @@ def measure_jax(
     from diffusion_jax.core import parallel
     from diffusion_jax.core.diffusion.schedules import schedule_from_config
     from diffusion_jax.core.training import state as state_lib
-    from diffusion_jax.core.training.step import jit_train_step, make_train_step
+    from diffusion_jax.core.training.step import training_program
     from diffusion_jax.tasks.conditional_diffusion.denoiser import (
         make_diffusion_loss,
         unet_builder,
-        unet_graphdef,
     )
     from diffusion_jax.tasks.conditional_diffusion.sample_functions import (
         make_sample_fn,
@@ -210,18 +209,11 @@ def measure_jax(
     batch = make_batch(config, batch_size)
     rng = jax.random.key(config.seed)
     if phase == "train_step":
-        optimizer, learning_rate = state_lib.make_optimizer(config.train)
-        abstract_state = state_lib.abstract_train_state(unet_builder(config), optimizer)
-        shardings = parallel.state_shardings(mesh, abstract_state)
-        train_step = make_train_step(
-            unet_graphdef(config),
-            make_diffusion_loss(schedule, config),
-            optimizer,
-            learning_rate,
-            config.train.ema_decay,
+        program = training_program(
+            unet_builder(config), make_diffusion_loss(schedule, config), config.train, mesh
         )
-        jitted = jit_train_step(train_step, mesh, shardings)
-        state = state_lib.init_train_state(unet_builder(config), optimizer, mesh, rng)
+        jitted = program.step
+        state = state_lib.init_train_state(unet_builder(config), program.optimizer, mesh, rng)
         args = [state, parallel.global_batch(batch, mesh), rng, {}]
     else:
         model = unet_builder(config)(nnx.Rngs(config.seed))

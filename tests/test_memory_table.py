@@ -41,7 +41,7 @@ def test_line_fit(memory_table):
 
 def test_state_bytes_divide_over_fsdp(memory_table):
     config = memory_table.load_preset("demo")
-    abstract_state, _, _ = memory_table.abstract_pieces(config)
+    abstract_state = memory_table.abstract_train_state(config)
     leaves = jax.tree.leaves(abstract_state.params)
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
     whole = memory_table.state_bytes_per_device(abstract_state, 1, 1)

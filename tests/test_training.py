@@ -14,6 +14,7 @@ from diffusion_jax.core import parallel
 from diffusion_jax.core.preemption import Preempted
 from diffusion_jax.core.training import loop
 from diffusion_jax.core.training import state as state_lib
+from diffusion_jax.core.training import step as step_module
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.tasks.conditional_diffusion import diffusion_training
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
@@ -60,7 +61,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
     config = tiny_config(data_dir=prepared_data_dir)
     workdir = str(tmp_path)
 
-    real_jit_train_step = loop.jit_train_step
+    real_jit_train_step = step_module.jit_train_step  # what `training_program` jits with
 
     def crashing_jit_train_step(*args, **kwargs):
         step_fn = real_jit_train_step(*args, **kwargs)
@@ -74,10 +75,10 @@ def test_interrupted_run_resumes_to_the_same_parameters(
 
         return step
 
-    monkeypatch.setattr(loop, "jit_train_step", crashing_jit_train_step)
+    monkeypatch.setattr(step_module, "jit_train_step", crashing_jit_train_step)
     with pytest.raises(RuntimeError, match="simulated preemption"):
         diffusion_training.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(loop, "jit_train_step", real_jit_train_step)
+    monkeypatch.setattr(step_module, "jit_train_step", real_jit_train_step)
     assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).all_steps() == [3]
 
     resumed = diffusion_training.train_and_evaluate(config, workdir)

@@ -30,7 +30,7 @@ from diffusion_jax.core.preemption import Preempted, stop_check
 from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.core.training.event_logs import EventLog
-from diffusion_jax.core.training.step import Batch, LossFn, jit_train_step, make_train_step
+from diffusion_jax.core.training.step import Batch, LossFn, training_program
 
 StepHook = Callable[[int, state_lib.TrainState, metric_writers.MetricWriter], None]
 
@@ -95,27 +95,19 @@ def run_training(
     init_rng, train_rng = jax.random.split(rng)
 
     # ------------------------------------------------------------------ Model and state
-    optimizer, learning_rate = task.make_optimizer(train_config)
-    abstract_state = state_lib.abstract_train_state(task.build_model, optimizer)
-    shardings = parallel.state_shardings(mesh, abstract_state)
+    program = training_program(
+        task.build_model, task.loss_fn, train_config, mesh, task.make_optimizer
+    )
     checkpointer = Checkpointer(run_dir / "checkpoints", max_to_keep=train_config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         logging.info("%s: resuming from step %d.", task.name, checkpointer.latest_step())
-        state = checkpointer.restore(abstract_state, shardings, data_iterator=task.data_iterator)
+        state = checkpointer.restore(
+            program.abstract_state, program.state_shardings, data_iterator=task.data_iterator
+        )
     else:
-        state = state_lib.init_train_state(task.build_model, optimizer, mesh, init_rng)
+        state = state_lib.init_train_state(task.build_model, program.optimizer, mesh, init_rng)
     logging.info("%s: %d parameters.", task.name, state_lib.count_params(state.params))
-    train_step = jit_train_step(
-        make_train_step(
-            state_lib.model_graphdef(task.build_model),
-            task.loss_fn,
-            optimizer,
-            learning_rate,
-            train_config.ema_decay,
-        ),
-        mesh,
-        shardings,
-    )
+    train_step = program.step
     frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
 
     # ------------------------------------------------------------------ Loop

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax.core import parallel
+from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.state import TrainState, split_model
 
 Batch = dict[str, jax.Array]
@@ -113,4 +114,42 @@ def jit_train_step(train_step: TrainStep, mesh: Mesh, state_shardings: TrainStat
         in_shardings=(state_shardings, batch_sharding, replicated, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    """What a training run compiles: its optimiser, the abstract train state (`jax.eval_shape`,
+    no allocation), the state's shardings over the mesh, and the jitted step."""
+
+    optimizer: optax.GradientTransformation
+    abstract_state: TrainState
+    state_shardings: Any
+    step: TrainStep
+
+
+def training_program(
+    build_model: state_lib.BuildModel,
+    loss_fn: LossFn,
+    train_config: Any,
+    mesh: Mesh,
+    make_optimizer: Callable[[Any], tuple[optax.GradientTransformation, optax.Schedule]] = (
+        state_lib.make_optimizer
+    ),
+) -> TrainingProgram:
+    """The optimiser of `train_config` (with its learning-rate schedule and `ema_decay`), the
+    abstract state of `build_model`, its shardings and `jit_train_step(make_train_step(...))`:
+    what the training loop and the benchmarks build alike."""
+    optimizer, learning_rate = make_optimizer(train_config)
+    abstract_state = state_lib.abstract_train_state(build_model, optimizer)
+    shardings = parallel.state_shardings(mesh, abstract_state)
+    step = make_train_step(
+        state_lib.model_graphdef(build_model),
+        loss_fn,
+        optimizer,
+        learning_rate,
+        train_config.ema_decay,
+    )
+    return TrainingProgram(
+        optimizer, abstract_state, shardings, jit_train_step(step, mesh, shardings)
     )

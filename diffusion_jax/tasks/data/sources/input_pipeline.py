@@ -4,8 +4,8 @@ Every function takes the `config.data` ConfigDict of configs/faces.py and reads 
 source ("procedural"), data_dir (TFDS data dir; "~" is expanded), resolution, seed,
 num_train_identities, images_per_train_identity, num_heldout_identities,
 images_per_heldout_identity, pairs_per_fold, horizontal_flip, max_shift and worker_count (0 reads
-in the calling process); a recogniser's training set also sets color_jitter
-(`recognizer_training`). For every source, `max_identities` and `max_images_per_identity` (-1:
+in the calling process) and color_jitter (0 but for the recognisers' training sets,
+`recognizer_training`). For every source, `max_identities` and `max_images_per_identity` (-1:
 all) cut the training records to the first identity labels and the first records of each
 (`training_records`).
 
@@ -521,7 +521,7 @@ def _train_iterator(
     max_shift = data_config.get("max_shift", 0)  # configs saved before the field existed
     if max_shift:
         operations.append(_RandomShift(max_shift))
-    if data_config.get("color_jitter", 0.0):  # a recogniser's (config.recognizer) only
+    if data_config.get("color_jitter", 0.0):  # set for the recognisers (config.recognizer)
         operations.append(_RandomColorJitter(data_config.color_jitter))
     operations += [
         _ToModelInputs(),

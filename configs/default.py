@@ -226,6 +226,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.generate.task_count = -1
     # Workers other than 0 wait this long for worker 0 to write the dataset's identities.
     config.generate.identities_timeout_minutes = 120.0
+    # The processes of one jax.distributed job (the pipeline with --distributed) wait for each
+    # other's shards; a worker stops with an error when no shard completes for this long.
+    config.generate.dataset_timeout_minutes = 120.0
 
     # Recognisers that test the claim (--mode=pipeline, train_recognizer, evaluate): trained with
     # the identity encoder's recipe (config.encoder: architecture, head, train) and this seed,

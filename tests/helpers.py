@@ -41,6 +41,30 @@ def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
+def main_job_environment(environment: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the tests' persistent compilation cache and `environment`
+    added."""
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        **(environment or {}),
+    }
+
+
+def main_job_flags(
+    preset: str, workdir: str, data_dir: str, mode: str, overrides: dict | None
+) -> list[str]:
+    """The main job's flags for `preset` (`mode` may hold several words, e.g. "pipeline
+    --stages=generate")."""
+    return [
+        f"--config={config_argument(preset)}",
+        f"--workdir={workdir}",
+        *f"--mode={mode}".split(),
+        f"--config.data.data_dir={data_dir}",
+    ] + [f"--config.{field}={value}" for field, value in (overrides or {}).items()]
+
+
 def run_main_job(
     preset: str,
     workdir: str,
@@ -57,22 +81,55 @@ def run_main_job(
     its stderr if it fails."""
     if stages:
         mode = f"pipeline --stages={stages}"
-    command = [
-        sys.executable,
-        "-m",
-        "diffusion_jax.main",
-        f"--config={config_argument(preset)}",
-        f"--workdir={workdir}",
-        *f"--mode={mode}".split(),
-        f"--config.data.data_dir={data_dir}",
-    ] + [f"--config.{field}={value}" for field, value in (overrides or {}).items()]
-    environment = {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-        **(environment or {}),
-    }
+    command = [sys.executable, "-m", "diffusion_jax.main"]
+    command += main_job_flags(preset, workdir, data_dir, mode, overrides)
     result = subprocess.run(
-        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
+        command,
+        cwd=REPO_ROOT,
+        env=main_job_environment(environment),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def run_main_job_in_processes(
+    num_processes: int,
+    preset: str,
+    workdir: str,
+    data_dir: str,
+    overrides: dict | None = None,
+    mode: str = "pipeline",
+    log_dir: str = "",
+    timeout: int = 1200,
+    devices_per_process: int = 1,
+) -> list[str]:
+    """Runs the main job as `launch/local.sh NUM_PROCESSES` starts it (one jax.distributed job of
+    processes with `devices_per_process` CPU devices each, --distributed) and returns each
+    process's log; fails the test with the logs' tails if any process fails."""
+    log_dir = log_dir or os.path.join(workdir, "..", os.path.basename(workdir) + "_logs")
+    command = [
+        os.path.join(REPO_ROOT, "launch", "local.sh"),
+        f"--python={sys.executable}",
+        f"--log-dir={log_dir}",
+        f"--devices-per-process={devices_per_process}",
+        str(num_processes),
+        "--",
+        *main_job_flags(preset, workdir, data_dir, mode, overrides),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=main_job_environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    logs = []
+    for index in range(num_processes):
+        with open(os.path.join(log_dir, f"process_{index}.log")) as file:
+            logs.append(file.read())
+    tails = "\n".join(f"--- process {i}:\n{log[-3000:]}" for i, log in enumerate(logs))
+    assert result.returncode == 0, result.stderr[-2000:] + tails
+    return logs

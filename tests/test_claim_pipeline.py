@@ -1,16 +1,19 @@
-"""`--mode=pipeline` on the `test` preset: every stage runs, the report has every section with
-finite numbers, a pipeline interrupted between stages skips, when restarted, the stages it had
-completed (checked by their outputs' modification times), and a config that differs from a
-completed stage's is refused, naming the changed keys, before anything runs."""
+"""`--mode=pipeline` on the `test` preset, run as `launch/local.sh 2` runs it (two processes of one
+jax.distributed job, one CPU device each): every stage runs in both, generation is shared
+between them and the one that finishes first waits for the other's shards, the report has every
+section with finite numbers, a pipeline interrupted between stages skips, when restarted, the
+stages it had completed (checked by their outputs' modification times), and a config that
+differs from a completed stage's is refused, naming the changed keys, before anything runs."""
 
 import json
 import math
 import os
+import re
 import shutil
 
 import pytest
 
-from tests.helpers import run_main_job
+from tests.helpers import run_main_job, run_main_job_in_processes
 
 OVERRIDES = {"condition.source": "encoder", "generate.identities_per_shard": 3}
 # One output of each stage, relative to the workdir.
@@ -25,10 +28,19 @@ STAGE_OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, prepared_data_dir):
-    workdir = str(tmp_path_factory.mktemp("claim_pipeline"))
-    run_main_job("test", workdir, prepared_data_dir, OVERRIDES, timeout=1200, mode="pipeline")
-    return workdir
+def pipeline_processes(tmp_path_factory, prepared_data_dir):
+    """(workdir, [log of process 0, log of process 1]) of the pipeline run by two processes."""
+    workdir = str(tmp_path_factory.mktemp("claim_pipeline") / "run")
+    log_dir = str(tmp_path_factory.mktemp("claim_pipeline_logs"))
+    logs = run_main_job_in_processes(
+        2, "test", workdir, prepared_data_dir, OVERRIDES, mode="pipeline", log_dir=log_dir
+    )
+    return workdir, logs
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(pipeline_processes):
+    return pipeline_processes[0]
 
 
 def numbers(value):
@@ -78,6 +90,31 @@ def test_the_report_has_every_section_with_finite_numbers(pipeline_run):
         assert section in markdown
     for name in ("roc.png", "similarity_histograms.png", "generated_vs_real.png"):
         assert os.path.getsize(os.path.join(pipeline_run, "report", name)) > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_processes_run_every_stage_and_share_the_generation(pipeline_processes):
+    from diffusion_jax.tasks.generation import dataset_validation
+
+    workdir, logs = pipeline_processes
+    for stage in ("encoder", "judge", "diffusion", "generate", "recognizers", "report"):
+        assert all(f"Pipeline stage {stage}: running." in log for log in logs), stage
+    written = []
+    for index, log in enumerate(logs):
+        assert f"Worker {index} of 2 (from jax)" in log
+        summary = re.search(r"Generation summary: .*'shards_written': \[([\d, ]*)\]", log)
+        written.append({int(shard) for shard in summary.group(1).split(",") if shard.strip()})
+        # Both processes leave the stage with the whole dataset, whichever finished it.
+        assert "'dataset_complete': True" in log[summary.start() :]
+    generated = os.path.join(workdir, "generated")
+    with open(os.path.join(generated, "manifest.json")) as file:
+        num_shards = len(json.load(file)["shards"])
+    assert written[0] and written[1] and not written[0] & written[1]
+    assert written[0] | written[1] == set(range(num_shards))
+    dataset_validation.validate(generated)
+    records = sorted(os.listdir(os.path.join(workdir, "pipeline")))
+    assert records == [f"{stage}.json" for stage in sorted(STAGE_OUTPUTS)]  # no .partial left
 
 
 @pytest.mark.slow

@@ -140,6 +140,7 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         "batch_size",
         "candidates_per_identity",
         "identities_timeout_minutes",
+        "dataset_timeout_minutes",
     ):
         _require(config, f"generate.{field}", lambda v: v > 0, "must be positive")
     _require(

@@ -25,8 +25,11 @@ stage raises `preemption.Preempted` after saving; a rerun resumes there.
 
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from diffusion_jax.core import paths, stages
 from diffusion_jax.core.run_layout import RunLayout
@@ -78,7 +81,9 @@ def check_stage_configs(workdir: str, configs: dict[str, dict]) -> None:
 def run_stage(workdir: str, name: str, stage_config: dict, run: Callable[[], object]) -> bool:
     """Runs `run` unless the stage's record holds this config's fingerprint, then records the
     stage with its config. `run` returning False means its outputs are not complete yet (another
-    worker's share is missing): the stage is not recorded. Returns whether the stage is done."""
+    worker's share is missing): the stage is not recorded. Returns whether the stage is done.
+    With several processes every process runs it, they wait for each other at its end, and
+    process 0 writes the record."""
     layout = RunLayout(paths.resolve(workdir))
     record = paths.read_json_if_exists(layout.stage_record(name))
     fingerprint = stages.fingerprint(stage_config)
@@ -86,13 +91,18 @@ def run_stage(workdir: str, name: str, stage_config: dict, run: Callable[[], obj
         logging.info("Pipeline stage %s: complete, skipped.", name)
         return True
     logging.info("Pipeline stage %s: running.", name)
-    if run() is False:
+    done = run() is not False
+    if jax.process_count() > 1:
+        # Every process finishes the stage before any goes on, and all agree whether it is done.
+        done = bool(np.all(multihost_utils.process_allgather(np.int32(done))))
+    if not done:
         logging.warning("Pipeline stage %s is not complete yet; run again to finish it.", name)
         return False
-    paths.write_json_atomically(
-        layout.stage_record(name),
-        {"stage": name, "fingerprint": fingerprint, "config": stage_config},
-    )
+    if jax.process_index() == 0:
+        paths.write_json_atomically(
+            layout.stage_record(name),
+            {"stage": name, "fingerprint": fingerprint, "config": stage_config},
+        )
     return True
 
 

@@ -52,6 +52,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf of `tree` (host values, the same in every process) as a jax.Array
+    replicated on every device of `mesh`, which may span processes: each process fills its own
+    devices. (`jax.device_put` from the host cannot reach another process's devices.)"""
+    sharding = replicated(mesh)
+
+    def put(leaf):
+        value = np.asarray(leaf)
+        value = value.astype(jax.dtypes.canonicalize_dtype(value.dtype))  # float64 -> float32
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree)
+
+
 def fsdp_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     """Shards the largest dimension of `shape` divisible by the fsdp size; replicates otherwise."""
     fsdp_size = mesh.shape["fsdp"]

@@ -27,7 +27,16 @@ from diffusion_jax.core import paths
 from diffusion_jax.core.run_layout import RunLayout
 
 # Keys (or key suffixes, starting with ".") that no stage's outputs depend on.
-NEUTRAL_KEYS = ("data.data_dir", "data.worker_count", ".log_every_steps", ".checkpoint_every_steps")
+NEUTRAL_KEYS = (
+    "data.data_dir",
+    "data.worker_count",
+    "generate.task_index",
+    "generate.task_count",
+    "generate.identities_timeout_minutes",
+    "generate.dataset_timeout_minutes",
+    ".log_every_steps",
+    ".checkpoint_every_steps",
+)
 
 
 @dataclasses.dataclass(frozen=True)

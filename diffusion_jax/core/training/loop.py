@@ -108,7 +108,7 @@ def run_training(
         state = state_lib.init_train_state(task.build_model, program.optimizer, mesh, init_rng)
     logging.info("%s: %d parameters.", task.name, state_lib.count_params(state.params))
     train_step = program.step
-    frozen = jax.device_put(task.frozen, parallel.replicated(mesh))
+    frozen = parallel.replicate(task.frozen, mesh)
 
     # ------------------------------------------------------------------ Loop
     first_step, num_steps = int(state.step), train_config.num_steps

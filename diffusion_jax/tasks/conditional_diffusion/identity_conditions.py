@@ -70,7 +70,7 @@ def _table_conditions(config: ml_collections.ConfigDict, mesh: Mesh) -> Identity
     table = random_identity_embeddings(
         input_pipeline.num_train_identities(config.data), config.condition.dim, seed=config.seed
     )
-    table = jax.device_put(table, parallel.replicated(mesh))
+    table = parallel.replicate(table, mesh)
     lookup = jax.jit(
         lambda table, labels: table[labels], out_shardings=parallel.batch_sharding(mesh)
     )

@@ -15,7 +15,10 @@
     3. manifest     the worker that finds every shard complete writes the dataset-level files
                     (`dataset_writers.finalize`, `dataset_figures`) and `manifest.json`, last;
                     then it deletes the RecordIO shard fragments that `train.rec` was assembled
-                    from.
+                    from. Independent workers (array jobs, batch tasks) return once their own
+                    shards are written; the processes of one jax.distributed job (the pipeline
+                    with --distributed) wait for each other's (`wait_for_dataset`), since the
+                    next stage needs the whole dataset.
 
 The commit protocol depends on where OUT lies (`core.paths`):
 
@@ -58,6 +61,7 @@ from absl import logging
 from diffusion_jax.core import parallel, paths, stages
 from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.core.run_layout import RunLayout
+from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.generation import dataset_writers, manifest
 from diffusion_jax.tasks.generation.dataset_figures import write_dataset_figures
 from diffusion_jax.tasks.generation.generation_models import GenerationModels
@@ -73,6 +77,7 @@ WORKER_FIELDS = (
     "task_index",
     "task_count",
     "identities_timeout_minutes",
+    "dataset_timeout_minutes",
     "judge_encoder",
 )
 SAMPLER_FIELDS = ("sampler", "num_steps", "eta", "guidance_scale", "clip_x0", "use_ema")
@@ -181,12 +186,16 @@ def load_identities(
     plan_path = paths.Path(out_dir) / manifest.PLAN_FILE
     if worker.index == 0 and not plan_path.is_file():
         _choose_and_write_identities(config, workdir, out_dir, models, plan)
-    deadline = time.monotonic() + 60 * config.generate.identities_timeout_minutes
+    timeout_minutes = config.generate.identities_timeout_minutes
+    deadline = time.monotonic() + 60 * timeout_minutes
     while not plan_path.is_file():
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"worker 0 wrote no {plan_path} within "
-                f"{config.generate.identities_timeout_minutes} minutes"
+                f"Worker {worker.index} of {worker.count} waited {timeout_minutes:g} minutes "
+                f"(config.generate.identities_timeout_minutes) for worker 0 to choose the "
+                f"identities and the leakage centres and write {plan_path}, in vain. Worker 0 "
+                "has stopped, is stuck, or writes elsewhere (config.generate.output_dir): see "
+                "its log, then run the job again."
             )
         logging.log_every_n_seconds(
             logging.INFO, "Waiting for worker 0 to write %s.", 60, plan_path
@@ -342,6 +351,49 @@ def finalize_dataset(config: ml_collections.ConfigDict, out_dir: str, plan: dict
     return result
 
 
+def wait_for_dataset(
+    config: ml_collections.ConfigDict, out_dir: str, plan: dict, worker: Worker
+) -> dict:
+    """Waits until every shard of the dataset has its record, finalizes it if no other worker
+    has (`finalize_dataset`) and returns the manifest. For workers that run at the same time,
+    the processes of one jax.distributed job: the next stage needs the whole dataset.
+
+    Raises TimeoutError, naming the missing shards and the workers that own them, when no shard
+    completes for `config.generate.dataset_timeout_minutes`.
+    """
+    timeout_minutes = config.generate.dataset_timeout_minutes
+    missing = list(range(num_shards(config.generate)))
+    deadline, poll_seconds = time.monotonic() + 60 * timeout_minutes, 0.5
+    while True:
+        still_missing = [s for s in missing if not manifest.shard_record_path(out_dir, s).exists()]
+        if not still_missing:
+            final = finalize_dataset(config, out_dir, plan)
+            if final is not None:
+                return final
+        if len(still_missing) < len(missing):  # progress: the others are alive
+            deadline = time.monotonic() + 60 * timeout_minutes
+        missing = still_missing
+        owners = sorted({s % worker.count for s in missing})
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"Worker {worker.index} of {worker.count} waited {timeout_minutes:g} minutes "
+                f"(config.generate.dataset_timeout_minutes) for the other workers' shards of "
+                f"{out_dir} and none completed: shards {missing} of workers {owners} are "
+                "missing. Those workers have stopped or are stuck: see their logs, then run "
+                "the job again (complete shards are kept)."
+            )
+        logging.log_every_n_seconds(
+            logging.INFO,
+            "Waiting for %d shards of workers %s to complete the dataset in %s.",
+            60,
+            len(missing),
+            owners,
+            out_dir,
+        )
+        time.sleep(poll_seconds)
+        poll_seconds = min(2 * poll_seconds, _POLL_SECONDS)
+
+
 # ---------------------------------------------------------------------------------------- job
 
 
@@ -375,6 +427,10 @@ def generate_dataset(
             stages.require(layout, config, stage)
         mesh = parallel.make_mesh(config.mesh, jax.local_devices())
         models = GenerationModels(config, workdir, str(layout.judge.export_dir), mesh)
+    if worker.index == 0 or jax.process_count() > 1:
+        # Worker 0 reads the training data for the leakage centres; the processes of one
+        # jax.distributed job must all join the preparation (it synchronises them).
+        input_pipeline.ensure_prepared(config.data)
     (paths.Path(out_dir) / manifest.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     identities, plan = load_identities(config, workdir, out_dir, models, worker)
 
@@ -407,6 +463,8 @@ def generate_dataset(
             progress.set_postfix(kept=f"{kept_fraction:.0%}")
     throughput.shard_seconds = time.perf_counter() - shards_started
     final = finalize_dataset(config, out_dir, plan)
+    if final is None and worker.source == "jax" and worker.count > 1:
+        final = wait_for_dataset(config, out_dir, plan, worker)
     summary = {
         "worker": dataclasses.asdict(worker),
         "out_dir": out_dir,

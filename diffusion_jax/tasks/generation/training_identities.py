@@ -61,14 +61,15 @@ def cached_identity_centres(
     encoder_weights_sha256: str,
     cache_dir: paths.PathLike,
 ) -> np.ndarray:
-    """The training identities' centres for `config.data`, from the cache when present."""
+    """The training identities' centres for `config.data`, from the cache when present. The
+    training data must be prepared (`input_pipeline.ensure_prepared`, which synchronises the
+    processes of a distributed job, so only their common caller may call it)."""
     key = cache_key(encoder_weights_sha256, config.data)
     path = paths.Path(cache_dir) / f"training_identities-{key}.npz"
     if path.is_file():
         with np.load(io.BytesIO(path.read_bytes())) as cached:
             logging.info("Training identity centres from %s.", path)
             return cached["centres"]
-    input_pipeline.ensure_prepared(config.data)
     centres = identity_centres(
         input_pipeline.training_records(config.data),
         input_pipeline.num_train_identities(config.data),

@@ -170,7 +170,7 @@ def estimate_posterior_scale(
 ) -> float:
     """1 / std of the posterior means of `config.autoencoder.scale_batches` training batches."""
     graphdef, weights = nnx.split(autoencoder)
-    weights = jax.device_put(weights, parallel.replicated(mesh))
+    weights = parallel.replicate(weights, mesh)
     posterior_mean = jax.jit(
         lambda weights, images: nnx.merge(graphdef, weights).encode(images)[0],
         out_shardings=parallel.replicated(mesh),

@@ -99,7 +99,7 @@ class DiffusionSpace:
             return
         graphdef, weights = nnx.split(autoencoder.model)
         scale = autoencoder.latent_scale
-        self.weights = jax.device_put(weights, parallel.replicated(mesh))
+        self.weights = parallel.replicate(weights, mesh)
 
         def encode(weights: nnx.State, images: jax.Array) -> jax.Array:
             mean, _ = nnx.merge(graphdef, weights).encode(images)

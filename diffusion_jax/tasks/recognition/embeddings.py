@@ -49,7 +49,7 @@ class EmbeddingExtractor:
         graphdef, state = nnx.split(model)
         self.mesh = mesh
         self.embedding_dim = model.embedding_dim
-        self.weights = jax.device_put(state, parallel.replicated(mesh))  # replicated encoder state
+        self.weights = parallel.replicate(state, mesh)  # replicated encoder state
 
         def embed(state: nnx.State, images: jax.Array) -> jax.Array:
             return unit_embeddings(nnx.merge(graphdef, state), images, flip=flip)

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.resolution = 64  # images are square, this many pixels on a side
     config.data.image_policy = "resize"  # or "center_crop" (tasks/data/sources/image_decoding.py)
     config.data.strict = False  # image_folder: a bad file stops preparation, not skipped
+    # procedural, image_folder: reusing a prepared dataset checks its files' sizes against the
+    # listing its preparation wrote; True also checks their SHA-256 (reads all the data once a run).
+    config.data.verify_prepared = False
     # Any source: train on the first identity labels only (-1: all) ...
     config.data.max_identities = -1
     # ... and on the first images (in stored order) of each (-1: all).

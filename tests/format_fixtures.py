@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -151,3 +152,34 @@ def write_lfw_tree(
 def _touch(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     open(path, "ab").close()
+
+
+# ------------------------------------------------------------------------------ image files
+
+
+def encode_image(image: PIL.Image.Image, image_format: str, **options) -> bytes:
+    """`image` saved by PIL as `image_format` ("PNG", "JPEG", ...)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """length, type, payload, CRC-32 of type + payload (PNG specification, section 5.3)."""
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height 8-bit RGB pixels, whose image data is an empty chunk."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", b"")
+        + png_chunk(b"IEND", b"")
+    )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.fingerprint import array_tree_sha256
 from diffusion_jax.core.models.autoencoder import (
     LOGVAR_MAX,
@@ -205,8 +206,7 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_parameters(
         autoencoder_store.load_autoencoder(directory)
     message = str(error.value)
     assert message.startswith(
-        f"The weights in {directory}/weights do not fit the architecture in "
-        f"{directory}/autoencoder.json ("
+        f"{directory}/weights: do not fit the architecture in {directory}/autoencoder.json ("
     )
     assert problem in message
 
@@ -243,5 +243,5 @@ def test_a_directory_without_autoencoder_json_is_an_interrupted_save(saved, tmp_
     directory = copy_with_architecture(saved[1], tmp_path, {})
     os.remove(os.path.join(directory, "autoencoder.json"))
     assert not autoencoder_store.is_complete(directory)
-    with pytest.raises(FileNotFoundError, match=re.escape(f"No autoencoder.json in {directory}")):
+    with pytest.raises(BadInputError, match=re.escape(f"{directory}: no autoencoder.json: not a")):
         autoencoder_store.load_autoencoder(directory)

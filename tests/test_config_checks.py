@@ -93,26 +93,48 @@ def test_inconsistent_values_are_refused_naming_the_field(field, value, message)
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "overrides, message",
     [
-        ("--config.train.batch_sze=8", "batch_sze"),
-        ("--config.train.batch_size=eight", "batch_size"),
-        ("--config.sample.sampler=euler", "config.sample.sampler"),
+        (
+            ["--config.train.batch_sze=8"],
+            "Error: --config.train.batch_sze: no such config key (nearest: "
+            "config.train.batch_size, ",
+        ),
+        (["--config.train.batch_size=eight"], "flag --config.train.batch_size=eight: invalid"),
+        (["--config.sample.sampler=euler"], "Error: config.sample.sampler: Unknown sampler"),
+        (["--config.train.batch_sze=8", "--debug"], "AttributeError: "),
+        (["--config.sample.sampler=euler", "--debug"], "ConfigError: config.sample.sampler"),
+        (
+            ["--config=configs/absent.py"],
+            "Error: --config=configs/absent.py: cannot load it: [Errno 2] No such file",
+        ),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "inconsistent-value",
+        "unknown-key-debug",
+        "inconsistent-value-debug",
+        "absent-file",
     ],
 )
 @pytest.mark.slow  # a subprocess of the main job each (imports TensorFlow and JAX)
-def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, override, message):
+def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path, overrides, message):
+    """One line naming the key and exit status 1; with --debug, the traceback instead."""
+    has_config = any(override.startswith("--config=") for override in overrides)
+    config = [] if has_config else [f"--config={config_argument('test')}"]
     command = [
         sys.executable,
         "-m",
         "diffusion_jax.main",
-        f"--config={config_argument('test')}",
+        *config,
         f"--workdir={tmp_path}",
-        override,
+        *overrides,
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert message in result.stderr
+    assert ("Traceback" in result.stderr) == ("--debug" in overrides)
     assert not list(tmp_path.iterdir()), "nothing may be written before the config is accepted"
 
 

@@ -177,7 +177,7 @@ def test_a_pickle_with_arbitrary_objects_is_refused_unexecuted(torch_twin, tmp_p
     marker = tmp_path / "pwned"
     path = str(tmp_path / "backbone.pt")
     torch.save({"conv1.weight": _RunsAShellCommand(f"touch {marker}")}, path)
-    with pytest.raises(ValueError, match=f"{path} is not a PyTorch file of tensors"):
+    with pytest.raises(ValueError, match=f"{path}: not a PyTorch file of tensors"):
         load_tensors(path)
     assert not marker.exists()
 
@@ -186,7 +186,7 @@ def test_a_pt_file_without_a_state_dict_is_refused(torch_twin, tmp_path):
     torch, _ = torch_twin
     path = str(tmp_path / "optimizer.pt")
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, path)
-    expected = r"optimizer.pt holds a mapping with keys \['epoch', 'optimizer'\]"
+    expected = r"optimizer.pt: holds a mapping with keys \['epoch', 'optimizer'\]"
     with pytest.raises(ValueError, match=expected):
         load_tensors(path)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.fingerprint import array_tree_sha256
 from diffusion_jax.core.models.iresnet import IResNet
 from diffusion_jax.tasks.recognition import encoder_store
@@ -132,8 +133,26 @@ def test_a_directory_without_encoder_json_is_an_interrupted_save_and_is_refused(
     os.remove(os.path.join(directory, "encoder.json"))
     assert os.path.isdir(os.path.join(directory, "weights"))
     assert not encoder_store.is_complete(directory)
-    with pytest.raises(FileNotFoundError, match=re.escape(f"No encoder.json in {directory}")):
+    with pytest.raises(BadInputError, match=re.escape(f"{directory}: no encoder.json: not a")):
         encoder_store.load_encoder(directory)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"{not json", "not valid JSON: Expecting property name"),
+        (b'{"a": "\xe9"}', "not valid JSON: 'utf-8' codec can't decode byte 0xe9"),
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b'{"format_version": 1}', "lacks the object 'architecture'"),
+        (b'{"format_version": 1, "architecture": {}}', "lacks the string 'weights_sha256'"),
+    ],
+    ids=["not-json", "latin1", "list", "no-architecture", "no-hash"],
+)
+def test_a_garbled_encoder_json_is_refused_naming_it(tmp_path, content, problem):
+    description = tmp_path / "encoder.json"
+    description.write_bytes(content)
+    with pytest.raises(BadInputError, match=re.escape(f"{description}: {problem}")):
+        encoder_store.load_encoder(str(tmp_path))
 
 
 def test_another_format_version_is_refused(saved, tmp_path):
@@ -152,6 +171,6 @@ def test_weights_that_do_not_fit_the_described_architecture_are_refused_naming_t
 ):
     directory = copy_of(saved[1], tmp_path)
     edit_description(directory, lambda description: description["architecture"].update(change))
-    message = f"The weights in {directory}/weights do not fit the architecture in {directory}"
+    message = f"{directory}/weights: do not fit the architecture in {directory}"
     with pytest.raises(ValueError, match=re.escape(message)):
         encoder_store.load_encoder(directory)

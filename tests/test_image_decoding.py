@@ -1,45 +1,20 @@
 """Tests of the image decoding policy: colour modes, geometry, and refusal of bad input."""
 
 import io
+import pickle
 import re
-import struct
-import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources import image_decoding
 from diffusion_jax.tasks.data.sources.image_decoding import ImageDecodeError, decode_image
+from tests.format_fixtures import encode_image as encode
+from tests.format_fixtures import png_header_only
 
 RNG = np.random.default_rng(0)
-
-
-def encode(image: PIL.Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    """length, type, payload, CRC-32 of type + payload (PNG specification, section 5.3)."""
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload))
-    )
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG claiming width x height 8-bit RGB pixels, whose image data is an empty chunk."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", b"")
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def test_a_square_rgb_image_at_the_resolution_passes_through_unchanged():
@@ -186,6 +161,15 @@ def test_bad_bytes_raise_an_error_naming_the_source_and_the_reason():
         error = decode_error(data)
         assert error.kind == kind and error.source == "faces/x.jpg"
         assert re.search(reason, str(error)), str(error)
+    # One error type for bad input, which survives pickling (grain's worker processes).
+    assert isinstance(error, BadInputError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.kind, copy.reason) == (
+        ImageDecodeError,
+        str(error),
+        error.kind,
+        error.reason,
+    )
 
 
 def test_a_header_claiming_too_many_pixels_is_refused_before_decoding():

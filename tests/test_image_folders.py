@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 
 import grain
 import numpy as np
@@ -9,6 +10,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources import image_folders
 
 RESOLUTION = 16
@@ -198,13 +200,13 @@ def test_record_labels_are_scanned_once_per_preparation(root, tmp_path, monkeypa
 
 
 def test_strict_mode_refuses_the_first_bad_input(root, tmp_path):
-    with pytest.raises(ValueError, match="strict preparation refuses .*/bob/readme.txt: extension"):
+    with pytest.raises(BadInputError, match="/bob/readme.txt: extension .*strict preparation"):
         prepare(root, tmp_path, strict=True)
     single = tmp_path / "single"
     write_tree(
         single, {"ann/good.png": FILES["alice/a.png"], "ann/bad.jpg": FILES["alice/truncated.jpg"]}
     )
-    with pytest.raises(ValueError, match="refuses .*/ann/bad.jpg: truncated or corrupt image"):
+    with pytest.raises(BadInputError, match="/ann/bad.jpg: truncated or corrupt image"):
         prepare(single, tmp_path / "tfds", strict=True)
     config = image_folders.ImageFolderConfig(
         root=single, resolution=RESOLUTION, max_pixels=MAX_PIXELS
@@ -274,13 +276,66 @@ def test_config_rejects_bad_values(changes, message):
 
 
 def test_a_missing_root_is_refused(tmp_path):
-    with pytest.raises(
-        ValueError, match="root must be a directory of identity folders, got .*/missing"
-    ):
+    with pytest.raises(BadInputError, match="/missing: is not a directory"):
         image_folders.prepare_image_folder(tmp_path / "missing", tmp_path, resolution=RESOLUTION)
 
 
 def test_a_root_without_any_decodable_image_is_refused(tmp_path):
     write_tree(tmp_path / "faces", {"ann/empty.png": b""})
-    with pytest.raises(ValueError, match="no decodable image under .*faces \\(2 inputs skipped\\)"):
+    with pytest.raises(
+        BadInputError, match="faces: no decodable image under it \\(2 inputs skipped"
+    ):
         image_folders.prepare_image_folder(tmp_path / "faces", tmp_path, resolution=RESOLUTION)
+
+
+# --- hostile entries: links, special files, names that are not UTF-8 ----------------------------
+
+
+def test_link_loops_broken_links_and_fifos_are_counted_skips(tmp_path):
+    root = tmp_path / "faces"
+    write_tree(root, {"ann/a.png": FILES["alice/a.png"]})
+    os.symlink(root / "ann" / "loop.png", root / "ann" / "loop.png")
+    os.symlink(root / "nowhere.png", root / "ann" / "broken.png")
+    os.mkfifo(root / "ann" / "pipe.png")
+    os.symlink(root / "loop", root / "loop")
+    builder = prepare(root, tmp_path / "tfds")
+    report = image_folders.read_preparation_report(builder.data_dir)
+    assert {entry["path"]: entry["kind"] for entry in report["skipped"]} == {
+        "ann/broken.png": "unreadable_file",
+        "ann/loop.png": "unreadable_file",
+        "ann/pipe.png": "unsupported_file",
+        "loop": "unreadable_directory",
+    }
+    assert "Too many levels of symbolic links" in report["skipped"][1]["reason"]
+    assert report["num_examples"] == 1
+    with pytest.raises(BadInputError, match=f"{root}/ann/broken.png: cannot read its type"):
+        prepare(root, tmp_path / "strict", strict=True)
+
+
+def test_names_that_are_not_utf8_are_counted_skips_shown_escaped(tmp_path):
+    root = os.fsencode(tmp_path / "faces")
+    for path in (b"ann/a.png", b"ann/b\xff.png", b"caf\xe9/a.png"):
+        os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+        with open(os.path.join(root, path), "wb") as image_file:
+            image_file.write(FILES["alice/a.png"])
+    builder = prepare(tmp_path / "faces", tmp_path / "tfds")
+    report = image_folders.read_preparation_report(builder.data_dir)
+    assert [(entry["path"], entry["kind"]) for entry in report["skipped"]] == [
+        ("ann/b\\xff.png", "undecodable_name"),
+        ("caf\\xe9", "undecodable_name"),
+    ]
+    assert image_folders.read_identity_labels(builder.data_dir) == {"ann": 0}
+    message = re.escape(f"{tmp_path}/faces/ann/b\\xff.png: the name is not valid UTF-8")
+    with pytest.raises(BadInputError, match=message):
+        prepare(tmp_path / "faces", tmp_path / "strict", strict=True)
+
+
+def test_a_damaged_prepared_file_names_the_dataset_and_record_when_read(tmp_path):
+    write_tree(tmp_path / "faces", {"ann/a.png": FILES["alice/a.png"], "bob/b.png": JPEG})
+    builder = prepare(tmp_path / "faces", tmp_path / "tfds")
+    source = image_folders.ImageLabelSource(builder.data_dir)
+    (data_file,) = (path for path in os.listdir(builder.data_dir) if ".array_record" in path)
+    with open(os.path.join(builder.data_dir, data_file), "r+b") as damaged:
+        damaged.truncate(os.path.getsize(damaged.name) // 2)
+    with pytest.raises(BadInputError, match=f"{builder.data_dir}, record 0: cannot read or decode"):
+        source[0]

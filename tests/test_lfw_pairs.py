@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.verification import lfw_pairs
 from tests import format_fixtures
 
@@ -56,22 +57,25 @@ def test_malformed_line_is_refused_naming_number_and_content(tmp_path, line_numb
     lines[line_number - 1] = bad_line
     with open(pairs_path, "w") as pairs_file:
         pairs_file.write("\n".join(lines) + "\n")
-    message = f"{pairs_path}:{line_number}: .*got {re.escape(repr(bad_line))}"
-    with pytest.raises(ValueError, match=message):
+    message = f"{pairs_path}, line {line_number}: .*got {re.escape(repr(bad_line))}"
+    with pytest.raises(BadInputError, match=message):
         lfw_pairs.read_lfw_pairs(pairs_path, image_root)
 
 
 @pytest.mark.parametrize(
     "header, problem",
     [
-        ("10\t300", " 10 folds of 2 x 300 pairs need 6001 lines, the file has 9"),
-        ("two\t2", "1: expected '<folds>\\\\t<pairs per fold>' or '<pairs>', got 'two\\\\t2'"),
+        ("10\t300", ": 10 folds of 2 x 300 pairs need 6001 lines, the file has 9"),
+        (
+            "two\t2",
+            ", line 1: expected '<folds>\\\\t<pairs per fold>' or '<pairs>', got 'two\\\\t2'",
+        ),
     ],
 )
 def test_bad_counts_are_refused(tmp_path, header, problem):
     pairs_path, image_root = str(tmp_path / "pairs.txt"), str(tmp_path / "lfw")
     format_fixtures.write_lfw_tree(pairs_path, image_root, FOLDS, header)
-    with pytest.raises(ValueError, match=f"{pairs_path}:{problem}"):
+    with pytest.raises(BadInputError, match=f"{pairs_path}{problem}"):
         lfw_pairs.read_lfw_pairs(pairs_path, image_root)
 
 
@@ -82,4 +86,17 @@ def test_missing_images_are_named(tmp_path):
     os.remove(missing)
     message = f"{pairs_path}: 1 image files .* do not exist, first: \\['{missing}'\\]"
     with pytest.raises(ValueError, match=message):
+        lfw_pairs.read_lfw_pairs(pairs_path, image_root)
+
+
+def test_a_byte_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
+    pairs_path, image_root = str(tmp_path / "pairs.txt"), str(tmp_path / "lfw")
+    format_fixtures.write_lfw_tree(pairs_path, image_root, FOLDS, "2\t2")
+    with open(pairs_path, "rb") as pairs_file:
+        lines = pairs_file.read().split(b"\n")
+    lines[2] = lines[2].replace(b"Bo_Ray", b"Bo_R\xe9y")  # Latin-1 for U+00E9
+    with open(pairs_path, "wb") as pairs_file:
+        pairs_file.write(b"\n".join(lines))
+    message = f"{pairs_path}, line 3: byte 0xe9 at offset {len(lines[0]) + len(lines[1]) + 6}"
+    with pytest.raises(BadInputError, match=message + " is not UTF-8 text"):
         lfw_pairs.read_lfw_pairs(pairs_path, image_root)

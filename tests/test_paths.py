@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import pickle
+import threading
 
 import ml_collections
 import numpy as np
 import pytest
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.tasks.data.sources import image_folders, record_label_cache, recordio
 from diffusion_jax.tasks.generation import dataset_writers, generation_job, manifest
@@ -52,10 +54,31 @@ def test_atomic_writes_leave_no_partial_file_and_replace_the_old_bytes(tmp_path)
         paths.json_bytes({"nan": float("nan")})
 
 
-def test_shared_writes_leave_no_temporary_file_even_when_the_rename_fails(tmp_path, monkeypatch):
+def test_concurrent_writers_of_one_path_never_fail_or_leave_a_partial_file(tmp_path):
+    """Processes that compute the same file (a figure, a cache) may write it at once."""
+    path = tmp_path / "figures" / "same.png"
+    errors = []
+
+    def write_many():
+        try:
+            for _ in range(200):
+                paths.write_bytes_atomically(path, b"same bytes")
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    writers = [threading.Thread(target=write_many) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert not errors and path.read_bytes() == b"same bytes"
+    assert os.listdir(path.parent) == ["same.png"]
+
+
+def test_atomic_writes_leave_no_temporary_file_even_when_the_rename_fails(tmp_path, monkeypatch):
     path = tmp_path / "cache" / "labels.npz"
-    paths.write_shared_bytes(path, b"one")
-    paths.write_shared_bytes(path, b"two")
+    paths.write_bytes_atomically(path, b"one")
+    paths.write_bytes_atomically(path, b"two")
     assert path.read_bytes() == b"two" and os.listdir(path.parent) == ["labels.npz"]
 
     def failing_replace(source, destination):
@@ -63,14 +86,17 @@ def test_shared_writes_leave_no_temporary_file_even_when_the_rename_fails(tmp_pa
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(PermissionError):
-        paths.write_shared_bytes(path, b"three")
+        paths.write_bytes_atomically(path, b"three")
     assert path.read_bytes() == b"two" and os.listdir(path.parent) == ["labels.npz"]
 
 
 def test_read_json_names_a_bad_file_and_read_json_if_exists_a_missing_one(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": ')
-    with pytest.raises(ValueError, match=f"{bad} is not valid JSON"):
+    with pytest.raises(BadInputError, match=f"{bad}: not valid JSON"):
+        paths.read_json(bad)
+    bad.write_bytes(b'{"a": "\xe9"}')  # Latin-1, not UTF-8
+    with pytest.raises(BadInputError, match=f"{bad}: not valid JSON: 'utf-8' codec"):
         paths.read_json(bad)
     assert paths.read_json_if_exists(tmp_path / "absent.json") is None
     paths.write_json_atomically(tmp_path / "good.json", [1, 2])
@@ -127,7 +153,7 @@ def test_the_path_layer_on_an_object_store(store):
     root = paths.Path(f"{BUCKET}/run")
     paths.write_json_atomically(root / "a" / "value.json", {"x": 1})
     assert paths.read_json(root / "a" / "value.json") == {"x": 1}
-    paths.write_shared_bytes(root / "cache.bin", b"cache")
+    paths.write_bytes_atomically(root / "cache.bin", b"cache")
     assert (root / "cache.bin").read_bytes() == b"cache"
     paths.move(root / "cache.bin", root / "b" / "moved.bin")
     assert (root / "b" / "moved.bin").read_bytes() == b"cache"

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources import recordio
 from tests import format_fixtures
 
@@ -208,7 +209,7 @@ def test_read_of_an_unknown_key_names_the_index(dataset):
 def test_missing_index_is_refused_naming_it(dataset):
     rec_path, idx_path, _ = dataset
     os.remove(idx_path)
-    with pytest.raises(FileNotFoundError, match=f"index file {idx_path} does not exist"):
+    with pytest.raises(BadInputError, match=f"{idx_path}: the RecordIO index file does not exist"):
         recordio.RecordIOReader(rec_path)
 
 
@@ -216,7 +217,7 @@ def test_truncated_record_file_is_refused_on_opening(dataset):
     rec_path, _, _ = dataset
     with open(rec_path, "r+b") as rec_file:
         rec_file.truncate(os.path.getsize(rec_path) - 6)
-    with pytest.raises(ValueError, match=f"{rec_path}: record .* truncated record"):
+    with pytest.raises(BadInputError, match=f"{rec_path}, record .* truncated record"):
         recordio.RecordIOReader(rec_path)
 
 
@@ -225,7 +226,8 @@ def test_bad_magic_is_refused_naming_the_files(dataset):
     with open(rec_path, "r+b") as rec_file:
         rec_file.seek(offsets[3])
         rec_file.write(b"\xff")
-    with pytest.raises(ValueError, match=f"{idx_path} disagrees with {rec_path}: key 3 .* magic"):
+    message = f"{idx_path}: disagrees with {rec_path}: key 3 .*magic"
+    with pytest.raises(BadInputError, match=message):
         recordio.RecordIOReader(rec_path)
 
 
@@ -235,6 +237,7 @@ def test_bad_magic_is_refused_naming_the_files(dataset):
         (8, "points inside a record|does not point at the magic"),
         (2, "not 4-byte aligned"),
         (10**6, "beyond the end of the file"),
+        (2**63 - 4096, "beyond the end of the file"),  # offset + header size overflows int64
     ],
 )
 def test_index_offsets_that_miss_records_are_refused(dataset, shift, problem):
@@ -242,7 +245,7 @@ def test_index_offsets_that_miss_records_are_refused(dataset, shift, problem):
     with open(idx_path, "w") as idx_file:
         for key, offset in offsets.items():
             idx_file.write(f"{key}\t{offset + shift * (key == 2)}\n")
-    message = f"{idx_path} disagrees with {rec_path}: key 2 .*({problem})"
+    message = f"{idx_path}: disagrees with {rec_path}: key 2 .*({problem})"
     with pytest.raises(ValueError, match=message):
         recordio.RecordIOReader(rec_path)
 
@@ -251,7 +254,7 @@ def test_index_that_lacks_keys_of_the_header_record_is_refused(dataset):
     rec_path, idx_path, offsets = dataset
     with open(idx_path, "w") as idx_file:
         idx_file.writelines(f"{key}\t{offset}\n" for key, offset in offsets.items() if key != 4)
-    with pytest.raises(ValueError, match=f"{idx_path} disagrees with the header record .*first: 4"):
+    with pytest.raises(BadInputError, match=f"{idx_path}: disagrees with the header .*first: 4"):
         recordio.RecordIOReader(rec_path)
 
 
@@ -263,6 +266,33 @@ def test_malformed_index_is_refused_naming_file_and_line(dataset, extra_line, pr
     rec_path, idx_path, offsets = dataset
     with open(idx_path, "a") as idx_file:
         idx_file.write(extra_line + "\n")
-    location = f"{idx_path}:{len(offsets) + 1}" if "abc" in extra_line else idx_path
-    with pytest.raises(ValueError, match=f"{location}: {problem}"):
+    location = f"{idx_path}, line {len(offsets) + 1}" if "abc" in extra_line else idx_path
+    with pytest.raises(BadInputError, match=f"{location}: {problem}"):
+        recordio.RecordIOReader(rec_path)
+
+
+@pytest.mark.parametrize(
+    "extra_line, problem",
+    [
+        ("9\t99999999999999999999", "offset 99999999999999999999 does not fit in 64 bits"),
+        ("99999999999999999999\t0", "key 99999999999999999999 does not fit in 64 bits"),
+    ],
+)
+def test_index_numbers_beyond_int64_are_refused_naming_file_and_line(dataset, extra_line, problem):
+    rec_path, idx_path, offsets = dataset
+    with open(idx_path, "a") as idx_file:
+        idx_file.write(extra_line + "\n")
+    with pytest.raises(BadInputError, match=f"{idx_path}, line {len(offsets) + 1}: {problem}"):
+        recordio.RecordIOReader(rec_path)
+
+
+def test_a_header_record_claiming_more_keys_than_the_index_is_refused_before_allocating(
+    tmp_path, identities
+):
+    rec_path, idx_path = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    records = format_fixtures.insightface_records(identities)
+    records[0] = (0, format_fixtures.image_record([11.0, 1e12], b""))  # 10^12 identity keys
+    format_fixtures.write_recordio(rec_path, idx_path, records)
+    message = f"{idx_path}: disagrees with the header record of {rec_path}: keys 1 .. 999999995903"
+    with pytest.raises(BadInputError, match=message):
         recordio.RecordIOReader(rec_path)

@@ -8,6 +8,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources.tfds_source import TfdsNamedSource
 
 DATASET_NAME = "tfds_source_test_faces"
@@ -94,14 +95,23 @@ def test_source_survives_pickling_for_grain_workers(data_dir):
 def test_unprepared_dataset_is_refused_and_not_downloaded(name, tmp_path):
     empty_dir = str(tmp_path / "empty")
     os.makedirs(empty_dir)
-    with pytest.raises(FileNotFoundError, match=rf"{name!r} is not prepared in data_dir=.*empty"):
+    with pytest.raises(BadInputError, match=rf"{name!r} in data_dir=.*empty': not prepared there"):
         TfdsNamedSource(name, "train", empty_dir, resolution=8)
     assert os.listdir(empty_dir) == []
 
 
-def test_unknown_name_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'no_such_faces' is neither prepared"):
-        TfdsNamedSource("no_such_faces", "train", str(tmp_path), resolution=8)
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("no_such_faces", "neither prepared there nor a known TFDS dataset name"),
+        ("lfw:9.9.9", "cannot be opened: .*9.9.9"),
+        ("Bad Name!", "cannot be opened: Parsing builder name string Bad Name! failed"),
+    ],
+    ids=["unknown", "unknown-version", "malformed"],
+)
+def test_unknown_or_malformed_name_is_refused_naming_it(tmp_path, name, problem):
+    with pytest.raises(BadInputError, match=f"TFDS dataset {name!r} in data_dir=.*: {problem}"):
+        TfdsNamedSource(name, "train", str(tmp_path), resolution=8)
 
 
 def test_tfrecord_dataset_is_refused(tmp_path):

@@ -3,12 +3,14 @@
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import PIL.Image
 import pytest
 
 from diffusion_jax.apps import config_checks
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.conditional_diffusion import diffusion_training
 from diffusion_jax.tasks.data.faces.procedural_faces import render_faces
 from diffusion_jax.tasks.data.sources import image_folders, input_pipeline
@@ -107,6 +109,23 @@ def test_missing_path_is_refused_naming_the_field(tmp_path):
         config_checks.ConfigError, match="config.data.path=.*absent.rec.* does not exist"
     ):
         config_checks.validate(config)
+
+
+def test_a_prepared_file_damaged_during_training_names_the_dataset_and_record(
+    prepared_data_dir, tmp_path
+):
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(prepared_data_dir, data_dir)
+    config = tiny_config(str(data_dir))
+    iterator = input_pipeline.make_train_iterator(config.data, global_batch_size=4, seed=0)
+    epoch = len(input_pipeline.training_records(config.data)) // 4  # batches
+    (data_file,) = data_dir.glob("procedural_faces/*/*/procedural_faces-train.array_record-*")
+    with open(data_file, "r+b") as damaged:
+        damaged.truncate(os.path.getsize(data_file) // 2)
+    message = f"{data_file.parent}, record \\d+: cannot read or decode it"
+    with pytest.raises(BadInputError, match=message):
+        for _ in range(epoch):
+            next(iterator)
 
 
 @pytest.mark.slow  # trains the diffusion model (2 steps, its compile and figures)

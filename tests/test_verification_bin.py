@@ -3,10 +3,12 @@ in the pickle refused before it runs; counts that disagree refused."""
 
 import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.verification import verification_bin
 from tests import format_fixtures
 
@@ -70,7 +72,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, images):
 @pytest.mark.parametrize(
     "stream, refused",
     [
-        (b"\x80\x02cbuiltins\neval\nX\x04\x00\x00\x001+1\x85R.", "builtins.eval"),
+        (b"\x80\x02cbuiltins\neval\nX\x03\x00\x00\x001+1\x85R.", "builtins.eval"),
         (b"\x80\x02cnumpy\nload\nX\x01\x00\x00\x00x\x85R.", "numpy.load"),
         (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x03\x00\x00\x00hex\x86R.", "'hex'"),
     ],
@@ -105,4 +107,39 @@ def test_malformed_content_is_refused_naming_the_file(tmp_path, content, problem
 def test_truncated_file_is_refused_naming_it(tmp_path, images):
     path = _write(tmp_path, format_fixtures.python2_pickle(images, IS_SAME)[:-40])
     with pytest.raises(ValueError, match=f"{path}: not a readable verification file"):
+        verification_bin.read_verification_bin(path)
+
+
+def _array_call(count: int) -> bytes:
+    """A pickle of ([numpy.ndarray((count,), 'u1')] * 2, [True]): 48 bytes that would allocate
+    `count` bytes twice if numpy.ndarray were called."""
+    array = (
+        b"cnumpy\nndarray\n\x8a\x08" + struct.pack("<q", count) + b"\x85X\x02\x00\x00\x00u1\x86R"
+    )
+    return b"\x80\x02(" + array + b"q\x00h\x00l(\x88l\x86."
+
+
+def _array_state(count: int, protocol: int) -> bytes:
+    """A pickle of two 4-byte uint8 arrays whose declared shape is changed to (count,)."""
+    content = pickle.dumps(([np.zeros(4, np.uint8)] * 2, [True]), protocol=protocol)
+    return content.replace(b"K\x04\x85", b"J" + struct.pack("<i", count) + b"\x85", 1)
+
+
+@pytest.mark.parametrize(
+    "stream, problem",
+    [
+        (_array_call(10**9), "refused to call numpy.ndarray"),
+        (_array_call(9 * 2**40), "refused to call numpy.ndarray"),
+        (b"\x80\x05\x96" + struct.pack("<Q", 9 * 2**40) + b"abc.", "expected 9895604649984 bytes"),
+        (_array_state(10**9, 2), "shape \\(1000000000,\\) and dtype uint8 needs 1000000000 bytes"),
+        (_array_state(10**9, 5), "shape \\(1000000000,\\) and dtype uint8 needs 1000000000 bytes"),
+        (pickle.dumps(([np.array([b"x"], object)] * 2, [True]), protocol=2), "dtype\\('O'\\)"),
+    ],
+    ids=["ndarray-1e9", "ndarray-9TiB", "bytearray8-9TiB", "state-p2", "state-p5", "objects"],
+)
+def test_sizes_beyond_the_file_are_refused_before_allocating(tmp_path, stream, problem):
+    path = _write(tmp_path, stream)
+    with pytest.raises(
+        BadInputError, match=f"{path}: not a readable verification file: .*{problem}"
+    ):
         verification_bin.read_verification_bin(path)

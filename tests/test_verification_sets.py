@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.sources.image_decoding import decode_image
 from diffusion_jax.tasks.evaluation import verification_sets
@@ -46,6 +47,14 @@ def test_verification_bin_decodes_pairs_in_file_order(tmp_path):
     np.testing.assert_array_equal(pairs.fold, np.repeat(np.arange(10), 2))
     np.testing.assert_array_equal(pairs.images_a[3], decode_image(images[6], resolution=RESOLUTION))
     np.testing.assert_array_equal(pairs.images_b[3], decode_image(images[7], resolution=RESOLUTION))
+
+
+def test_a_verification_bin_with_fewer_pairs_than_folds_is_refused_naming_it(tmp_path):
+    path = tmp_path / "tiny.bin"
+    images = [png(seed, 8) for seed in range(4)]
+    path.write_bytes(format_fixtures.python2_pickle(images, [True, False]))
+    with pytest.raises(BadInputError, match=f"{path}: 2 pairs cannot be split into 10 folds"):
+        verification_sets.from_verification_bin(str(path), resolution=RESOLUTION)
 
 
 def test_lfw_pairs_decode_with_their_folds(tmp_path):

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.core.diffusion.parameterization import PREDICTION_TYPES
 from diffusion_jax.core.diffusion.samplers import get_sampler
@@ -47,8 +48,13 @@ SUPPORTED = {
 }
 
 
-class ConfigError(ValueError):
-    """A config value is inconsistent; the message names the field."""
+class ConfigError(BadInputError):
+    """A config value is inconsistent: `source` is "config.<field>"; `str(error)` is `message`,
+    which names the field and its value."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"config.{field}", message)
+        self.args = (message,)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -56,7 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, allowed in SUPPORTED.items():
         value = _get(config, field)
         if value not in allowed:
-            raise ConfigError(f"config.{field}={value!r} is not one of {list(allowed)}.")
+            raise ConfigError(field, f"config.{field}={value!r} is not one of {list(allowed)}.")
 
     _require(
         config,
@@ -303,7 +309,7 @@ def _require(
 ) -> None:
     value = _get(config, field)
     if not predicate(value):
-        raise ConfigError(f"config.{field}={value!r} {rule}.")
+        raise ConfigError(field, f"config.{field}={value!r} {rule}.")
 
 
 def _require_directory(config: ml_collections.ConfigDict, field: str, expected: str) -> None:
@@ -320,4 +326,4 @@ def _ask(field: str, check: Callable[[], Any]) -> None:
     try:
         check()
     except ValueError as error:
-        raise ConfigError(f"config.{field}: {error}") from error
+        raise ConfigError(field, f"config.{field}: {error}") from error

@@ -13,6 +13,7 @@ rendered RGB array (for TensorBoard).
 import io
 from collections.abc import Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only ever written to files
@@ -99,10 +100,12 @@ def identities_figure(samples: np.ndarray, identity_labels: Sequence[int]) -> pl
 
 def save_figure(figure: plt.Figure, path: paths.PathLike) -> np.ndarray:
     """Writes `figure` to `path` (PNG, in one atomic write), closes it and returns its pixels as
-    uint8 RGB."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    paths.write_bytes_atomically(paths.resolve(path), buffer.getvalue())
+    uint8 RGB. With several processes every one computes the same figure and process 0 writes
+    it (an object store takes about one write per second to one object)."""
+    if jax.process_index() == 0:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        paths.write_bytes_atomically(paths.resolve(path), buffer.getvalue())
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)

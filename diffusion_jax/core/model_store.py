@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.fingerprint import array_tree_sha256
 
 WEIGHTS_DIR = "weights"
@@ -66,13 +67,17 @@ class ModelStore:
         fields: dict[str, Any],
     ) -> str:
         """Writes `model` and its description (`architecture`, then `fields`) to `directory`, which
-        must not hold anything yet; returns the weights hash.
+        must hold nothing yet but an interrupted save (weights without a description, e.g. of
+        an export killed midway, which this save replaces); returns the weights hash.
 
         Every process must call it (Orbax writes the shards each process holds); process 0
         writes the description once the weights are complete.
         """
         directory = paths.resolve(directory)
-        if paths.is_nonempty_dir(directory):
+        if self.is_complete(directory) or any(
+            not entry.name.startswith(WEIGHTS_DIR)
+            for entry in (directory.iterdir() if directory.is_dir() else ())
+        ):
             raise FileExistsError(
                 f"{directory} is not empty; refusing to overwrite it. Remove it or choose another "
                 "output directory."
@@ -86,7 +91,7 @@ class ModelStore:
             raise ValueError(f"The model does not fit the architecture {architecture}: {problems}")
         description["weights_sha256"] = array_tree_sha256(state)
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(directory / WEIGHTS_DIR, state)
+            checkpointer.save(directory / WEIGHTS_DIR, state, force=True)  # over an interrupted one
             checkpointer.wait_until_finished()
         if jax.process_index() == 0:
             paths.write_bytes_atomically(
@@ -96,19 +101,28 @@ class ModelStore:
         return description["weights_sha256"]
 
     def read_description(self, directory: paths.PathLike) -> dict[str, Any]:
-        """The description in `directory`, checked for completeness and format version."""
+        """The description in `directory`, checked for completeness, format version and the
+        fields every kind has; raises BadInputError naming the directory or the file."""
         path = paths.resolve(directory) / self.description_file
         if not path.is_file():
-            raise FileNotFoundError(
-                f"No {self.description_file} in {directory}: not a directory of this kind, or "
-                f"its save was interrupted. {self.written_by}"
+            raise BadInputError(
+                directory,
+                f"no {self.description_file}: not a directory of this kind, or its save was "
+                f"interrupted. {self.written_by}",
             )
         description = paths.read_json(path)
+        if not isinstance(description, dict):
+            raise BadInputError(path, f"expected a JSON object, got {type(description).__name__}")
         if description.get("format_version") != self.format_version:
-            raise ValueError(
-                f"{path}: format_version {description.get('format_version')!r} is not "
-                f"{self.format_version}, the one this version of diffusion_jax reads."
+            raise BadInputError(
+                path,
+                f"format_version {description.get('format_version')!r} is not "
+                f"{self.format_version}, the one this version of diffusion_jax reads.",
             )
+        if not isinstance(description.get("architecture"), dict):
+            raise BadInputError(path, "lacks the object 'architecture' (the model's arguments)")
+        if not isinstance(description.get("weights_sha256"), str):
+            raise BadInputError(path, "lacks the string 'weights_sha256'")
         return description
 
     def load(self, directory: paths.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
@@ -120,9 +134,10 @@ class ModelStore:
         try:
             graphdef, abstract_state = nnx.split(self._abstract_model(architecture))
         except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"{description_path}: the architecture {architecture} does not build the model: "
-                f"{self.model_class.__name__}(**architecture) fails with {error}"
+            raise BadInputError(
+                description_path,
+                f"the architecture {architecture} does not build the model: "
+                f"{self.model_class.__name__}(**architecture) fails with {error}",
             ) from error
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract_state = jax.tree.map(
@@ -133,9 +148,10 @@ class ModelStore:
         with ocp.StandardCheckpointer() as checkpointer:
             stored = _shapes(checkpointer.metadata(weights).item_metadata)
             if problems := _mismatches(stored, _shapes(abstract_state), stored_as="checkpoint"):
-                raise ValueError(
-                    f"The weights in {weights} do not fit the architecture in {description_path} "
-                    f"({architecture}): {problems}"
+                raise BadInputError(
+                    weights,
+                    f"do not fit the architecture in {description_path} ({architecture}): "
+                    f"{problems}",
                 )
             state = checkpointer.restore(weights, abstract_state)
         return nnx.merge(graphdef, state), description

@@ -11,9 +11,10 @@ that reaches storage.
 Commit protocols. A local file system renames atomically; an object store does not rename at all
 (a "move" is a copy and a delete), but it writes each object atomically: a reader sees the old
 object or the whole new one, never part of one. So a file that must never be seen half-written is
-written with `write_bytes_atomically` (local: a `.partial` file, fsync, rename; object store: one
-upload), and a set of files is committed by writing a marker object last (a shard record, a
-manifest, an exported model's description): readers trust the files only once the marker exists.
+written with `write_bytes_atomically` (local: a temporary `.partial` file, fsync, rename; object
+store: one upload), and a set of files is committed by writing a marker object last (a shard
+record, a manifest, an exported model's description): readers trust the files only once the
+marker exists.
 """
 
 import json
@@ -23,6 +24,8 @@ import tempfile
 from typing import Any
 
 from etils import epath
+
+from diffusion_jax.core.bad_input import BadInputError
 
 # gs:// goes through fsspec/gcsfs, the client the emulator tests exercise, rather than
 # tf.io.gfile, which epath would pick because TensorFlow is installed (and which cannot be pointed
@@ -50,26 +53,12 @@ def resolve(path: PathLike) -> Path:
 
 
 def write_bytes_atomically(path: PathLike, data: bytes) -> None:
-    """Writes `data` to `path` so that no reader ever sees a partial file: locally through
-    `path.partial`, flushed to disk and renamed; on an object store as one upload."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_url(path):
-        path.write_bytes(data)
-        return
-    partial = f"{path}.partial"
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
-def write_shared_bytes(path: PathLike, data: bytes) -> None:
-    """Writes `data` to `path`, a file that several processes may write at once with the same
-    contents (a cache): locally through a temporary file unique to this writer, renamed over
-    `path` (a shared `.partial` name could be truncated by one writer while another renames
-    it); on an object store as one upload. A failed local write removes its temporary file."""
+    """Writes `data` to `path` so that no reader ever sees a partial file, even when several
+    processes write the same path at once (a cache, a figure every process computes): locally
+    through a temporary file unique to this writer (`.NAME.XXXXXX.partial`; a shared temporary
+    name could be truncated by one writer while another renames it), flushed to disk and renamed
+    over `path`; on an object store as one upload. A failed local write removes its temporary
+    file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_url(path):
@@ -78,10 +67,12 @@ def write_shared_bytes(path: PathLike, data: bytes) -> None:
     temporary = None
     try:
         with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False
         ) as file:
             temporary = file.name
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         if temporary is not None and os.path.exists(temporary):
@@ -101,11 +92,11 @@ def write_json_atomically(path: PathLike, value: Any) -> None:
 
 
 def read_json(path: PathLike) -> Any:
-    """The JSON at `path`; a file that does not parse is reported by name."""
+    """The JSON at `path`; a file that is not UTF-8 JSON raises BadInputError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInputError(path, f"not valid JSON: {error}") from None
 
 
 def read_json_if_exists(path: PathLike) -> Any | None:
@@ -161,3 +152,54 @@ def relative_files(root: PathLike) -> list[str]:
 
     visit(root, "")
     return sorted(found)
+
+
+# Generation preconditions (Cloud Storage). Cloud Storage numbers each version of an object (its
+# generation) and writes or deletes an object only if the generation a request names is still the
+# current one (0: there is no object), checking and writing in one step: a compare-and-swap, what
+# a lease needs (`core.workdir_lock`). gcsfs offers only the 0 case ("create"), so these go
+# through google-cloud-storage, which finds the same credentials (and STORAGE_EMULATOR_HOST).
+
+
+def _blob(url: str):
+    from google.cloud import storage  # imported here: only leases need it
+
+    bucket, _, name = url.removeprefix("gs://").partition("/")
+    return storage.Client().bucket(bucket).blob(name)
+
+
+def read_with_generation(url: str) -> tuple[bytes, int] | None:
+    """(the object at the gs:// `url`, its generation); None when there is no such object."""
+    from google.api_core import exceptions
+
+    blob = _blob(url)
+    try:
+        data = blob.download_as_bytes()
+    except exceptions.NotFound:
+        return None
+    return data, int(blob.generation)
+
+
+def write_if_generation(url: str, data: bytes, generation: int) -> int | None:
+    """Writes `data` to the gs:// `url` if the object's generation there is still `generation`
+    (0: if there is no object); returns the new generation, or None when another write came
+    first (nothing is written then)."""
+    from google.api_core import exceptions
+
+    blob = _blob(url)
+    try:
+        blob.upload_from_string(data, if_generation_match=generation)
+    except exceptions.PreconditionFailed:
+        return None
+    return int(blob.generation)
+
+
+def delete_if_generation(url: str, generation: int) -> None:
+    """Deletes the object at the gs:// `url` if its generation is still `generation`; does
+    nothing when another write replaced it or it is gone."""
+    from google.api_core import exceptions
+
+    try:
+        _blob(url).delete(if_generation_match=generation)
+    except (exceptions.PreconditionFailed, exceptions.NotFound):
+        pass

@@ -17,6 +17,7 @@ path under a workdir themselves.
       encoder_report/  sample_report/  evaluation/      the other reports
       pipeline/<stage>.json    the record of each completed pipeline stage
       cache/                   values derived from the data, reused across stages
+      workdir.lock             the lock of the run using the workdir (core.workdir_lock)
 
 A training run's directory holds `checkpoints/` (Orbax), `config.json` and TensorBoard events;
 its export (`model/`) is what later stages load. Every path is a `paths.Path`, local or `gs://`.
@@ -130,3 +131,8 @@ class RunLayout:
     @property
     def cache(self) -> paths.Path:
         return self.root / "cache"
+
+    @property
+    def lock(self) -> paths.Path:
+        """The workdir's lock: a locked file, or a lease object on Cloud Storage."""
+        return self.root / "workdir.lock"

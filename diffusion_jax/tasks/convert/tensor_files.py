@@ -16,6 +16,7 @@ read into memory first.
 
 import io
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ import safetensors
 import safetensors.numpy
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -42,9 +44,10 @@ def load_tensors(path: str) -> dict[str, np.ndarray]:
     elif suffix in TORCH_SUFFIXES:
         tensors = _load_torch(path)
     else:
-        raise ValueError(
-            f"{path}: unknown checkpoint suffix {suffix!r}; expected one of "
-            f"{SAFETENSORS_SUFFIXES + TORCH_SUFFIXES}"
+        raise BadInputError(
+            path,
+            f"unknown checkpoint suffix {suffix!r}; expected one of "
+            f"{SAFETENSORS_SUFFIXES + TORCH_SUFFIXES}",
         )
     return _strip_ddp_prefix(tensors, path)
 
@@ -56,11 +59,11 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
         else:
             arrays = safetensors.numpy.load_file(path)
     except TypeError as error:  # numpy has no bfloat16
-        raise ValueError(
-            f"{path}: {error}; save the tensors as float32 (or float16) to convert them"
+        raise BadInputError(
+            path, f"{error}; save the tensors as float32 (or float16) to convert them"
         ) from error
     except safetensors.SafetensorError as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        raise BadInputError(path, f"not a readable safetensors file: {error}") from error
     return {name: _as_float32_or_int(array, path, name) for name, array in arrays.items()}
 
 
@@ -76,9 +79,10 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         source = io.BytesIO(paths.Path(path).read_bytes()) if paths.is_url(path) else path
         contents = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"{path} is not a PyTorch file of tensors that can be read safely (loaded with "
-            f"weights_only=True, which refuses arbitrary objects): {type(error).__name__}: {error}"
+        raise BadInputError(
+            path,
+            "not a PyTorch file of tensors that can be read safely (loaded with "
+            f"weights_only=True, which refuses arbitrary objects): {_torch_reason(error)}",
         ) from error
     state_dict = _find_state_dict(contents, path, torch.Tensor)
     tensors = {}
@@ -87,6 +91,15 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             tensor = tensor.float()
         tensors[name] = _as_float32_or_int(tensor.detach().cpu().numpy(), path, name)
     return tensors
+
+
+def _torch_reason(error: Exception) -> str:
+    """The line of torch.load's message that says what it refused ("Unsupported global: GLOBAL
+    posix.system ..."), without its colour codes or its advice to load the file unsafely."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    refused = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return f"{type(error).__name__}: {(refused or lines or [''])[0]}"
 
 
 def _find_state_dict(contents: Any, path: str, tensor_type: type) -> Mapping[str, Any]:
@@ -98,9 +111,10 @@ def _find_state_dict(contents: Any, path: str, tensor_type: type) -> Mapping[str
         found = f"a mapping with keys {sorted(map(str, contents))}"
     else:
         found = f"a {type(contents).__name__}"
-    raise ValueError(
-        f"{path} holds {found}, neither a state dict (tensor name -> tensor) nor a mapping "
-        f"holding one under one of {NESTED_STATE_DICT_KEYS}"
+    raise BadInputError(
+        path,
+        f"holds {found}, neither a state dict (tensor name -> tensor) nor a mapping holding one "
+        f"under one of {NESTED_STATE_DICT_KEYS}",
     )
 
 
@@ -115,7 +129,7 @@ def _as_float32_or_int(array: np.ndarray, path: str, name: str) -> np.ndarray:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         return np.asarray(array)
-    raise ValueError(f"{path}: tensor {name!r} has dtype {array.dtype}, not float or integer")
+    raise BadInputError(path, f"tensor {name!r} has dtype {array.dtype}, not float or integer")
 
 
 def _strip_ddp_prefix(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
@@ -123,6 +137,6 @@ def _strip_ddp_prefix(tensors: dict[str, np.ndarray], path: str) -> dict[str, np
     for name, array in tensors.items():
         key = name.removeprefix(DDP_PREFIX)
         if key in stripped:
-            raise ValueError(f"{path}: {name!r} and another tensor are both named {key!r}")
+            raise BadInputError(path, f"{name!r} and another tensor are both named {key!r}")
         stripped[key] = array
     return stripped

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax.core import parallel, paths, stages
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.figures import save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
@@ -46,9 +47,10 @@ _PAIRS_SEPARATOR = r":(?!//)"
 def _resampled_pairs_per_fold(entry: str) -> int:
     count = entry[len(HELDOUT_RESAMPLED) :]
     if not count.isdigit() or int(count) < 1:
-        raise ValueError(
-            f"config.evaluate.verification_sets entry {entry!r}: write heldout@N with N, the "
-            "matched (and mismatched) pairs per fold, a positive integer"
+        raise BadInputError(
+            f"config.evaluate.verification_sets entry {entry!r}",
+            "write heldout@N with N, the matched (and mismatched) pairs per fold, a positive "
+            "integer",
         )
     return int(count)
 
@@ -63,10 +65,10 @@ def load_verification_sets(
     for entry in config.evaluate.verification_sets:
         if entry == "heldout" or entry.startswith(HELDOUT_RESAMPLED):
             if config.data.source != "procedural":
-                raise ValueError(
-                    f"config.evaluate.verification_sets names {entry!r}, the embedded faces' "
-                    f"held-out identities, but data.source is {config.data.source!r}; name .bin "
-                    "or pairs.txt files instead."
+                raise BadInputError(
+                    f"config.evaluate.verification_sets entry {entry!r}",
+                    f"the embedded faces' held-out identities, but data.source is "
+                    f"{config.data.source!r}; name .bin or pairs.txt files instead.",
                 )
             if entry == "heldout":
                 sets["heldout"] = verification_sets.from_procedural(config.data)
@@ -86,9 +88,9 @@ def load_verification_sets(
                 pairs_path, image_root, resolution=resolution, policy=config.data.image_policy
             )
         else:
-            raise ValueError(
-                f"config.evaluate.verification_sets entry {entry!r} is not 'heldout', "
-                "'heldout@N', a .bin file or 'PAIRS_TXT:IMAGE_ROOT'."
+            raise BadInputError(
+                f"config.evaluate.verification_sets entry {entry!r}",
+                "not 'heldout', 'heldout@N', a .bin file or 'PAIRS_TXT:IMAGE_ROOT'.",
             )
     return sets
 

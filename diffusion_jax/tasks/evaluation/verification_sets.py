@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.data.sources.image_decoding import decode_image
 from diffusion_jax.tasks.data.verification import lfw_pairs, verification_bin, verification_pairs
@@ -47,8 +48,13 @@ def contiguous_folds(num_pairs: int, num_folds: int = NUM_FOLDS) -> np.ndarray:
 
 
 def from_verification_bin(path: str, *, resolution: int, policy: str = "resize") -> VerificationSet:
-    """Decodes an InsightFace verification .bin (read with its restricted unpickler)."""
+    """Decodes an InsightFace verification .bin (read with its restricted unpickler); one with
+    fewer pairs than folds is refused naming it."""
     contents = verification_bin.read_verification_bin(path)
+    if len(contents.is_same) < NUM_FOLDS:
+        raise BadInputError(
+            path, f"{len(contents.is_same)} pairs cannot be split into {NUM_FOLDS} folds"
+        )
     images = np.stack(
         [
             decode_image(encoded, resolution=resolution, policy=policy, source=f"{path} image {i}")

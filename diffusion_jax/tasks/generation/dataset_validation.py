@@ -16,14 +16,20 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.fingerprint import file_sha256
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader
 from diffusion_jax.tasks.generation import dataset_writers, manifest
 
 
-class InvalidDatasetError(ValueError):
-    """The dataset does not match its manifest; the message lists every problem."""
+class InvalidDatasetError(BadInputError):
+    """The dataset in `source` does not match its manifest; `str(error)` is `message`, which
+    names the dataset and lists every problem."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(source, message)
+        self.args = (message,)
 
 
 def _check_files(out_dir: str, files: dict[str, str], problems: list[str]) -> None:
@@ -54,8 +60,9 @@ def validate(out_dir: str) -> dict:
             else 0
         )
         raise InvalidDatasetError(
+            out_dir,
             f"{manifest_path} does not exist: the dataset is not complete ({present} shard "
-            "records present); run --mode=generate again to finish it"
+            "records present); run --mode=generate again to finish it",
         )
     contents = paths.read_json(manifest_path)
     problems: list[str] = []
@@ -107,8 +114,9 @@ def validate(out_dir: str) -> dict:
     ]
     if problems:
         raise InvalidDatasetError(
+            out_dir,
             f"{out_dir} does not match its manifest ({len(problems)} problems):\n  "
-            + "\n  ".join(problems)
+            + "\n  ".join(problems),
         )
     return {
         "out_dir": out_dir,

@@ -18,12 +18,13 @@
                                  SHA-256 of every shard record and of every dataset-level file
 
 OUT may be a local path or a `gs://` URL (`core.paths`). Every JSON file is written atomically
-(`paths.write_json_atomically`: locally to `NAME.partial`, flushed and renamed; on an object store
-as one upload), so a file under its final name is always complete; contents hold no timestamps,
-so the same config gives the same bytes. A shard's files are then committed by its record, the
-dataset by its manifest (`generation_job` gives the protocol, local and object store): locally a
-shard's files are staged in `shards/shard_SSSSS.partial/` and moved into place before its record
-is written; on an object store they are written at their final names, then the record.
+(`paths.write_json_atomically`: locally to a temporary `.partial` file, flushed and renamed; on an
+object store as one upload), so a file under its final name is always complete; contents hold no
+timestamps, so the same config gives the same bytes. A shard's files are then committed by its
+record, the dataset by its manifest (`generation_job` gives the protocol, local and object
+store): locally a shard's files are staged in `shards/shard_SSSSS.partial/` and moved into place
+before its record is written; on an object store they are written at their final names, then the
+record.
 """
 
 import json

@@ -9,7 +9,7 @@ embeddings of its training images (no flip augmentation, as the diffusion model 
 Embedding a training set costs one pass over it, so the centres are computed once and kept in
 `CACHE_DIR/training_identities-<key>.npz`, where the key hashes the encoder's weights
 (`weights_sha256`) and every `config.data` field: another encoder or other data never reads a
-stale file. The file is written atomically (`paths.write_shared_bytes`: locally to a temporary
+stale file. The file is written atomically (`paths.write_bytes_atomically`: locally to a temporary
 name, then renamed; on an object store in one upload), so a killed run leaves none. CACHE_DIR may
 be local or a `gs://` URL.
 """
@@ -78,6 +78,6 @@ def cached_identity_centres(
     )
     buffer = io.BytesIO()
     np.savez(buffer, centres=centres, key=key)
-    paths.write_shared_bytes(path, buffer.getvalue())
+    paths.write_bytes_atomically(path, buffer.getvalue())
     logging.info("Cached %d training identity centres in %s.", len(centres), path)
     return centres

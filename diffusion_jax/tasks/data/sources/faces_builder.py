@@ -15,8 +15,10 @@ images (`verification_pairs`), with features image_a, image_b, is_same, fold, an
 and image_index of both images. TFDS gives one feature set per dataset, hence two builders
 sharing one config.
 
-Prepared datasets load without this module: `tfds.builder_from_directory(builder.data_dir)`
-or `tfds.data_source(...)`, decoded with NumPy and PIL.
+Preparing either writes the listing of its files beside them and cleans up after a killed
+preparation; reusing one checks it (`prepared_files`). Prepared datasets load without this
+module: `tfds.builder_from_directory(builder.data_dir)` or `tfds.data_source(...)`, decoded with
+NumPy and PIL.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusion_jax.tasks.data.faces import procedural_faces
+from diffusion_jax.tasks.data.sources import prepared_files
 from diffusion_jax.tasks.data.sources.image_decoding import encode_png
 from diffusion_jax.tasks.data.verification import verification_pairs
 
@@ -123,9 +126,12 @@ def _render_identities(
         )
 
 
-class _ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Common set-up: ArrayRecord files by default, and a config given by value is matched to the
-    predefined config of the same name (TFDS rejects equal-named copies)."""
+class _ProceduralBuilder(
+    prepared_files.ListedPreparation, tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
+    """Common set-up: ArrayRecord files by default, a listed preparation (`prepared_files`), and
+    a config given by value is matched to the predefined config of the same name (TFDS rejects
+    equal-named copies)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

@@ -32,6 +32,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from diffusion_jax.core.bad_input import BadInputError
+
 POLICIES = ("resize", "center_crop")
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -43,7 +45,7 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(BadInputError):
     """An image that cannot be decoded safely. `str(error)` is "<source>: <reason>".
 
     `kind` classifies the failure: "empty" (zero bytes), "not_an_image" (no supported format
@@ -53,10 +55,8 @@ class ImageDecodeError(ValueError):
     """
 
     def __init__(self, source: str, kind: str, reason: str):
-        super().__init__(f"{source}: {reason}")
-        self.source = source
+        super().__init__(source, reason)
         self.kind = kind
-        self.reason = reason
 
 
 def _check_positive_int(name: str, value: object) -> None:

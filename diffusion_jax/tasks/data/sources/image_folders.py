@@ -11,15 +11,20 @@ sorted order, with features:
 - identity: the folder name; path: `<identity>/<file>`, relative to root.
 
 Bad input is skipped, never fatal and never silent: an unreadable directory, a file outside an
-identity folder or with another extension, a nested directory, an unreadable file, any
-`ImageDecodeError` (zero bytes, not an image, truncated or corrupt, too many pixels) and an
-identity left without images. Each is logged and listed with its reason in
-`preparation_report.json`; with `strict=True` the first one raises instead, naming the file.
+identity folder or with another extension, a nested directory, an unreadable file, an entry
+whose type cannot be read (a broken symbolic link, a link loop, no permission to stat it), a
+FIFO, socket or device, a folder or file name that is not valid UTF-8 (it would be stored as the
+identity or path; shown with `\\xNN` escapes), any `ImageDecodeError` (zero bytes, not an image,
+truncated or corrupt, too many pixels) and an identity left without images. Each is logged and
+listed with its reason in `preparation_report.json`; with `strict=True` the first one raises a
+`BadInputError` instead, naming the file. A root that cannot be listed is a `BadInputError`.
 
 Beside the ArrayRecord files, in the builder's versioned data dir, lie `identity_labels.json`
-({identity: label}) and `preparation_report.json`. TFDS prepares into a temporary
-`*.incomplete*` dir and renames it only once everything is written, so an interrupted
-preparation leaves no dataset that loads. The config name encodes the root's path (a hash), the
+({identity: label}), `preparation_report.json` and `prepared_files.json`, the listing of the
+prepared files that a reuse checks them against (`prepared_files`). TFDS prepares into a
+temporary `incomplete.*` dir and renames it only once everything is written, so an interrupted
+preparation leaves no dataset that loads; the next preparation removes what a killed one left
+(`prepared_files`). The config name encodes the root's path (a hash), the
 resolution, the policy and max_pixels: any other setting prepares anew. It does not see a change
 of the folder's contents; prepare such a folder into another data_dir.
 
@@ -49,7 +54,13 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import image_decoding, record_label_cache
+from diffusion_jax.core.bad_input import BadInputError
+from diffusion_jax.tasks.data.sources import (
+    image_decoding,
+    prepared_files,
+    prepared_records,
+    record_label_cache,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 LABELS_FILENAME = "identity_labels.json"
@@ -102,10 +113,11 @@ class _SkipLog:
         self.entries: list[dict[str, str]] = []
 
     def skip(self, path: str, kind: str, reason: str) -> None:
-        """Records `path` (relative to root) as skipped for `reason`, classified by `kind`."""
+        """Records `path` (relative to root, as `_shown` gives it) as skipped for `reason`,
+        classified by `kind`."""
         where = paths.Path(self.root) / path
         if self.strict:
-            raise ValueError(f"strict preparation refuses {where}: {reason}")
+            raise BadInputError(where, f"{reason} (strict preparation refuses what it would skip)")
         logging.warning("Skipping %s: %s", where, reason)
         self.entries.append({"path": path, "kind": kind, "reason": reason})
 
@@ -121,53 +133,97 @@ class _SkipLog:
 
 
 class _Entry(NamedTuple):
-    """A directory entry: its name and full path, and whether it is a directory."""
+    """A directory entry: its name and full path, and its type, following symbolic links:
+    "directory", "file" (a regular file; any object on an object store), "special" (a FIFO,
+    socket or device) or "unreadable" (a broken link, a link loop, no permission to stat it),
+    with `problem` saying why."""
 
     name: str
     path: str
-    is_directory: bool
+    type: str
+    problem: str = ""
 
-    def is_dir(self) -> bool:
-        return self.is_directory
+
+def _local_entry(entry: os.DirEntry) -> _Entry:
+    try:
+        if entry.is_dir():
+            return _Entry(entry.name, entry.path, "directory")
+        if entry.is_file():
+            return _Entry(entry.name, entry.path, "file")
+        entry.stat()  # neither: a special file, or a link whose target cannot be reached
+        return _Entry(entry.name, entry.path, "special")
+    except OSError as error:
+        return _Entry(entry.name, entry.path, "unreadable", f"cannot read its type: {error}")
+
+
+def _remote_entry(entry: paths.Path) -> _Entry:
+    try:
+        return _Entry(entry.name, str(entry), "directory" if entry.is_dir() else "file")
+    except OSError as error:
+        return _Entry(entry.name, str(entry), "unreadable", f"cannot read its type: {error}")
 
 
 def _sorted_entries(path: str) -> list[_Entry]:
-    """The entries of directory `path`, sorted by name (local: `os.scandir`, whose entries know
-    their type; object store: epath's `iterdir`)."""
+    """The entries of directory `path`, sorted by name (local: `os.scandir`; object store:
+    epath's `iterdir`). Raises OSError if `path` cannot be listed, never for an entry."""
     if paths.is_url(path):
-        entries = [
-            _Entry(entry.name, str(entry), entry.is_dir()) for entry in paths.Path(path).iterdir()
-        ]
+        entries = [_remote_entry(entry) for entry in paths.Path(path).iterdir()]
     else:
         with os.scandir(path) as scanned:
-            entries = [_Entry(entry.name, entry.path, entry.is_dir()) for entry in scanned]
+            entries = [_local_entry(entry) for entry in scanned]
     return sorted(entries, key=lambda entry: entry.name)
+
+
+def _shown(name: str) -> str:
+    """`name` as it can be stored and printed: bytes that are not UTF-8 (which `os` gives as
+    lone surrogates) become `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _list_image_files(root: str, skips: _SkipLog) -> list[str]:
     """Relative paths `<identity>/<file>` of the candidate images, identity by identity, both in
     sorted order; everything else under root is skipped."""
+    try:
+        identities = _sorted_entries(root)
+    except OSError as error:
+        raise BadInputError(root, f"cannot list the identity folders: {error}") from error
     found = []
-    for identity in _sorted_entries(root):
-        if not identity.is_dir():
-            skips.skip(identity.name, "unsupported_file", "a file outside any identity folder")
+    for identity in identities:
+        name = _shown(identity.name)
+        if name != identity.name:
+            # A lossy stand-in for the name could collide with another folder's name.
+            skips.skip(name, "undecodable_name", "the name is not valid UTF-8")
+            continue
+        if identity.type == "unreadable":
+            skips.skip(name, "unreadable_directory", identity.problem)
+            continue
+        if identity.type != "directory":
+            skips.skip(name, "unsupported_file", "a file outside any identity folder")
             continue
         try:
             entries = _sorted_entries(identity.path)
         except OSError as error:
-            skips.skip(identity.name, "unreadable_directory", f"cannot list directory: {error}")
+            skips.skip(name, "unreadable_directory", f"cannot list directory: {error}")
             continue
         images = []
         for entry in entries:
-            path = f"{identity.name}/{entry.name}"
-            if entry.is_dir():
+            path = f"{name}/{_shown(entry.name)}"
+            if path != f"{name}/{entry.name}":
+                skips.skip(path, "undecodable_name", "the name is not valid UTF-8")
+            elif entry.type == "unreadable":
+                skips.skip(path, "unreadable_file", entry.problem)
+            elif entry.type == "directory":
                 skips.skip(path, "unsupported_file", "a nested directory (not read)")
+            elif entry.type == "special":
+                skips.skip(
+                    path, "unsupported_file", "not a regular file (a FIFO, socket or device)"
+                )
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 skips.skip(path, "unsupported_file", f"extension not one of {IMAGE_EXTENSIONS}")
             else:
                 images.append(path)
         if not images:
-            skips.skip(identity.name, "empty_identity", "no image files")
+            skips.skip(name, "empty_identity", "no image files")
         found += images
     return found
 
@@ -217,7 +273,7 @@ def _write_json(path: paths.Path, value: Any) -> None:
     paths.Path(path).write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-class IdentityFolders(tfds.core.GeneratorBasedBuilder):
+class IdentityFolders(prepared_files.ListedPreparation, tfds.core.GeneratorBasedBuilder):
     """Images of `root/<identity>/<image>` labelled by identity: split `train` (module doc)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -268,7 +324,7 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = self.builder_config.root
         if not paths.Path(root).is_dir():
-            raise ValueError(f"root must be a directory of identity folders, got {root!r}")
+            raise BadInputError(root, "is not a directory (of identity folders)")
         return {SPLIT: self._generate_examples()}
 
     def _generate_examples(self):
@@ -300,8 +356,8 @@ class IdentityFolders(tfds.core.GeneratorBasedBuilder):
                 yield path, {**example, "path": path}
             num_examples += len(images)
         if not labels:
-            raise ValueError(
-                f"no decodable image under {config.root} ({len(skips.entries)} inputs skipped)"
+            raise BadInputError(
+                config.root, f"no decodable image under it ({len(skips.entries)} inputs skipped)"
             )
         _write_json(paths.Path(self.data_dir) / LABELS_FILENAME, labels)
         _write_json(
@@ -318,12 +374,15 @@ def prepare_image_folder(
     strict: bool = False,
     max_pixels: int = image_decoding.DEFAULT_MAX_PIXELS,
     num_threads: int = min(8, os.cpu_count() or 1),
+    verify_hashes: bool = False,
 ) -> IdentityFolders:
     """Prepares the identity folders under `root` into the TFDS `data_dir` unless already
     prepared with these settings, and returns the builder (its `data_dir` is the dataset's).
 
-    In strict mode a dataset prepared earlier with skipped inputs is refused too. Call it from
-    one process; the others load the prepared directory.
+    A dataset prepared earlier is checked against its listing of prepared files: the sizes, and
+    the SHA-256 with `verify_hashes` (`prepared_files`). In strict mode a dataset prepared
+    earlier with skipped inputs is refused too. Call it from one process; the others load the
+    prepared directory.
     """
     config = ImageFolderConfig(
         root=root, resolution=resolution, policy=policy, max_pixels=max_pixels
@@ -331,7 +390,7 @@ def prepare_image_folder(
     builder = IdentityFolders(
         config=config, strict=strict, num_threads=num_threads, data_dir=os.fspath(data_dir)
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare(verify_hashes=verify_hashes)
     if strict:
         skipped = read_preparation_report(builder.data_dir)["skipped"]
         if skipped:
@@ -359,7 +418,9 @@ class ImageLabelSource:
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str = SPLIT):
         self._dataset_dir, self._split = os.fspath(dataset_dir), split
-        self._records = tfds.builder_from_directory(self._dataset_dir).as_data_source(split)
+        self._records = prepared_records.NamedRecords(
+            tfds.builder_from_directory(self._dataset_dir).as_data_source(split), self._dataset_dir
+        )
 
     @property
     def record_labels(self) -> np.ndarray:

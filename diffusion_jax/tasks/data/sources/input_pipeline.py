@@ -7,7 +7,9 @@ images_per_heldout_identity, pairs_per_fold, horizontal_flip, max_shift and work
 in the calling process) and color_jitter (0 but for the recognisers' training sets,
 `recognizer_training`). For every source, `max_identities` and `max_images_per_identity` (-1:
 all) cut the training records to the first identity labels and the first records of each
-(`training_records`).
+(`training_records`). A dataset prepared earlier (procedural, image_folder) is checked against
+the listing its preparation wrote whenever it is reused: the sizes of its files, and their SHA-256
+in `ensure_prepared` when `verify_prepared` (`prepared_files`).
 
 data_dir and data.path may be local or `gs://` URLs (`core.paths`): TFDS reads and writes data_dir
 through epath, `recordio` reads a `.rec` on an object store by ranged reads, and `image_folders`
@@ -25,7 +27,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import faces_builder, image_folders, recordio, tfds_source
+from diffusion_jax.core.bad_input import BadInputError
+from diffusion_jax.tasks.data.sources import (
+    faces_builder,
+    image_folders,
+    prepared_files,
+    prepared_records,
+    recordio,
+    tfds_source,
+)
 from diffusion_jax.tasks.data.sources.image_decoding import (
     LUMA_WEIGHTS,
     decode_image,
@@ -67,9 +77,11 @@ def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:
 
     procedural: renders `procedural_faces` and `procedural_face_pairs` into data_dir;
     image_folder: decodes `data.path` into data_dir (see `image_folders`); recordio: opens the
-    file, which checks its index against its data. With several processes, every process must
-    call it (it synchronises them): process 0 prepares first; the others then find the data
-    prepared in a shared data_dir, or prepare an identical copy into their local one.
+    file, which checks its index against its data. A prepared dataset is reused once checked
+    against its listing of prepared files, SHA-256 included when `data.verify_prepared`. With
+    several processes, every process must call it (it synchronises them): process 0 prepares
+    first; the others then find the data prepared in a shared data_dir, or prepare an identical
+    copy into their local one.
     """
     _check_source(data_config)
     if data_config.source == "recordio":
@@ -81,12 +93,12 @@ def ensure_prepared(data_config: ml_collections.ConfigDict) -> None:
     is_first_process = jax.process_index() == 0
     if not is_first_process:
         _barrier()
+    verify_hashes = data_config.get("verify_prepared", False)  # configs saved before it existed
     if data_config.source == "procedural":
-        config, data_dir = builder_config(data_config), _data_dir(data_config)
-        faces_builder.ProceduralFaces(config=config, data_dir=data_dir).download_and_prepare()
-        faces_builder.ProceduralFacePairs(config=config, data_dir=data_dir).download_and_prepare()
+        for builder in _procedural_builders(data_config):
+            builder.download_and_prepare(verify_hashes=verify_hashes)
     else:
-        _image_folder_builder(data_config)
+        _image_folder_builder(data_config, verify_hashes=verify_hashes)
     if is_first_process:
         _barrier()
 
@@ -102,15 +114,73 @@ def _check_source(data_config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _image_folder_builder(data_config: ml_collections.ConfigDict) -> image_folders.IdentityFolders:
-    """The identity-folder dataset of `data.path`, prepared into data_dir if it is not yet."""
+def _procedural_builders(
+    data_config: ml_collections.ConfigDict,
+) -> list[faces_builder.ProceduralFaces | faces_builder.ProceduralFacePairs]:
+    config, data_dir = builder_config(data_config), _data_dir(data_config)
+    return [
+        faces_builder.ProceduralFaces(config=config, data_dir=data_dir),
+        faces_builder.ProceduralFacePairs(config=config, data_dir=data_dir),
+    ]
+
+
+def _image_folder_builder(
+    data_config: ml_collections.ConfigDict, verify_hashes: bool = False
+) -> image_folders.IdentityFolders:
+    """The identity-folder dataset of `data.path`, prepared into data_dir if it is not yet
+    (else checked: `image_folders.prepare_image_folder`)."""
     return image_folders.prepare_image_folder(
         str(paths.resolve(data_config.path)),
         _data_dir(data_config),
         resolution=data_config.resolution,
         policy=data_config.image_policy,
         strict=data_config.strict,
+        verify_hashes=verify_hashes,
     )
+
+
+def check_prepared(data_config: ml_collections.ConfigDict) -> list[dict]:
+    """--mode=validate_dataset on `data_config`: each dataset prepared for it (procedural: the
+    faces and their pairs; image_folder: its identity folders) checked against its listing of
+    prepared files, SHA-256 included (`prepared_files.check`), without preparing anything.
+
+    Returns each dataset's summary. Raises BadInputError for a source this project does not
+    prepare (recordio, tfds), a dataset not prepared, one without a listing, or a file that
+    differs.
+    """
+    _check_source(data_config)
+    if data_config.source == "procedural":
+        builders = _procedural_builders(data_config)
+    elif data_config.source == "image_folder":
+        config = image_folders.ImageFolderConfig(
+            root=str(paths.resolve(data_config.path)),
+            resolution=data_config.resolution,
+            policy=data_config.image_policy,
+        )
+        builders = [image_folders.IdentityFolders(config=config, data_dir=_data_dir(data_config))]
+    else:
+        raise BadInputError(
+            f"config.data.source={data_config.source!r}",
+            "validate_dataset checks the datasets this project prepares (procedural, "
+            "image_folder); this source is read in place (recordio) or prepared by `tfds build`",
+        )
+    summaries = []
+    for builder in builders:
+        if not builder.is_prepared():
+            raise BadInputError(
+                builder.data_dir,
+                "is not prepared: nothing to validate (the first run that reads config.data "
+                "prepares it)",
+            )
+        summary = prepared_files.check(builder.data_dir, hashes=True)
+        if summary is None:
+            raise BadInputError(
+                builder.data_dir,
+                f"has no {prepared_files.LISTING_FILENAME}: prepared before preparations listed "
+                "their files, it cannot be checked; delete it to prepare it again with one",
+            )
+        summaries.append(summary)
+    return summaries
 
 
 def _recordio_reader(data_config: ml_collections.ConfigDict) -> recordio.RecordIOReader:
@@ -153,10 +223,12 @@ class _DecodedRecordIO:
 
 
 def _all_training_records(data_config: ml_collections.ConfigDict):
-    """Every training record of the source, uncut (`training_records` cuts them)."""
+    """Every training record of the source, uncut (`training_records` cuts them). A record that
+    cannot be read or decoded raises BadInputError naming the dataset and the record."""
     _check_source(data_config)
     if data_config.source == "procedural":
-        return _prepared(faces_builder.ProceduralFaces, data_config).as_data_source("train")
+        builder = _prepared(faces_builder.ProceduralFaces, data_config)
+        return prepared_records.NamedRecords(builder.as_data_source("train"), builder.data_dir)
     if data_config.source == "image_folder":
         return image_folders.ImageLabelSource(_image_folder_builder(data_config).data_dir)
     if data_config.source == "tfds":
@@ -271,15 +343,19 @@ def _prepared(
     builder_class: type[faces_builder.ProceduralFaces | faces_builder.ProceduralFacePairs],
     data_config: ml_collections.ConfigDict,
 ) -> faces_builder.ProceduralFaces | faces_builder.ProceduralFacePairs:
-    """The prepared dataset of `builder_class`; a single process prepares it if needed."""
+    """The prepared dataset of `builder_class`, its files' sizes checked against its listing
+    (`prepared_files`); a single process prepares it if needed."""
     config, data_dir = builder_config(data_config), _data_dir(data_config)
-    if not builder_class(config=config, data_dir=data_dir).is_prepared():
-        if jax.process_count() > 1:
-            raise RuntimeError(
-                f"the procedural faces are not prepared in {data_dir}: call "
-                "ensure_prepared(data_config) in every process first"
-            )
-        ensure_prepared(data_config)
+    builder = builder_class(config=config, data_dir=data_dir)
+    if builder.is_prepared():
+        prepared_files.check(builder.data_dir, hashes=False)
+        return builder
+    if jax.process_count() > 1:
+        raise RuntimeError(
+            f"the procedural faces are not prepared in {data_dir}: call "
+            "ensure_prepared(data_config) in every process first"
+        )
+    ensure_prepared(data_config)
     return builder_class(config=config, data_dir=data_dir)
 
 

@@ -12,10 +12,10 @@ A prepared dataset does not change, so `load_or_scan` keeps the pass's result in
 
 A file whose record count or digest differs from the dataset's (the dataset was prepared again),
 or that cannot be read, is ignored and replaced. The file is written atomically
-(`paths.write_shared_bytes`: locally to a temporary name unique to the writer, then renamed; on an
-object store in one upload), so a reader never sees half of one; where the directory cannot be
-written (a shared read-only copy), every opening pays the pass, with a warning. The dataset dir
-may be local or a `gs://` URL.
+(`paths.write_bytes_atomically`: locally to a temporary name unique to the writer, then renamed;
+on an object store in one upload), so a reader never sees half of one; where the directory cannot
+be written (a shared read-only copy), every opening pays the pass, with a warning. The dataset
+dir may be local or a `gs://` URL.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _read(path: str, num_records: int, digest: str) -> RecordLabels | None:
 
 
 def _write(path: str, record_labels: RecordLabels, digest: str) -> None:
-    """Writes the cache atomically (`paths.write_shared_bytes`); warns if it cannot."""
+    """Writes the cache atomically (`paths.write_bytes_atomically`); warns if it cannot."""
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -83,7 +83,7 @@ def _write(path: str, record_labels: RecordLabels, digest: str) -> None:
         info_digest=np.asarray(digest),
     )
     try:
-        paths.write_shared_bytes(path, buffer.getvalue())
+        paths.write_bytes_atomically(path, buffer.getvalue())
     except OSError as error:
         logging.warning(
             "Cannot keep the record labels in %s (%s): each opening scans them", path, error

@@ -21,6 +21,11 @@ The layout, defined once here for the reader and for writers:
 
 Files may be local or on an object store (`gs://`, `core.paths`): a local `.rec` is memory-mapped;
 one on an object store is read on demand, each record by a seek and a read of its bytes.
+
+Memory stays bounded by the files: every length a part header declares is checked against the
+bytes left in the `.rec` before it is read, offsets and keys must fit in int64, and the identity
+key range of a header record against the keys the index lists before any array of that size is
+made. The reader refuses bad input with `BadInputError`, naming the file and the line or record.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 
 RECORD_MAGIC = 0xCED7230A
 DATASET_HEADER_KEY = 0
@@ -156,9 +162,13 @@ def format_index_line(key: int, offset: int) -> str:
     return f"{key}\t{offset}\n"
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def read_index(idx_path: paths.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, offsets) of a `.idx` file, int64, in file order. Raises on malformed lines and on
-    repeated keys, naming the file and the line."""
+    """(keys, offsets) of a `.idx` file, int64, in file order. Raises BadInputError naming the
+    file and the line of a malformed line (not two integers, a negative offset, a number beyond
+    int64), and naming the file for a repeated key."""
     keys, offsets = [], []
     # Read as a text file would be: ASCII (undecodable bytes replaced), universal newlines.
     text = paths.Path(idx_path).read_bytes().decode("ascii", errors="replace")
@@ -166,21 +176,25 @@ def read_index(idx_path: paths.PathLike) -> tuple[np.ndarray, np.ndarray]:
         fields = line.split()
         if not fields:
             continue
+        where = f"line {line_number}"
         try:
             key, offset = (int(field) for field in fields)
         except ValueError:
-            raise ValueError(
-                f"{idx_path}:{line_number}: expected 'key<TAB>offset', got {line.rstrip()!r}"
+            raise BadInputError(
+                idx_path, f"expected 'key<TAB>offset', got {line.rstrip()[:80]!r}", where
             ) from None
         if offset < 0:
-            raise ValueError(f"{idx_path}:{line_number}: negative offset {offset}")
+            raise BadInputError(idx_path, f"negative offset {offset}", where)
+        for name, number in (("key", key), ("offset", offset)):
+            if number not in _INT64:
+                raise BadInputError(idx_path, f"{name} {number} does not fit in 64 bits", where)
         keys.append(key)
         offsets.append(offset)
     keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     unique_keys, counts = np.unique(keys, return_counts=True)
     if np.any(counts > 1):
-        raise ValueError(
-            f"{idx_path}: key {unique_keys[np.argmax(counts > 1)]} appears {counts.max()} times"
+        raise BadInputError(
+            idx_path, f"key {unique_keys[np.argmax(counts > 1)]} appears {counts.max()} times"
         )
     return keys, offsets
 
@@ -219,9 +233,9 @@ class RemoteBytes:
         self._opened.close()
 
 
-def _integer_label(label: float, where: str) -> int:
+def _integer_label(label: float, rec_path: str, where: str) -> int:
     if not float(label).is_integer() or label < 0:
-        raise ValueError(f"{where}: label {label} is not a non-negative integer")
+        raise BadInputError(rec_path, f"label {label} is not a non-negative integer", where)
     return int(label)
 
 
@@ -246,10 +260,10 @@ class RecordIOReader:
         self.idx_path = default_index_path(rec_path) if idx_path is None else idx_path
         for role, path in (("record file", rec_path), ("index file", self.idx_path)):
             if not paths.Path(path).is_file():
-                raise FileNotFoundError(f"RecordIO {role} {path} does not exist")
+                raise BadInputError(path, f"the RecordIO {role} does not exist")
         keys, offsets = read_index(self.idx_path)
         if keys.size == 0:
-            raise ValueError(f"{self.idx_path}: the index lists no records")
+            raise BadInputError(self.idx_path, "the index lists no records")
         order = np.argsort(keys)
         self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
         self._data = self._open()
@@ -263,11 +277,11 @@ class RecordIOReader:
         if paths.is_url(self.rec_path):
             data = RemoteBytes(self.rec_path)
             if len(data) == 0:
-                raise ValueError(f"{self.rec_path}: the record file is empty")
+                raise BadInputError(self.rec_path, "the record file is empty")
             return data
         with open(self.rec_path, "rb") as rec_file:  # local: mmap needs a file descriptor
             if os.fstat(rec_file.fileno()).st_size == 0:
-                raise ValueError(f"{self.rec_path}: the record file is empty")
+                raise BadInputError(self.rec_path, "the record file is empty")
             return mmap.mmap(rec_file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def _check_offsets(self) -> None:
@@ -277,12 +291,14 @@ class RecordIOReader:
         def refuse(bad: np.ndarray, problem: str) -> None:
             if np.any(bad):
                 key, offset = self._sorted_keys[bad][0], offsets[bad][0]
-                raise ValueError(
-                    f"{self.idx_path} disagrees with {self.rec_path}: key {key} at offset "
-                    f"{offset} {problem} ({np.count_nonzero(bad)} such keys)"
+                raise BadInputError(
+                    self.idx_path,
+                    f"disagrees with {self.rec_path}: key {key} at offset {offset} {problem} "
+                    f"({np.count_nonzero(bad)} such keys)",
                 )
 
-        refuse(offsets + _PART_HEADER.size > size, f"lies beyond the end of the file ({size} B)")
+        # Compared so that an offset near 2**63 cannot overflow into the file.
+        refuse(offsets > size - _PART_HEADER.size, f"lies beyond the end of the file ({size} B)")
         refuse(offsets % 4 != 0, "is not 4-byte aligned, so it cannot start a record")
         if isinstance(self._data, mmap.mmap):
             words = np.frombuffer(self._data, dtype="<u4", count=size // 4)
@@ -300,32 +316,48 @@ class RecordIOReader:
         """The image keys and the [num_identities, 2] half-open image-key ranges of the
         identities, as the header record and the identity records give them."""
         header, _ = self.read(DATASET_HEADER_KEY)
-        where = f"{self.rec_path}: header record {DATASET_HEADER_KEY}"
+        where = f"header record {DATASET_HEADER_KEY}"
         if header.flag < 2:
-            raise ValueError(f"{where} has {header.flag} label, expected 2 (identity key range)")
-        first, end = (_integer_label(label, where) for label in header.label[:2])
+            raise BadInputError(
+                self.rec_path, f"has {header.flag} label, expected 2 (identity key range)", where
+            )
+        first, end = (_integer_label(label, self.rec_path, where) for label in header.label[:2])
         if not 1 <= first <= end:
-            raise ValueError(
-                f"{where} gives identity keys [{first}, {end}), expected 1 <= first <= end"
+            raise BadInputError(
+                self.rec_path,
+                f"gives identity keys [{first}, {end}), expected 1 <= first <= end",
+                where,
+            )
+        if end - 1 > len(self._sorted_keys):  # before arrays of end - 1 keys are made
+            raise BadInputError(
+                self.idx_path,
+                f"disagrees with the header record of {self.rec_path}: keys 1 .. {end - 1} "
+                f"expected, the index lists {len(self._sorted_keys)} keys",
             )
         expected = np.arange(1, end, dtype=np.int64)
         missing = expected[~np.isin(expected, self._sorted_keys)]
         if missing.size:
-            raise ValueError(
-                f"{self.idx_path} disagrees with the header record of {self.rec_path}: keys "
-                f"1 .. {end - 1} expected, {missing.size} missing (first: {missing[0]})"
+            raise BadInputError(
+                self.idx_path,
+                f"disagrees with the header record of {self.rec_path}: keys 1 .. {end - 1} "
+                f"expected, {missing.size} missing (first: {missing[0]})",
             )
         ranges = np.empty((end - first, 2), dtype=np.int64)
         for row, key in enumerate(range(first, end)):
             identity, _ = self.read(key)
-            where = f"{self.rec_path}: identity record {key}"
+            where = f"identity record {key}"
             if identity.flag < 2:
-                raise ValueError(f"{where} has {identity.flag} labels, expected 2 (key range)")
-            ranges[row] = [_integer_label(label, where) for label in identity.label[:2]]
+                raise BadInputError(
+                    self.rec_path, f"has {identity.flag} labels, expected 2 (key range)", where
+                )
+            ranges[row] = [
+                _integer_label(label, self.rec_path, where) for label in identity.label[:2]
+            ]
             if not 1 <= ranges[row, 0] <= ranges[row, 1] <= first:
-                raise ValueError(
-                    f"{where} gives image keys [{ranges[row, 0]}, "
-                    f"{ranges[row, 1]}) outside [1, {first})"
+                raise BadInputError(
+                    self.rec_path,
+                    f"gives image keys [{ranges[row, 0]}, {ranges[row, 1]}) outside [1, {first})",
+                    where,
                 )
         return np.arange(1, first, dtype=np.int64), ranges
 
@@ -341,7 +373,9 @@ class RecordIOReader:
         try:
             return unpack_record(unframe_record(self._data, offset)[0])
         except ValueError as error:
-            raise ValueError(f"{self.rec_path}: record {key} at offset {offset}: {error}") from None
+            raise BadInputError(
+                self.rec_path, str(error), f"record {key} at offset {offset}"
+            ) from None
 
     def __len__(self) -> int:
         return len(self.image_keys)
@@ -354,7 +388,7 @@ class RecordIOReader:
         label = header.label if header.flag == 0 else header.label[0]
         return {
             "image_bytes": image,
-            "label": _integer_label(label, f"{self.rec_path}: record {key}"),
+            "label": _integer_label(label, self.rec_path, f"record {key}"),
         }
 
     def shard(self, index: int, count: int) -> RecordIOReader:

@@ -4,7 +4,9 @@
 dataset with `tfds.data_source(name, split=..., data_dir=..., download=False)`: nothing is ever
 downloaded or prepared. The dataset must be prepared in a random-access format (ArrayRecord, as
 `tfds build lfw --file_format=array_record --data_dir=/data/tfds` writes it); a name that is not
-prepared in data_dir, or prepared as TFRecord, is refused with a message naming both.
+prepared in data_dir, unknown, malformed or of a version that is not there, or prepared as
+TFRecord, is refused with a `BadInputError` naming both. A record that cannot be read (a damaged
+ArrayRecord file) names the dataset and the record (`prepared_records`).
 
 Images are read still encoded (TFDS's `Image` feature stores PNG or JPEG bytes) and decoded by
 `image_decoding.decode_image`, so a TFDS dataset gets the same safety checks, colour conversion
@@ -28,7 +30,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusion_jax.core import paths
-from diffusion_jax.tasks.data.sources import image_decoding, record_label_cache
+from diffusion_jax.core.bad_input import BadInputError
+from diffusion_jax.tasks.data.sources import image_decoding, prepared_records, record_label_cache
 
 # Records read per call while scanning the labels: bounds the memory held by encoded images.
 _LABEL_SCAN_CHUNK = 1024
@@ -36,24 +39,27 @@ _LABEL_SCAN_CHUNK = 1024
 
 def _open_prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """The builder of `name` in data_dir, refused unless prepared in a random-access format."""
+    dataset = f"TFDS dataset {name!r} in data_dir={data_dir!r}"
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is neither prepared in data_dir={data_dir!r} nor a known "
-            "TFDS dataset name"
+        raise BadInputError(
+            dataset, "neither prepared there nor a known TFDS dataset name"
         ) from None
+    except (AssertionError, ValueError) as error:  # a malformed name, a version not there
+        raise BadInputError(dataset, f"cannot be opened: {str(error).splitlines()[0]}") from None
     if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r} (nothing is "
-            f"downloaded): prepare it first, e.g. `tfds build {name} --data_dir={data_dir} "
-            "--file_format=array_record`"
+        raise BadInputError(
+            dataset,
+            "not prepared there (nothing is downloaded): prepare it first, e.g. "
+            f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`",
         )
     file_format = builder.info.file_format
     if file_format not in tfds.core.FileFormat.with_random_access():
-        raise ValueError(
-            f"TFDS dataset {name!r} in data_dir={data_dir!r} is prepared as {file_format.value}, "
-            f"which has no random access: prepare it again with --file_format=array_record"
+        raise BadInputError(
+            dataset,
+            f"prepared as {file_format.value}, which has no random access: prepare it again "
+            "with --file_format=array_record",
         )
     return builder
 
@@ -172,7 +178,7 @@ class TfdsNamedSource:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        record = self._records[index]
+        record = prepared_records.read_record(self._records, index, self._where)
         image = image_decoding.decode_image(
             record[self._image_key],
             resolution=self._resolution,

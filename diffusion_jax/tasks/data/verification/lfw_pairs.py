@@ -4,7 +4,8 @@ Layout (Huang et al. 2007, LFW technical report): the first line is "<folds>\\t<
 "10\\t300"), or a single "<N>" for one fold (View 1). Then, fold by fold, N matched-pair lines
 "name\\tn1\\tn2" followed by N mismatched-pair lines "name1\\tn1\\tname2\\tn2". Image n of a
 person is `<image_root>/<name>/<name>_<n as 4 digits>.jpg`. The pairs file and the image root
-may be local or `gs://` URLs (`core.paths`).
+may be local or `gs://` URLs (`core.paths`). The file must be UTF-8 text (LFW's is ASCII); every
+problem is a `BadInputError` naming the file and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from diffusion_jax.core import paths
+from diffusion_jax.core.bad_input import BadInputError
 
 
 class LfwPair(NamedTuple):
@@ -37,9 +39,10 @@ def _parse_counts(first_line: str, pairs_path: str) -> tuple[int, int]:
     if len(counts) == 1:
         counts = [1, counts[0]]
     if len(counts) != 2 or min(counts) < 1:
-        raise ValueError(
-            f"{pairs_path}:1: expected '<folds>\\t<pairs per fold>' or "
-            f"'<pairs>', got {first_line.rstrip()!r}"
+        raise BadInputError(
+            pairs_path,
+            f"expected '<folds>\\t<pairs per fold>' or '<pairs>', got {first_line.rstrip()!r}",
+            "line 1",
         )
     return counts[0], counts[1]
 
@@ -51,23 +54,43 @@ def _image_number(field: str) -> int:
     return number
 
 
+def _text_lines(data: bytes, pairs_path: str) -> list[str]:
+    """The lines of `data` decoded as UTF-8; a byte that is not UTF-8 is refused naming its line."""
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        before = data[: error.start].decode("utf-8")
+        line_number = len((before + "x").splitlines())  # "x": the line the byte starts or is on
+        raise BadInputError(
+            pairs_path,
+            f"byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8 text",
+            f"line {line_number}",
+        ) from None
+
+
 def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg") -> list[LfwPair]:
     """The pairs of `pairs_path`, fold by fold, matched before mismatched within a fold.
 
-    Raises ValueError naming the line number and content of a malformed line, a wrong number of
-    lines, and the image files that do not exist under `image_root`.
+    Raises BadInputError naming the file: the line number and content of a line that is not
+    UTF-8 or malformed, a wrong number of lines, and the image files that do not exist under
+    `image_root`.
     """
-    lines = paths.Path(pairs_path).read_text(encoding="utf-8").splitlines()
+    try:
+        data = paths.Path(pairs_path).read_bytes()
+    except OSError as error:
+        raise BadInputError(pairs_path, f"cannot read it: {error}") from None
+    lines = _text_lines(data, pairs_path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise ValueError(f"{pairs_path}: the file is empty")
+        raise BadInputError(pairs_path, "the file is empty")
     num_folds, pairs_per_fold = _parse_counts(lines[0], pairs_path)
     expected_lines = 1 + 2 * num_folds * pairs_per_fold
     if len(lines) != expected_lines:
-        raise ValueError(
-            f"{pairs_path}: {num_folds} folds of 2 x {pairs_per_fold} pairs need "
-            f"{expected_lines} lines, the file has {len(lines)}"
+        raise BadInputError(
+            pairs_path,
+            f"{num_folds} folds of 2 x {pairs_per_fold} pairs need {expected_lines} lines, the "
+            f"file has {len(lines)}",
         )
     pairs = []
     for line_number, line in enumerate(lines[1:], start=2):
@@ -86,9 +109,10 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
         except ValueError as error:
             layout = "name\\tn1\\tn2" if is_same else "name1\\tn1\\tname2\\tn2"
             kind = "matched" if is_same else "mismatched"
-            raise ValueError(
-                f"{pairs_path}:{line_number}: expected a {kind} pair '{layout}' "
-                f"({error}), got {line!r}"
+            raise BadInputError(
+                pairs_path,
+                f"expected a {kind} pair '{layout}' ({error}), got {line!r}",
+                f"line {line_number}",
             ) from None
         pairs.append(
             LfwPair(
@@ -102,8 +126,8 @@ def read_lfw_pairs(pairs_path: str, image_root: str, *, extension: str = ".jpg")
         {path for pair in pairs for path in pair[:2] if not paths.Path(path).is_file()}
     )
     if missing:
-        raise ValueError(
-            f"{pairs_path}: {len(missing)} image files named by the pairs do not "
-            f"exist, first: {missing[:3]}"
+        raise BadInputError(
+            pairs_path,
+            f"{len(missing)} image files named by the pairs do not exist, first: {missing[:3]}",
         )
     return pairs

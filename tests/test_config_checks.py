@@ -106,7 +106,7 @@ def test_inconsistent_values_are_refused_naming_the_field(field, value, message)
         (["--config.sample.sampler=euler", "--debug"], "ConfigError: config.sample.sampler"),
         (
             ["--config=configs/absent.py"],
-            "Error: --config=configs/absent.py: cannot load it: [Errno 2] No such file",
+            "Error: --config=configs/absent.py: cannot load it: OSError: [Errno 2] No such file",
         ),
     ],
     ids=[

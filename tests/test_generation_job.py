@@ -1,13 +1,13 @@
 """The generation job end to end on the `test` preset: a valid dataset in every format that
 loads back through the data layer, one image regenerated alone, a worker killed with SIGKILL and
-rerun, two workers sharing one output and two jax.distributed processes (all in new processes,
-each compared file by file with the uninterrupted in-process run: the same bytes, records
-included; `assert_same_dataset`), refusals, and validation."""
+rerun, and two workers sharing one output (all in new processes, each compared file by file with
+the uninterrupted in-process run: the same bytes, records included; `assert_same_dataset`),
+refusals, and validation. The processes of one jax.distributed job as workers are tested in the
+pipeline they run (`test_claim_pipeline.py`)."""
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -279,48 +279,6 @@ def assert_same_dataset(actual_dir: str, expected_dir: str) -> None:
     the manifest), and a manifest whose hashes match its own files."""
     assert dataset_files(actual_dir) == dataset_files(expected_dir)
     dataset_validation.validate(actual_dir)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
-
-
-def test_two_jax_distributed_processes_share_the_job_as_workers(
-    generated, trained, prepared_data_dir
-):
-    """Under `--distributed` (jax.distributed.initialize, here from a SLURM step's variables on
-    one node), each process is a worker: process index and count decide its shards."""
-    out_dir, _ = generated
-    shared = os.path.join(trained, "dataset_two_processes")
-    coordinator = f"localhost:{free_port()}"
-    processes = []
-    for process_id in (0, 1):
-        slurm_step = {
-            "SLURM_JOB_ID": "1",
-            "SLURM_STEP_NODELIST": "localhost",
-            "SLURM_NTASKS": "2",
-            "SLURM_PROCID": str(process_id),
-            "SLURM_LOCALID": str(process_id),
-            "JAX_COORDINATOR_ADDRESS": coordinator,
-            "JAX_LOCAL_DEVICE_IDS": "0",
-        }
-        processes.append(
-            subprocess.Popen(
-                command(trained, prepared_data_dir, shared) + ["--distributed"],
-                cwd=REPO_ROOT,
-                env={**environment(), **slurm_step},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    stderrs = [process.communicate(timeout=600)[1] for process in processes]
-    for process, stderr in zip(processes, stderrs):
-        assert process.returncode == 0, stderr[-4000:]
-    assert_same_dataset(shared, out_dir)
-    assert "Worker 0 of 2 (from jax)" in stderrs[0] and "Worker 1 of 2 (from jax)" in stderrs[1]
 
 
 def test_validation_names_a_changed_a_missing_and_an_extra_file(generated, tmp_path):

@@ -272,8 +272,10 @@ def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_p
     with pytest.raises(ValueError, match=r"stage recognizers .*recognizer\.num_steps: 4 -> 7"):
         pipeline_mode.check_stage_configs(workdir, {"recognizers": changed["recognizers"]})
 
-    # Where the data is prepared and how often a run logs change nothing it computes.
+    # Where the data is prepared, whether it is hashed and how often a run logs change nothing
+    # it computes.
     config.data.data_dir, config.encoder.train.log_every_steps = str(tmp_path / "moved"), 1
+    config.data.verify_prepared = True
     pipeline_mode.check_stage_configs(
         workdir, {"judge": pipeline_mode.stage_configs(config)["judge"]}
     )

@@ -30,6 +30,7 @@ from diffusion_jax.core.run_layout import RunLayout
 NEUTRAL_KEYS = (
     "data.data_dir",
     "data.worker_count",
+    "data.verify_prepared",
     "generate.task_index",
     "generate.task_count",
     "generate.identities_timeout_minutes",

@@ -94,7 +94,7 @@ def run_main_job(
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def run_main_job_in_processes(
+def launch_main_job_in_processes(
     num_processes: int,
     preset: str,
     workdir: str,
@@ -104,10 +104,10 @@ def run_main_job_in_processes(
     log_dir: str = "",
     timeout: int = 1200,
     devices_per_process: int = 1,
-) -> list[str]:
+) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Runs the main job as `launch/local.sh NUM_PROCESSES` starts it (one jax.distributed job of
-    processes with `devices_per_process` CPU devices each, --distributed) and returns each
-    process's log; fails the test with the logs' tails if any process fails."""
+    processes with `devices_per_process` CPU devices each, --distributed); returns the launcher's
+    result and each process's log, whether it succeeded or not."""
     log_dir = log_dir or os.path.join(workdir, "..", os.path.basename(workdir) + "_logs")
     command = [
         os.path.join(REPO_ROOT, "launch", "local.sh"),
@@ -130,6 +130,13 @@ def run_main_job_in_processes(
     for index in range(num_processes):
         with open(os.path.join(log_dir, f"process_{index}.log")) as file:
             logs.append(file.read())
+    return result, logs
+
+
+def run_main_job_in_processes(num_processes: int, *args, **kwargs) -> list[str]:
+    """`launch_main_job_in_processes`, failing the test with the logs' tails if any process
+    fails; returns each process's log."""
+    result, logs = launch_main_job_in_processes(num_processes, *args, **kwargs)
     tails = "\n".join(f"--- process {i}:\n{log[-3000:]}" for i, log in enumerate(logs))
     assert result.returncode == 0, result.stderr[-2000:] + tails
     return logs

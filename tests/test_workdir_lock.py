@@ -21,7 +21,12 @@ import pytest
 from diffusion_jax.core import paths, workdir_lock
 from diffusion_jax.core.run_layout import RunLayout
 from tests import gcs_emulator
-from tests.helpers import REPO_ROOT, config_argument, main_job_environment, main_job_flags
+from tests.helpers import (
+    REPO_ROOT,
+    config_argument,
+    launch_main_job_in_processes,
+    main_job_environment,
+)
 
 # Takes the lock at argv[1] as `main` does, says so, and sleeps until killed.
 HOLDER = (
@@ -135,25 +140,10 @@ def test_a_distributed_job_stops_in_every_process_on_a_held_workdir_and_passes_o
     lock_path = RunLayout(paths.resolve(workdir)).lock
 
     def job(mode: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-        log_dir = tmp_path / f"logs_{mode}"
-        command = [
-            os.path.join(REPO_ROOT, "launch", "local.sh"),
-            f"--python={sys.executable}",
-            f"--log-dir={log_dir}",
-            "--devices-per-process=1",
-            "2",
-            "--",
-            *main_job_flags("test", workdir, prepared_data_dir, mode, None),
-        ]
-        result = subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            env=main_job_environment(),
-            capture_output=True,
-            text=True,
-            timeout=600,
+        log_dir = str(tmp_path / f"logs_{mode}")
+        return launch_main_job_in_processes(
+            2, "test", workdir, prepared_data_dir, mode=mode, log_dir=log_dir, timeout=600
         )
-        return result, [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
 
     with holder_process(str(lock_path)) as holder:
         refused, logs = job("train_encoder")

@@ -87,9 +87,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.evaluate = ml_collections.ConfigDict()
     # Each entry is "heldout" (the embedded data's held-out pairs), "heldout@N" (N matched and N
     # mismatched pairs per fold drawn afresh over the held-out images: the same identities, more
-    # pairs), a path to an InsightFace .bin (lfw.bin, cfp_fp.bin, agedb_30.bin), or
-    # "PAIRS_TXT:IMAGE_ROOT" for LFW's pairs.txt over an identity folder.
+    # pairs), "validation@N" / "test@N" (the same over the validation or the test part of the
+    # held-out identities: choose settings on validation, report test), a path to an InsightFace
+    # .bin (lfw.bin, cfp_fp.bin, agedb_30.bin), or "PAIRS_TXT:IMAGE_ROOT" for LFW's pairs.txt over
+    # an identity folder.
     config.evaluate.verification_sets = ("heldout",)
+    # The held-out identities' share in the validation part; the split is drawn from data.seed.
+    config.evaluate.validation_fraction = 0.5
+    # Further recogniser seeds for the report's spread: it trains a `real` and a `synthetic`
+    # recogniser with each (recognizers/real_seed<S>, synthetic_seed<S>; only the seed differs from
+    # the recognizers stage) and reports the ratio's mean and std over recognizer.seed and these.
+    config.evaluate.spread_seeds = ()
     config.evaluate.flip_embeddings = True  # embedding of image + mirror, as insightface evaluates
     config.evaluate.nearest_identity_thresholds = (0.3, 0.5, 0.7)  # cos thresholds reported
     config.evaluate.batch_size = 256  # images per embedding batch
@@ -219,6 +227,26 @@ def get_config() -> ml_collections.ConfigDict:
     config.generate.min_judge_similarity = 0.3
     config.generate.max_duplicate_similarity = 0.95
     config.generate.max_resample_rounds = 2
+    # Image-level leakage: every judged image's judge embedding is compared with the judge
+    # embeddings of all real training images (cached in WORKDIR/cache); an image whose cosine to
+    # the nearest one exceeds this is rejected as "near_training_image" (and redrawn like the
+    # others). 1.0 or above: the check is off. Every image's nearest training image (index,
+    # label, cosine) is recorded in the shard records either way.
+    config.generate.max_training_image_similarity = 1.0
+    # Style from real images (diffusion_jax/tasks/generation/style_sources.py, SDEdit): "none"
+    # samples from pure noise; "real" starts each image's reverse process from a real training
+    # image (chosen from generate.seed, identity, image index and attempt), noised with the
+    # image's own x_T to the first sampler timestep below style_strength * T, so pose, lighting,
+    # background and expression come from that photo and the identity from the embedding.
+    config.generate.style_source = "none"
+    # "real": the fraction s of the reverse process run, in [0, 1]: 0 returns the style image's
+    # reconstruction (the autoencoder's in latent space), 1 runs every step (plain sampling up to
+    # a start term sqrt(abar_T) x_0). Unmeasured: the lead measures its effect.
+    config.generate.style_strength = 0.6
+    # "real": an image whose judge cosine to its style image's identity (that identity's judge
+    # centre over its training images) exceeds this is rejected as "near_style_source" (and
+    # redrawn like the others).
+    config.generate.max_style_similarity = 0.3
     # Outputs: any of "folders" (identity folders), "tfds" (ArrayRecord), "recordio" (InsightFace).
     config.generate.formats = ("folders", "tfds", "recordio")
     config.generate.image_format = "png"  # or "jpeg"
@@ -262,6 +290,23 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=evaluate: recogniser directories to verify, as "NAME=DIR" or DIR; empty: every
     # recogniser under WORKDIR/recognizers.
     config.recognizer.evaluate = ()
+
+    # --mode=scaling_sweep (docs/scaling.md): synthetic recognisers trained on growing prefixes of
+    # one generated dataset (the first identities, the first kept images of each), each with the
+    # recognisers' recipe and verified against the workdir's `real` recogniser.
+    config.sweep = ml_collections.ConfigDict()
+    # The points' synthetic identities, as multiples of the real training set's identities...
+    config.sweep.identity_multiples = (1, 2, 4)
+    # ... times these images per identity; the generated dataset holds the largest of both.
+    config.sweep.images_per_identity = (10, 20)
+    # The sweep's generate.candidates_per_identity (0: unchanged). The gaussian and unconditional
+    # sources accept fewer candidates the more identities are placed (unconditional: each
+    # candidate is a sample); the first identities do not depend on it (identity_sources.py).
+    config.sweep.candidates_per_identity = 48
+    # The verification set of the plot and of the headline question (added to
+    # evaluate.verification_sets when missing; scaling.json holds every set).
+    config.sweep.report_set = "test@300"
+    config.sweep.out_dir = ""  # scaling.json and scaling.png; empty: WORKDIR/sweep
 
     # Device mesh: `data` shards the batch, `fsdp` shards parameters too.
     config.mesh = ml_collections.ConfigDict()

@@ -16,6 +16,9 @@ Modes (one module each in `diffusion_jax.apps`, whose docstring says what it rea
                     prepared real data of config.data against its listing of files)
   train_recognizer  train a recogniser with the encoder's recipe into DIR/recognizers/<name>
   evaluate          verification of recognisers into DIR/evaluation
+  scaling_sweep     the scaling curve: synthetic recognisers on 1x, 2x, 4x... the real identities
+                    (config.sweep), from a workdir whose pipeline ran up to its recognisers, into
+                    DIR/sweep (or config.sweep.out_dir): scaling.json and scaling.png
 
 A mode that needs another stage's outputs (the diffusion model needs the encoder, generation needs
 the diffusion model and the judge) says which command makes them when they are missing; it never
@@ -53,6 +56,7 @@ from diffusion_jax.apps import (
     generate,
     pipeline,
     sample,
+    scaling_sweep,
     train,
     train_autoencoder,
     train_encoder,
@@ -84,6 +88,7 @@ MODES = {
     "validate_dataset": validate_dataset.run,
     "train_recognizer": train_recognizer.run,
     "evaluate": evaluate.run,
+    "scaling_sweep": scaling_sweep.run,
 }
 flags.DEFINE_enum("mode", "pipeline", list(MODES), "What to run.")
 # Generation workers, and the validation of what they wrote, share a workdir by design; every

@@ -3,14 +3,17 @@ jax.distributed job, one CPU device each): every stage runs in both, generation 
 between them and the one that finishes first waits for the other's shards, the report has every
 section with finite numbers, a pipeline interrupted between stages skips, when restarted, the
 stages it had completed (checked by their outputs' modification times), and a config that
-differs from a completed stage's is refused, naming the changed keys, before anything runs."""
+differs from a completed stage's is refused, naming the changed keys, before anything runs. The
+scaling sweep (`--mode=scaling_sweep`) runs from the same trained workdir."""
 
+import collections
 import json
 import math
 import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.helpers import run_main_job, run_main_job_in_processes
@@ -243,8 +246,141 @@ def test_recognizer_sizes_fix_both_training_sets(pipeline_run, prepared_data_dir
         )
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_scaling_sweep_trains_each_prefix_once_against_the_real_recognizer(
+    pipeline_run, prepared_data_dir, tmp_path
+):
+    from diffusion_jax.core import stages
+    from diffusion_jax.main import MODES
+    from diffusion_jax.tasks.recognition import encoder_store
+    from tests.helpers import tiny_config
+
+    # On a copy: the sweep writes WORKDIR/sweep, and the last part removes the real recogniser.
+    workdir = str(tmp_path / "run")
+    shutil.copytree(pipeline_run, workdir)
+    config = tiny_config(prepared_data_dir)
+    config.update_from_flattened_dict(OVERRIDES)
+    config.encoder.train.checkpoint_every_steps = 100  # neutral: one save per recogniser
+    config.evaluate.verification_sets = ("heldout",)
+    out_dir = tmp_path / "scaling"
+    config.sweep.update(
+        identity_multiples=(0.25, 0.5),  # of the 8 real identities
+        images_per_identity=(2, 3),
+        report_set="heldout@20",  # verified besides the sets above
+        out_dir=str(out_dir),
+    )
+    real = os.path.join(workdir, "recognizers", "real", "encoder", "model", "encoder.json")
+    real_written = os.stat(real).st_mtime_ns
+    results = MODES["scaling_sweep"](config, workdir)
+
+    assert os.stat(real).st_mtime_ns == real_written  # verified, not retrained
+    points = results["points"]
+    assert [(p["identities"], p["images_per_identity"]) for p in points] == [
+        (2, 2),
+        (4, 2),
+        (2, 3),
+        (4, 3),
+    ]
+    # One dataset of the largest point, whose identities and images are the pipeline's own
+    # first ones (same seed, sampler and filter; the same judge reference at 3 images).
+    generated, pipeline_generated = (
+        os.path.join(workdir, "sweep", "generated"),
+        os.path.join(workdir, "generated"),
+    )
+
+    def images(out_dir, identities):
+        with open(os.path.join(out_dir, "manifest.json")) as file:
+            contents = json.load(file)
+        records = []
+        for shard in contents["shards"]:
+            with open(os.path.join(out_dir, shard)) as file:
+                records += json.load(file)["images"]
+        return contents, sorted(
+            (r["identity"], r["image_index"], r["attempt"], r["decision"], r["seed"])
+            for r in records
+            if r["identity"] < identities
+        )
+
+    contents, sweep_images = images(generated, 4)
+    assert (
+        contents["plan"]["generate"]["num_identities"],
+        contents["plan"]["generate"]["images_per_identity"],
+    ) == (4, 3)
+    assert sweep_images == images(pipeline_generated, 4)[1]
+    np.testing.assert_array_equal(
+        np.load(os.path.join(generated, "identities.npy")),
+        np.load(os.path.join(pipeline_generated, "identities.npy"))[:4],
+    )
+    # Each point trains on its prefix: the first identities, the first kept images of each.
+    kept = collections.Counter(image[0] for image in sweep_images if image[3] == "kept")
+    for point in points:
+        identities, per_identity = point["identities"], point["images_per_identity"]
+        assert point["images"] == sum(min(kept[i], per_identity) for i in range(identities))
+        assert point["cost"]["images"] == point["images"]
+        provenance = encoder_store.read_description(point["recognizer"])["provenance"]
+        assert provenance["num_training_identities"] == identities
+        assert provenance["data"]["max_images_per_identity"] == per_identity
+        assert provenance["seed"] == config.recognizer.seed  # the recognisers' recipe
+        assert provenance["step"] == config.recognizer.num_steps
+        assert point["cost"]["recognizer_steps"] == config.recognizer.num_steps
+        assert point["recognizer"].startswith(os.path.join(workdir, "sweep", "recognizers"))
+        share = point["images"] / results["generation"]["images"]
+        assert point["cost"]["generation_share_seconds"] == pytest.approx(
+            share * results["generation"]["seconds"]
+        )
+    # Every set, the report set included; the ratio and gap from the JSON's own accuracies, and
+    # one real recogniser for all points.
+    with open(out_dir / "scaling.json") as file:
+        written = json.load(file)
+    assert written == results
+    for set_name in ("heldout", "heldout@20"):
+        real_accuracy = written["verification"]["real"][set_name]["accuracy_mean"]
+        for point in written["points"]:
+            result = point["sets"][set_name]
+            assert result["real_accuracy"] == real_accuracy
+            synthetic = written["verification"][point["name"]][set_name]["accuracy_mean"]
+            assert result["synthetic_accuracy"] == synthetic
+            assert result["gap"] == pytest.approx(real_accuracy - result["synthetic_accuracy"])
+            expected = (
+                None
+                if real_accuracy == 0.5
+                else pytest.approx((result["synthetic_accuracy"] - 0.5) / (real_accuracy - 0.5))
+            )
+            assert result["ratio_above_chance"] == expected
+    assert written["headline"]["report_set"] == "heldout@20"
+    assert {"commit", "machine", "command", "config_overrides"} <= set(written)
+    assert os.path.getsize(out_dir / "scaling.png") > 1000
+
+    # A rerun retrains nothing and regenerates nothing; the recorded costs stay.
+    exports = {p["name"]: os.path.join(p["recognizer"], "encoder.json") for p in points}
+    written_at = {name: os.stat(path).st_mtime_ns for name, path in exports.items()}
+    manifest_at = os.stat(os.path.join(generated, "manifest.json")).st_mtime_ns
+    again = MODES["scaling_sweep"](config, workdir)
+    assert {name: os.stat(path).st_mtime_ns for name, path in exports.items()} == written_at
+    assert os.stat(os.path.join(generated, "manifest.json")).st_mtime_ns == manifest_at
+    assert not any(p["trained_in_this_run"] for p in again["points"])
+    assert [p["cost"] for p in again["points"]] == [p["cost"] for p in points]
+    assert again["points"] == [{**p, "trained_in_this_run": False} for p in points]
+
+    # Other sizes than the sweep's dataset's, or another recogniser recipe than the workdir's,
+    # are refused, naming the keys; a missing real recogniser names the command that makes it.
+    config.sweep.images_per_identity = (2, 4)
+    with pytest.raises(ValueError, match=r"other sizes \(generate\.images_per_identity: 3 there"):
+        MODES["scaling_sweep"](config, workdir)
+    config.sweep.images_per_identity = (2, 3)
+    config.recognizer.num_steps += 1
+    with pytest.raises(ValueError, match=r"stage recognizers .*recognizer\.num_steps: 4 -> 5"):
+        MODES["scaling_sweep"](config, workdir)
+    config.recognizer.num_steps -= 1
+    shutil.rmtree(os.path.join(workdir, "recognizers", "real"))
+    with pytest.raises(stages.MissingStageOutput, match="--mode=pipeline --stages=recognizers"):
+        MODES["scaling_sweep"](config, workdir)
+
+
 def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_path):
     from diffusion_jax.apps import pipeline as pipeline_mode
+    from diffusion_jax.core import stages
     from tests.helpers import tiny_config
 
     workdir, config = str(tmp_path / "run"), tiny_config(str(tmp_path / "never_prepared"))
@@ -279,6 +415,11 @@ def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_p
     pipeline_mode.check_stage_configs(
         workdir, {"judge": pipeline_mode.stage_configs(config)["judge"]}
     )
+    # ... so such a stage is not run again, though its fingerprint changed.
+    moved = pipeline_mode.stage_configs(config)["judge"]
+    assert stages.fingerprint(moved) != stages.fingerprint(configs["judge"])
+    assert pipeline_mode.run_stage(workdir, "judge", moved, lambda: runs.append(1))
+    assert len(runs) == 6
     # The report recomputes everything it writes, so a new evaluation config reruns it.
     pipeline_mode.check_stage_configs(workdir, {"report": {**configs["report"], "x": 1}})
     # Records from before they held their config are trusted, as then.

@@ -163,6 +163,46 @@ def test_identities_are_separated_and_far_from_the_training_identities(
     assert plan["identities"]["max_similarity_to_training_identity"] == pytest.approx(nearest.max())
 
 
+def test_every_image_records_its_nearest_training_image_under_the_judge(generated, trained):
+    from diffusion_jax.tasks.generation.training_images import CACHE_PREFIX, TrainingImages
+    from diffusion_jax.tasks.recognition import encoder_store
+    from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
+
+    out_dir, _ = generated
+    (cache,) = [name for name in os.listdir(os.path.join(trained, "cache")) if CACHE_PREFIX in name]
+    with np.load(os.path.join(trained, "cache", cache)) as cached:
+        training = TrainingImages(cached["embeddings"], cached["labels"])
+    plan = manifest.read_json(os.path.join(out_dir, manifest.PLAN_FILE))
+    assert plan["identities"]["training_images"] == {
+        "count": len(training),
+        "sha256": training.sha256,
+    }
+    images = [
+        image
+        for shard in range(6)
+        for image in manifest.read_shard_record(out_dir, shard)["images"]
+    ]
+    for image in images:  # the check is off in the test preset: recorded, rejecting nothing
+        assert image["decision"] != "near_training_image"
+        index = image["nearest_training_image_index"]
+        assert image["nearest_training_image_label"] == training.labels[index]
+    # The stored image's judge embedding against every training image, in float64.
+    kept = next(image for image in images if image["decision"] == "kept")
+    judge = encoder_store.load_encoder(os.path.join(trained, "judge", "encoder", "model"))
+    stored = np.asarray(Image.open(os.path.join(out_dir, kept["path"])))
+    embedding = EmbeddingExtractor(judge.model, generated_mesh(), flip=False).embed_arrays(
+        stored[None], batch_size=1
+    )[0]
+    similarity = training.embeddings.astype(np.float64) @ embedding.astype(np.float64)
+    assert kept["nearest_training_image_similarity"] == pytest.approx(similarity.max(), abs=1e-5)
+    assert similarity[kept["nearest_training_image_index"]] == pytest.approx(
+        similarity.max(), abs=1e-5
+    )
+    contents = manifest.read_json(os.path.join(out_dir, manifest.MANIFEST_FILE))
+    summary = contents["counts"]["kept_nearest_training_image_similarity"]
+    assert summary["images"] == contents["counts"]["images"]
+
+
 def test_every_format_loads_back_with_the_same_images_and_labels(generated, tmp_path):
     out_dir, _ = generated
     kept = [

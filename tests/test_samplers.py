@@ -292,3 +292,138 @@ def test_per_example_keys_make_each_sample_independent_of_its_batch(small_schedu
     assert np.abs(np.asarray(shared[1:]) - np.asarray(batch[1:])).max() > 1e-3
     with pytest.raises(ValueError, match="keys of shape"):
         sampler(small_schedule, x_T, keys[:3])
+
+
+# Starting part-way (SDEdit): the strength rule, zero and full strength.
+
+
+def test_start_index_runs_the_timesteps_below_strength_times_T():
+    trailing = samplers.sampling_timesteps(1000, 50)  # 999, 979, ..., 19
+    assert samplers.start_index(trailing, 1000, 1.0) == 0  # every step: t_0 = T - 1 < T
+    assert samplers.start_index(trailing, 1000, 0.0) == 50  # none
+    k = samplers.start_index(trailing, 1000, 0.5)
+    assert (k, trailing[k]) == (25, 499)  # the first t < 500
+    all_steps = np.arange(99, -1, -1)  # DDPM's T - 1 .. 0
+    assert samplers.start_index(all_steps, 100, 0.0) == 100  # not even t = 0 runs
+    assert samplers.start_index(all_steps, 100, 0.07) == 93  # 0.07 x 100 is 7, t = 6 first
+    assert samplers.start_index(all_steps, 100, 1.0) == 0
+    for strength in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="strength must"):
+            samplers.start_index(trailing, 1000, strength)
+
+
+@pytest.mark.parametrize("name, options", SMALL_CASES)
+def test_zero_strength_returns_the_clean_start_and_full_strength_without_it_changes_nothing(
+    small_schedule, small_x_T, name, options
+):
+    eps_fn = _optimal_eps_fn(small_schedule, np.full(3, 0.3), np.full(3, 0.5))
+    sampler = functools.partial(samplers.get_sampler(name), eps_fn, **options)
+    start_x0 = jnp.array([[0.5, -0.25, 1.0], [-1.0, 0.0, 0.75]])
+    rng = jax.random.key(10)
+    x_0, trajectory = jax.jit(functools.partial(sampler, strength=0.0, return_trajectory=True))(
+        small_schedule, small_x_T, rng, start_x0=start_x0
+    )
+    np.testing.assert_array_equal(x_0, start_x0)  # no step runs: the clean input, exactly
+    assert trajectory.x_t.shape == (1, 2, 3) and trajectory.x0_pred.shape == (0, 2, 3)
+    assert trajectory.t.shape == (0,)
+    # strength = 1 and no start_x0 is the default path, bit for bit.
+    np.testing.assert_array_equal(
+        jax.jit(functools.partial(sampler, strength=1.0))(small_schedule, small_x_T, rng),
+        jax.jit(sampler)(small_schedule, small_x_T, rng),
+    )
+    with pytest.raises(ValueError, match="start_x0 has shape"):
+        sampler(small_schedule, small_x_T, rng, strength=0.5, start_x0=start_x0[:1])
+
+
+@pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {"num_steps": 10, "eta": 1.0})])
+def test_a_run_started_part_way_from_the_full_runs_state_continues_it(
+    small_schedule, name, options
+):
+    """Strength s from the full run's own state x_{t_k} (no start_x0) runs its steps k..S-1
+    with the same step noise (step i keeps fold_in(rng, i)), so it ends where the full run
+    ends. (DPM-Solver++'s first step run is first order, so it is not a continuation.)"""
+    eps_fn = _optimal_eps_fn(small_schedule, np.full(3, 0.3), np.full(3, 0.5))
+    sampler = functools.partial(samplers.get_sampler(name), eps_fn, **options)
+    keys = jax.random.split(jax.random.key(11), 2)
+    x_T = jax.random.normal(jax.random.key(12), (2, 3))
+    full, trajectory = jax.jit(functools.partial(sampler, return_trajectory=True))(
+        small_schedule, x_T, keys
+    )
+    strength = 0.45  # t < 22.5 of T = 50
+    k = samplers.start_index(np.asarray(trajectory.t), SMALL_TIMESTEPS, strength)
+    assert 0 < k < len(trajectory.t) and trajectory.t[k] < 22.5 <= trajectory.t[k - 1]
+    part, part_trajectory = jax.jit(
+        functools.partial(sampler, strength=strength, return_trajectory=True)
+    )(small_schedule, trajectory.x_t[k], keys)
+    np.testing.assert_array_equal(part_trajectory.t, trajectory.t[k:])
+    np.testing.assert_allclose(part, full, rtol=1e-6, atol=1e-6)
+
+
+# (schedule, sampler, options, float32 rounding tolerance). The cosine schedule's first x0
+# estimate divides by sqrt(abar_{T-1}) = 4.9e-5, which amplifies the last bits of the state
+# 2e4-fold: its outputs carry ~1e-3 of rounding, far above its start term.
+FULL_STRENGTH_CASES = [
+    ("linear", "ddpm", {}, 2e-5),
+    ("linear", "ddim", {"num_steps": 50, "eta": 0.0}, 2e-5),
+    ("linear", "ddim", {"num_steps": 50, "eta": 1.0}, 2e-5),
+    ("linear", "dpm_solver_pp_2m", {"num_steps": 20}, 2e-5),
+    ("cosine", "dpm_solver_pp_2m", {"num_steps": 20}, 2e-3),
+]
+
+
+@pytest.mark.parametrize("schedule_name, name, options, rounding", FULL_STRENGTH_CASES)
+def test_full_strength_differs_from_plain_sampling_only_by_the_start_term(
+    schedule_name, name, options, rounding
+):
+    """Full strength (s = 1) from a clean x_0 with the noise eps that plain sampling starts
+    from (x_T = eps) starts at x_{t_0} = sqrt(abar_{t_0}) x_0 + sqrt(1 - abar_{t_0}) eps,
+    t_0 = T - 1, so the two starts differ by
+
+        delta = sqrt(abar_{T-1}) x_0 + (sqrt(1 - abar_{T-1}) - 1) eps,
+
+    with T = 1000: sqrt(abar_{T-1}) = 6.4e-3 (linear), 4.9e-5 (cosine: tiny, not zero), and
+    1 - sqrt(1 - abar_{T-1}) <= 2.1e-5 (asserted: the start is x_0 + delta to 1e-6). With the
+    Gaussian oracle denoiser (module docstring) every sampler, its step noise fixed (the same
+    rng: step i draws fold_in(rng, i) in both runs), is an affine map of its start with a
+    per-dimension gain g, measured here from two plain runs whose starts differ by 1. Asserted,
+    to the case's float32 rounding: (1) the outputs differ by g * delta; (2) hence
+    |styled - plain| <= max(g) (sqrt(abar_{T-1}) |x_0| + 2.1e-5 |eps|) elementwise, the
+    residual of the start term, with max(g) <= 1.01 here; (3) the deterministic samplers' g is
+    the exact recursion's output standard deviation for x_T ~ N(0, I)."""
+    schedule = schedules.schedule_from_config(schedule_name, NUM_TIMESTEPS)
+    eps_fn = _optimal_eps_fn(schedule, DATA_MEAN, DATA_STD)
+    sampler = jax.jit(functools.partial(samplers.get_sampler(name), eps_fn, **options))
+    full_strength = jax.jit(
+        functools.partial(
+            samplers.get_sampler(name), eps_fn, strength=1.0, return_trajectory=True, **options
+        )
+    )
+    eps = jax.random.normal(jax.random.key(13), (16, DIM))
+    x_0 = jnp.asarray(DATA_MEAN + DATA_STD * np.random.default_rng(14).normal(size=(16, DIM)))
+    keys = jax.random.split(jax.random.key(15), 16)
+
+    plain = np.asarray(sampler(schedule, eps, keys), np.float64)
+    styled, trajectory = full_strength(schedule, eps, keys, start_x0=x_0)
+    styled = np.asarray(styled, np.float64)
+    gain = np.asarray(sampler(schedule, eps + 1.0, keys), np.float64) - plain
+    abar = float(schedule.alphas_cumprod[NUM_TIMESTEPS - 1])
+    delta = np.sqrt(abar) * np.asarray(x_0) + (np.sqrt(1.0 - abar) - 1.0) * np.asarray(eps)
+
+    assert int(trajectory.t[0]) == NUM_TIMESTEPS - 1  # every step runs
+    np.testing.assert_allclose(trajectory.x_t[0], np.asarray(eps) + delta, atol=1e-6)
+    np.testing.assert_allclose(gain, np.broadcast_to(gain[:1], gain.shape), atol=rounding)
+    np.testing.assert_allclose(styled - plain, gain * delta, atol=rounding)
+    assert 1.0 - np.sqrt(1.0 - abar) <= 2.1e-5 and np.abs(gain).max() <= 1.01
+    bound = np.abs(gain).max() * (np.sqrt(abar) * np.abs(x_0) + 2.1e-5 * np.abs(eps))
+    assert np.all(np.abs(styled - plain) <= bound + rounding)
+    if name == "dpm_solver_pp_2m" or options.get("eta") == 0.0:  # deterministic
+        if schedule_name == "linear":  # the term is there, well above rounding: abar_{T-1} > 0
+            assert np.abs(styled - plain).max() > 100 * rounding
+        _, exact_var = _exact_output_moments(
+            name,
+            options,
+            schedules.beta_schedule(schedule_name, NUM_TIMESTEPS),
+            DATA_MEAN,
+            DATA_STD**2,
+        )
+        np.testing.assert_allclose(gain[0], np.sqrt(exact_var), rtol=1e-3, atol=rounding)

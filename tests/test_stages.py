@@ -55,6 +55,21 @@ def test_fingerprints_change_with_what_a_stage_reads_and_not_with_neutral_keys(t
     assert not stages.is_neutral("encoder.train.num_steps")
 
 
+def test_a_record_that_predates_a_key_was_made_with_the_value_that_keeps_the_old_behaviour(
+    tmp_path,
+):
+    config = tiny_config(str(tmp_path))
+    new = stages.stage_config(config, "generate")
+    old = {key: value for key, value in new.items() if key not in stages.KEYS_ADDED_LATER}
+    # The defaults are the values that compute what the code computed before the keys existed.
+    assert {key: new[key] for key in stages.KEYS_ADDED_LATER} == stages.KEYS_ADDED_LATER
+    assert stages.changed_keys(old, new) == []
+    config.generate.style_source = "real"
+    assert stages.changed_keys(old, stages.stage_config(config, "generate")) == [
+        "generate.style_source"
+    ]
+
+
 def test_the_diffusion_model_fields_cover_the_autoencoder_architecture():
     fields = stages.STAGES["diffusion"].model_fields
     assert {f"autoencoder.{field}" for field in ARCHITECTURE_FIELDS} <= set(fields)

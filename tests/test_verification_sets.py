@@ -123,3 +123,66 @@ def test_a_bad_resampled_heldout_entry_is_refused(prepared_data_dir, entry):
     config.evaluate.verification_sets = (entry,)
     with pytest.raises(ValueError, match="write heldout@N"):
         load_verification_sets(config, config.data.resolution)
+
+
+def test_heldout_identities_split_into_disjoint_parts_fixed_by_the_data_seed():
+    labels = np.repeat(np.arange(100, 200), 3)
+    parts = verification_sets.heldout_identity_parts(labels, data_seed=7, validation_fraction=0.3)
+    assert len(parts["validation"]) == 30 and len(parts["test"]) == 70
+    assert not set(parts["validation"]) & set(parts["test"])
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([parts["validation"], parts["test"]])), np.arange(100, 200)
+    )
+    again = verification_sets.heldout_identity_parts(
+        np.random.default_rng(0).permutation(labels), data_seed=7, validation_fraction=0.3
+    )
+    np.testing.assert_array_equal(again["validation"], parts["validation"])  # not label order
+    other = verification_sets.heldout_identity_parts(labels, data_seed=8, validation_fraction=0.3)
+    assert set(other["validation"]) != set(parts["validation"])
+    # Not the first identities: a permutation, not a cut of the sorted labels.
+    assert set(parts["validation"]) != set(range(100, 130))
+    for fraction in (0.0, 1.0, 0.001):
+        with pytest.raises(ValueError, match="validation"):
+            verification_sets.heldout_identity_parts(
+                labels, data_seed=7, validation_fraction=fraction
+            )
+
+
+def test_validation_and_test_pairs_draw_only_their_parts_identities(monkeypatch):
+    num_identities, images_per_identity = 60, 3
+    labels = np.repeat(np.arange(num_identities), images_per_identity)
+    # Each image carries its identity in its pixels, so a pair's identities can be read back.
+    images = np.broadcast_to(labels[:, None, None, None], (len(labels), 2, 2, 3)).astype(np.uint8)
+    monkeypatch.setattr(
+        input_pipeline,
+        "load_split_arrays",
+        lambda data_config, split: {"image": images, "label": labels},
+    )
+    config = tiny_config()
+    config.evaluate.verification_sets = ("validation@4", "test@4", "heldout@4")
+    identities_of = {}
+    for seed in (0, 1):
+        config.seed = seed  # draws other pairs, never moves an identity to the other part
+        sets = load_verification_sets(config, config.data.resolution)
+        assert sorted(sets) == ["heldout@4", "test@4", "validation@4"]
+        for name in ("validation@4", "test@4"):
+            pairs = sets[name]
+            assert len(pairs) == 10 * 2 * 4
+            label_a, label_b = pairs.images_a[:, 0, 0, 0], pairs.images_b[:, 0, 0, 0]
+            np.testing.assert_array_equal(label_a == label_b, pairs.is_same)
+            identities_of.setdefault(name, set()).update(label_a.tolist() + label_b.tolist())
+    parts = verification_sets.heldout_identity_parts(
+        labels, data_seed=config.data.seed, validation_fraction=config.evaluate.validation_fraction
+    )
+    assert identities_of["validation@4"] <= set(parts["validation"].tolist())
+    assert identities_of["test@4"] <= set(parts["test"].tolist())
+    assert not identities_of["validation@4"] & identities_of["test@4"]
+
+
+@pytest.mark.parametrize("entry", ["test@0", "validation@", "test@x"])
+def test_a_bad_heldout_part_entry_is_refused_naming_it(entry):
+    config = tiny_config()
+    config.evaluate.verification_sets = (entry,)
+    name = entry.partition("@")[0]
+    with pytest.raises(BadInputError, match=f"write {name}@N"):
+        load_verification_sets(config, config.data.resolution)

@@ -7,6 +7,7 @@ validates its own arguments (schedules, samplers, the UNet), it is asked, so the
 of truth for what is allowed.
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from diffusion_jax.core import paths
 from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.diffusion.losses import LOSS_WEIGHTINGS
 from diffusion_jax.core.diffusion.parameterization import PREDICTION_TYPES
-from diffusion_jax.core.diffusion.samplers import get_sampler
+from diffusion_jax.core.diffusion.samplers import check_strength, get_sampler
 from diffusion_jax.core.diffusion.schedules import beta_schedule
 from diffusion_jax.core.models.iresnet import IRESNET_NAMES
 from diffusion_jax.core.models.margin_heads import MARGIN_PRESETS
@@ -28,6 +29,7 @@ from diffusion_jax.tasks.data.faces import procedural_faces
 from diffusion_jax.tasks.data.sources import image_decoding, input_pipeline
 from diffusion_jax.tasks.generation import dataset_writers
 from diffusion_jax.tasks.generation.identity_sources import IDENTITY_SOURCES
+from diffusion_jax.tasks.generation.style_sources import STYLE_SOURCES
 from diffusion_jax.tasks.latent.autoencoder_training import autoencoder_builder
 from diffusion_jax.tasks.latent.diffusion_space import SPACES, downsampling_factor
 from diffusion_jax.tasks.recognition.encoder_training import encoder_builder, encoder_margins
@@ -93,6 +95,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "evaluate.real_images_per_identity",
         lambda v: v >= 2,
         "must be >= 2 (the source image and a second real one)",
+    )
+    _require(config, "evaluate.validation_fraction", lambda v: 0 < v < 1, "must lie in (0, 1)")
+    _require(
+        config,
+        "evaluate.spread_seeds",
+        lambda seeds: len(set(seeds)) == len(seeds) and config.recognizer.seed not in seeds,
+        f"must be distinct seeds other than recognizer.seed={config.recognizer.seed}",
     )
     _require(config, "train.figures_every_steps", lambda v: v >= 0, "must be >= 0 (0 = at the end)")
     _require(config, "condition.p_uncond", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
@@ -167,6 +176,7 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         "max_training_similarity",
         "min_judge_similarity",
         "max_duplicate_similarity",
+        "max_training_image_similarity",
     ):
         _require(config, f"generate.{field}", lambda v: -1 <= v <= 1, "must lie in [-1, 1]")
     _require(
@@ -175,6 +185,7 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         lambda v: v in IDENTITY_SOURCES,
         f"is not one of {list(IDENTITY_SOURCES)}",
     )
+    _validate_style(config)
     _require(
         config,
         "generate.image_format",
@@ -213,6 +224,26 @@ def _validate_generate(config: ml_collections.ConfigDict) -> None:
         lambda v: v in ("",) + input_pipeline.SOURCES,
         f"is not '' (config.data) or one of {list(input_pipeline.SOURCES)}",
     )
+
+
+def _validate_style(config: ml_collections.ConfigDict) -> None:
+    """generate.style_*: style from real images (`tasks.generation.style_sources`)."""
+    _require(
+        config,
+        "generate.style_source",
+        lambda v: v in STYLE_SOURCES,
+        f"is not one of {list(STYLE_SOURCES)}",
+    )
+    _ask("generate.style_strength", lambda: check_strength(config.generate.style_strength))
+    _require(config, "generate.max_style_similarity", lambda v: -1 <= v <= 1, "must lie in [-1, 1]")
+    if config.generate.style_source != "none":
+        _require(
+            config,
+            "sample.sampler",
+            lambda name: "strength" in inspect.signature(get_sampler(name)).parameters,
+            "cannot start part-way (no `strength` option), which generate.style_source="
+            f"{config.generate.style_source!r} needs",
+        )
 
 
 def _validate_train_section(config: ml_collections.ConfigDict, section: str) -> None:

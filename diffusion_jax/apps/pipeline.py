@@ -36,12 +36,7 @@ from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.conditional_diffusion.diffusion_training import train_and_evaluate
 from diffusion_jax.tasks.data.sources import input_pipeline
 from diffusion_jax.tasks.evaluation.claim_report import write_claim_report
-from diffusion_jax.tasks.evaluation.recognizer_training import (
-    check_same_identities,
-    generated_data_config,
-    real_data_config,
-    train_recognizer,
-)
+from diffusion_jax.tasks.evaluation.recognizer_training import train_claim_recognizers
 from diffusion_jax.tasks.generation.generation_job import generate_dataset
 from diffusion_jax.tasks.latent.autoencoder_training import train_autoencoder
 from diffusion_jax.tasks.recognition.encoder_training import train_encoder
@@ -79,15 +74,20 @@ def check_stage_configs(workdir: str, configs: dict[str, dict]) -> None:
 
 
 def run_stage(workdir: str, name: str, stage_config: dict, run: Callable[[], object]) -> bool:
-    """Runs `run` unless the stage's record holds this config's fingerprint, then records the
-    stage with its config. `run` returning False means its outputs are not complete yet (another
-    worker's share is missing): the stage is not recorded. Returns whether the stage is done.
+    """Runs `run` unless the stage's record holds this config's fingerprint or a config that
+    differs from it in neutral keys only, then records the stage with its config. `run`
+    returning False means its outputs are not complete yet (another worker's share is
+    missing): the stage is not recorded. Returns whether the stage is done.
     With several processes every process runs it, they wait for each other at its end, and
     process 0 writes the record."""
     layout = RunLayout(paths.resolve(workdir))
     record = paths.read_json_if_exists(layout.stage_record(name))
     fingerprint = stages.fingerprint(stage_config)
-    if record is not None and record.get("fingerprint") == fingerprint:
+    if record is not None and (
+        record.get("fingerprint") == fingerprint
+        or ("config" in record and not stages.changed_keys(record["config"], stage_config))
+    ):
+        # The same config, or one that differs in neutral keys only (where data or logs go).
         logging.info("Pipeline stage %s: complete, skipped.", name)
         return True
     logging.info("Pipeline stage %s: running.", name)
@@ -125,13 +125,7 @@ def _stage_runners(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         return generate_dataset(config, workdir)["dataset_complete"]
 
     def recognizers():
-        data = {
-            "synthetic": generated_data_config(config, str(layout.generated)),
-            "real": real_data_config(config),
-        }
-        check_same_identities(config, data)
-        for name in ("synthetic", "real"):
-            train_recognizer(config, workdir, name, data[name])
+        train_claim_recognizers(config, workdir, config.recognizer.seed)
 
     return {
         "encoder": lambda: train_encoder(config, layout.encoder),

@@ -16,6 +16,11 @@ path under a workdir themselves.
       report/                  the pipeline's report (report.json, report.md, figures)
       encoder_report/  sample_report/  evaluation/      the other reports
       pipeline/<stage>.json    the record of each completed pipeline stage
+      sweep/                   --mode=scaling_sweep, laid out as a workdir of its own:
+        generated/             its generated dataset (the sweep's largest point)
+        recognizers/<point>/encoder/   a point's synthetic recogniser; model/ its export
+        costs/<name>.json      wall seconds spent on the generation and on each recogniser
+        scaling.json scaling.png       the results (unless config.sweep.out_dir is set)
       cache/                   values derived from the data, reused across stages
       workdir.lock             the lock of the run using the workdir (core.workdir_lock)
 
@@ -124,6 +129,17 @@ class RunLayout:
     @property
     def evaluation(self) -> paths.Path:
         return self.root / "evaluation"
+
+    @property
+    def sweep(self) -> "RunLayout":
+        """`--mode=scaling_sweep`'s directory, WORKDIR/sweep, laid out as a workdir: its
+        `generated` dataset and its `recognizer(point)`s."""
+        return RunLayout(self.root / "sweep")
+
+    def sweep_cost(self, name: str) -> paths.Path:
+        """The wall seconds `--mode=scaling_sweep` spent on `name` ("generation" or a point's
+        recogniser), summed over the runs that worked on it."""
+        return self.root / "sweep" / "costs" / f"{name}.json"
 
     def stage_record(self, stage: str) -> paths.Path:
         return self.root / "pipeline" / f"{stage}.json"

@@ -40,6 +40,17 @@ NEUTRAL_KEYS = (
 )
 
 
+# Keys added after stage records were first written, with the value that computes what the code
+# computed before they existed: a record without such a key was made with that value, so a
+# workdir from an earlier version keeps its completed stages.
+KEYS_ADDED_LATER = {
+    "generate.max_training_image_similarity": 1.0,
+    "generate.style_source": "none",
+    "generate.style_strength": 0.6,
+    "generate.max_style_similarity": 0.3,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage of the run (module docstring).
@@ -195,11 +206,16 @@ def fingerprint(stage_values: dict[str, object]) -> str:
 
 
 def changed_keys(old: dict[str, object], new: dict[str, object]) -> list[str]:
-    """The non-neutral keys whose values differ between two stage configs."""
+    """The non-neutral keys whose values differ between two stage configs. A key the old
+    config predates counts as holding its `KEYS_ADDED_LATER` value."""
+
+    def value(config: dict[str, object], key: str) -> object:
+        return config.get(key, KEYS_ADDED_LATER.get(key, "<absent>"))
+
     return sorted(
         key
         for key in set(old) | set(new)
-        if old.get(key, "<absent>") != new.get(key, "<absent>") and not is_neutral(key)
+        if value(old, key) != value(new, key) and not is_neutral(key)
     )
 
 

@@ -17,6 +17,20 @@ for pixel-space models in [-1, 1].
 DDIM and DPM-Solver++ run on S <= T respaced timesteps t_0 > ... > t_{S-1} (see
 `sampling_timesteps`) and end with a step to abar = 1, so their last step returns the x_0
 estimate at t_{S-1} without added noise.
+
+Starting part-way (SDEdit, Meng et al. 2022): every sampler also takes `strength` s in [0, 1]
+(default 1) and an optional clean `start_x0` [B, ...]. Of its timesteps t_0 > ... > t_{S-1}
+(DDPM: T-1 .. 0) it runs only those with t_i < s T, which are the last ones, from index
+k = `start_index(...)`, the number of t_i >= s T (s T rounded to 9 decimals, so that 0.07 x 100
+is 7). s = 1 runs every step (t_0 <= T - 1 < T); s = 0 runs none. The state at step k is x_T
+itself (then "x_T" means x_{t_k}), or, given `start_x0`, x_T's noise added to it:
+
+    x_{t_k} = sqrt(abar_{t_k}) start_x0 + sqrt(1 - abar_{t_k}) x_T,
+
+a draw of q(x_{t_k} | start_x0) whose eps is x_T. When no step runs, the sampler returns
+start_x0 (else x_T) unchanged. Step i keeps its index in the full sequence (its noise is
+fold_in(rng, i) whatever k), and DPM-Solver++'s first step run is first order. With s = 1 and no
+`start_x0` a sampler computes exactly what it computes without these options.
 """
 
 from collections.abc import Callable
@@ -30,6 +44,7 @@ from diffusion_jax.core.diffusion.gaussian import (
     predict_eps_from_x0,
     predict_x0_from_eps,
     q_posterior_mean_variance,
+    q_sample,
 )
 from diffusion_jax.core.diffusion.parameterization import (
     check_prediction_type,
@@ -46,8 +61,9 @@ DDPM_VARIANCES = ("posterior", "beta")
 class Trajectory(NamedTuple):
     """The states of one reverse run, stacked along a leading step axis.
 
-    x_t: [S + 1, B, ...], x_T first and the returned sample last. x0_pred: [S, B, ...], the
-    (clipped, if asked) x_0 estimate at each step. t: [S] int32, the timestep of each step.
+    x_t: [S + 1, B, ...], x_T (the starting state) first and the returned sample last. x0_pred:
+    [S, B, ...], the (clipped, if asked) x_0 estimate at each step. t: [S] int32, the timestep
+    of each step. S counts the steps run (fewer than the sequence's at strength < 1).
     """
 
     x_t: jax.Array
@@ -99,6 +115,52 @@ def sampling_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trail
     return timesteps.astype(np.int32)
 
 
+def check_strength(strength: float) -> float:
+    """`strength` as a float, refused unless it is a number in [0, 1]."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)):
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}.")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}.")
+    return float(strength)
+
+
+def start_index(timesteps: np.ndarray, num_timesteps: int, strength: float) -> int:
+    """k, the first step a sampler runs at `strength` s (module docstring): the number of its
+    decreasing `timesteps` t_i with t_i >= s T, T = num_timesteps. 0 (every step) for s = 1,
+    len(timesteps) (none) for s = 0."""
+    threshold = round(check_strength(strength) * num_timesteps, 9)
+    return int(np.count_nonzero(np.asarray(timesteps) >= threshold))
+
+
+def _starting_point(
+    schedule: DiffusionSchedule,
+    timesteps: np.ndarray,
+    x_T: jax.Array,
+    strength: float,
+    start_x0: jax.Array | None,
+) -> tuple[int, np.ndarray, jax.Array]:
+    """(k, the timesteps run t_k..t_{S-1}, the state at step k) of the module docstring."""
+    first = start_index(timesteps, schedule.num_timesteps, strength)
+    if start_x0 is None:
+        return first, timesteps[first:], x_T
+    if start_x0.shape != x_T.shape:
+        raise ValueError(f"start_x0 has shape {start_x0.shape}, x_T has shape {x_T.shape}.")
+    start_x0 = start_x0.astype(jnp.float32)
+    if first == len(timesteps):  # no step: the clean input itself
+        return first, timesteps[first:], start_x0
+    t = jnp.full((x_T.shape[0],), timesteps[first], jnp.int32)
+    return first, timesteps[first:], q_sample(schedule, start_x0, t, x_T.astype(jnp.float32))
+
+
+def _no_step(x: jax.Array, return_trajectory: bool) -> SamplerOutput:
+    """What a sampler returns when strength leaves it no step: its starting state."""
+    x = x.astype(jnp.float32)
+    if not return_trajectory:
+        return x
+    empty = jnp.zeros((0,) + x.shape, jnp.float32)
+    return x, Trajectory(x_t=x[None], x0_pred=empty, t=jnp.zeros((0,), jnp.int32))
+
+
 def _denoise(
     eps_fn: EpsFn, schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Array, clip_x0: bool
 ) -> tuple[jax.Array, jax.Array]:
@@ -118,16 +180,20 @@ def _run(
     per_step_inputs: dict[str, jax.Array],
     timesteps: np.ndarray,
     return_trajectory: bool,
+    first_step: int = 0,
 ) -> SamplerOutput:
     """Scans `step_fn(carry, inputs) -> (carry, (x_next, x0_hat))` and assembles the result.
 
     The carry, whose first element is the state x, is kept in float32 whatever x_T's dtype.
-    `inputs` holds "step" and "t" besides `per_step_inputs`.
+    `inputs` holds "step" (the index in the full sequence: first_step, first_step + 1, ...) and
+    "t" besides `per_step_inputs`.
     """
     init_carry = tuple(leaf.astype(jnp.float32) for leaf in init_carry)
     x_T = init_carry[0]
     inputs = dict(
-        per_step_inputs, step=jnp.arange(len(timesteps)), t=jnp.asarray(timesteps, jnp.int32)
+        per_step_inputs,
+        step=jnp.arange(first_step, first_step + len(timesteps)),
+        t=jnp.asarray(timesteps, jnp.int32),
     )
 
     def body(carry, step_inputs):
@@ -173,13 +239,16 @@ def ddpm_sample(
     clip_x0: bool = False,
     return_trajectory: bool = False,
     variance: str = "posterior",
+    strength: float = 1.0,
+    start_x0: jax.Array | None = None,
 ) -> SamplerOutput:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps t = T-1 .. 0.
 
         x_{t-1} = mu-tilde_t(x_t, x0_hat) + sigma_t z,   z ~ N(0, I), no noise at t = 0,
 
     with sigma_t^2 = beta-tilde_t (variance="posterior") or beta_t (variance="beta"). z is scaled
-    by the standard deviation sigma_t, the square root of the variance.
+    by the standard deviation sigma_t, the square root of the variance. `strength` < 1 runs the
+    steps t < strength T only, from x_T or from `start_x0` noised (module docstring).
     """
     num_timesteps = schedule.num_timesteps
     if _resolve_num_steps(num_steps, schedule) != num_timesteps:
@@ -193,6 +262,9 @@ def ddpm_sample(
     else:
         stddevs = jnp.sqrt(schedule.betas)
     timesteps = np.arange(num_timesteps - 1, -1, -1, dtype=np.int32)
+    first_step, timesteps, x_T = _starting_point(schedule, timesteps, x_T, strength, start_x0)
+    if not len(timesteps):
+        return _no_step(x_T, return_trajectory)
     noise_scale = stddevs[timesteps] * (timesteps > 0)
 
     def step(carry, inputs):
@@ -204,7 +276,9 @@ def ddpm_sample(
         x_next = mean + inputs["noise_scale"] * z
         return (x_next,), (x_next, x0)
 
-    return _run(step, (x_T,), {"noise_scale": noise_scale}, timesteps, return_trajectory)
+    return _run(
+        step, (x_T,), {"noise_scale": noise_scale}, timesteps, return_trajectory, first_step
+    )
 
 
 def _signal_and_noise_scales(
@@ -230,6 +304,8 @@ def ddim_sample(
     return_trajectory: bool = False,
     eta: float | jax.Array = 0.0,
     timestep_spacing: str = "trailing",
+    strength: float = 1.0,
+    start_x0: jax.Array | None = None,
 ) -> SamplerOutput:
     """DDIM (Song et al. 2021, eq. 12) on respaced timesteps; eta = 0 is deterministic.
 
@@ -239,12 +315,17 @@ def ddim_sample(
         x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z.
 
     eta = 1 with all T steps is DDPM ancestral sampling with the posterior variance.
+    `strength` < 1 runs the last steps only, from x_T or from `start_x0` noised (module
+    docstring).
     """
     if isinstance(eta, (int, float)) and eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}.")
     timesteps = sampling_timesteps(
         schedule.num_timesteps, _resolve_num_steps(num_steps, schedule), timestep_spacing
     )
+    first_step, timesteps, x_T = _starting_point(schedule, timesteps, x_T, strength, start_x0)
+    if not len(timesteps):
+        return _no_step(x_T, return_trajectory)
     alphas, sigmas, alphas_next, sigmas_next = _signal_and_noise_scales(schedule, timesteps)
     noise_scales = eta * (sigmas_next / sigmas) * jnp.sqrt(1.0 - jnp.square(alphas / alphas_next))
     per_step_inputs = {
@@ -261,7 +342,7 @@ def ddim_sample(
         x_next = inputs["x0_scale"] * x0 + inputs["eps_scale"] * eps + inputs["noise_scale"] * z
         return (x_next,), (x_next, x0)
 
-    return _run(step, (x_T,), per_step_inputs, timesteps, return_trajectory)
+    return _run(step, (x_T,), per_step_inputs, timesteps, return_trajectory, first_step)
 
 
 def dpm_solver_pp_2m_sample(
@@ -274,6 +355,8 @@ def dpm_solver_pp_2m_sample(
     clip_x0: bool = False,
     return_trajectory: bool = False,
     timestep_spacing: str = "trailing",
+    strength: float = 1.0,
+    start_x0: jax.Array | None = None,
 ) -> SamplerOutput:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a multistep solver of the probability-flow
     ODE in the data prediction x0_hat, on respaced timesteps. `rng` is unused (the solver is
@@ -287,11 +370,17 @@ def dpm_solver_pp_2m_sample(
 
     The first step and the last one, to abar = 1 (sigma = 0, h = inf), are first order
     (the D_{i-1} term dropped), as in the reference implementation and diffusers'
-    DPMSolverMultistepScheduler with final_sigmas_type="zero".
+    DPMSolverMultistepScheduler with final_sigmas_type="zero". `strength` < 1 runs the last
+    steps only, the first of them first order, from x_T or from `start_x0` noised (module
+    docstring).
     """
     del rng
     num_steps = _resolve_num_steps(num_steps, schedule)
     timesteps = sampling_timesteps(schedule.num_timesteps, num_steps, timestep_spacing)
+    first_step, timesteps, x_T = _starting_point(schedule, timesteps, x_T, strength, start_x0)
+    if not len(timesteps):
+        return _no_step(x_T, return_trajectory)
+    num_steps = len(timesteps)
     alphas, sigmas, alphas_next, sigmas_next = _signal_and_noise_scales(schedule, timesteps)
     # lambda_next = log(1 / 0) = +inf after the last step, where e^{-h} = 0 keeps x finite.
     step_sizes = (jnp.log(alphas_next) - jnp.log(sigmas_next)) - (jnp.log(alphas) - jnp.log(sigmas))
@@ -318,7 +407,14 @@ def dpm_solver_pp_2m_sample(
         x_next = inputs["x_scale"] * x + inputs["data_scale"] * data
         return (x_next, x0), (x_next, x0)
 
-    return _run(step, (x_T, jnp.zeros_like(x_T)), per_step_inputs, timesteps, return_trajectory)
+    return _run(
+        step,
+        (x_T, jnp.zeros_like(x_T)),
+        per_step_inputs,
+        timesteps,
+        return_trajectory,
+        first_step,
+    )
 
 
 SAMPLERS: dict[str, Callable] = {

@@ -14,7 +14,12 @@ from flax import nnx
 
 from diffusion_jax.core.diffusion.guidance import guided_model_output
 from diffusion_jax.core.diffusion.parameterization import model_output_to_eps_x0
-from diffusion_jax.core.diffusion.samplers import Trajectory, get_sampler, make_eps_fn
+from diffusion_jax.core.diffusion.samplers import (
+    Trajectory,
+    check_strength,
+    get_sampler,
+    make_eps_fn,
+)
 from diffusion_jax.core.diffusion.schedules import DiffusionSchedule
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_shape
 
@@ -47,6 +52,7 @@ def make_sample_fn(
     *,
     return_trajectory: bool = False,
     guidance_scale: float | None = None,
+    strength: float | None = None,
 ) -> Callable[..., jax.Array | tuple[jax.Array, Trajectory]]:
     """A jitted `(params, cond, rng) -> x_0` (and the trajectory when asked).
 
@@ -56,6 +62,13 @@ def make_sample_fn(
     whatever else is in its batch. Samples are in the diffusion space: images, or latents for
     `DiffusionSpace.decode`. `guidance_scale` overrides `config.sample.guidance_scale` (0:
     unconditional samples).
+
+    Given `start_x0` [B, ...], clean diffusion-space inputs (images, or encoded latents), it
+    starts part-way (SDEdit; `core.diffusion.samplers`, "Starting part-way") with `strength` s
+    (None: 1): the same x_T is drawn as above and serves as their noise, x_{t_k} =
+    sqrt(abar_{t_k}) start_x0 + sqrt(1 - abar_{t_k}) x_T, and the sampler runs its steps
+    t < s T from there. s = 0 returns start_x0; s = 1 runs every step, from
+    sqrt(abar_{t_0}) start_x0 + sqrt(1 - abar_{t_0}) x_T instead of x_T.
     """
     sample_config = config.sample
     sampler = get_sampler(sample_config.sampler)
@@ -63,8 +76,12 @@ def make_sample_fn(
     side, channels = diffusion_shape(config)
     if guidance_scale is None:
         guidance_scale = sample_config.guidance_scale
+    if strength is not None:
+        options["strength"] = check_strength(strength)
 
-    def sample(params: nnx.State, cond: jax.Array, rng: jax.Array):
+    def sample(
+        params: nnx.State, cond: jax.Array, rng: jax.Array, start_x0: jax.Array | None = None
+    ):
         shape = (side, side, channels)
         if rng.ndim == 0:
             noise_rng, sampler_rng = jax.random.split(rng)
@@ -82,6 +99,7 @@ def make_sample_fn(
             clip_x0=sample_config.clip_x0,
             return_trajectory=return_trajectory,
             **options,
+            **({} if start_x0 is None else {"start_x0": start_x0}),
         )
 
     return jax.jit(sample)

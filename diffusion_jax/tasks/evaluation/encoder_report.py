@@ -38,21 +38,32 @@ from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 from diffusion_jax.tasks.recognition.encoder_store import load_encoder
 
 MAX_LABELLED_IMAGES = 20_000
-HELDOUT_RESAMPLED = "heldout@"  # heldout@N: N matched + N mismatched pairs per fold, drawn afresh
+# heldout@N, validation@N, test@N: N matched + N mismatched pairs per fold drawn afresh over all
+# held-out identities, or over the validation or the test part of them.
+HELDOUT_DRAWN_PARTS = {"heldout": None} | {part: part for part in verification_sets.HELDOUT_PARTS}
 
 # The ':' between PAIRS_TXT and IMAGE_ROOT, not the one of a URL's scheme (gs://).
 _PAIRS_SEPARATOR = r":(?!//)"
 
 
-def _resampled_pairs_per_fold(entry: str) -> int:
-    count = entry[len(HELDOUT_RESAMPLED) :]
+def _drawn_heldout_set(entry: str) -> tuple[str | None, int] | None:
+    """(part, pairs per fold) of an entry "heldout@N" / "validation@N" / "test@N" (part None:
+    every held-out identity); None for other entries."""
+    name, at, count = entry.partition("@")
+    if not at or name not in HELDOUT_DRAWN_PARTS:
+        return None
     if not count.isdigit() or int(count) < 1:
         raise BadInputError(
             f"config.evaluate.verification_sets entry {entry!r}",
-            "write heldout@N with N, the matched (and mismatched) pairs per fold, a positive "
+            f"write {name}@N with N, the matched (and mismatched) pairs per fold, a positive "
             "integer",
         )
-    return int(count)
+    return HELDOUT_DRAWN_PARTS[name], int(count)
+
+
+def uses_heldout_identities(entries) -> bool:
+    """Whether any verification set entry is drawn from the embedded faces' held-out images."""
+    return any(entry == "heldout" or _drawn_heldout_set(entry) for entry in entries)
 
 
 def load_verification_sets(
@@ -63,7 +74,8 @@ def load_verification_sets(
     .bin's stem, the image root's folder name)."""
     sets = {}
     for entry in config.evaluate.verification_sets:
-        if entry == "heldout" or entry.startswith(HELDOUT_RESAMPLED):
+        drawn = _drawn_heldout_set(entry)
+        if entry == "heldout" or drawn is not None:
             if config.data.source != "procedural":
                 raise BadInputError(
                     f"config.evaluate.verification_sets entry {entry!r}",
@@ -73,8 +85,13 @@ def load_verification_sets(
             if entry == "heldout":
                 sets["heldout"] = verification_sets.from_procedural(config.data)
             else:
+                part, pairs_per_fold = drawn
                 sets[entry] = verification_sets.from_heldout_images(
-                    config.data, pairs_per_fold=_resampled_pairs_per_fold(entry), seed=config.seed
+                    config.data,
+                    pairs_per_fold=pairs_per_fold,
+                    seed=config.seed,
+                    part=part,
+                    validation_fraction=config.evaluate.validation_fraction,
                 )
         elif entry.endswith(".bin"):
             sets[paths.Path(entry).stem] = verification_sets.from_verification_bin(
@@ -90,7 +107,8 @@ def load_verification_sets(
         else:
             raise BadInputError(
                 f"config.evaluate.verification_sets entry {entry!r}",
-                "not 'heldout', 'heldout@N', a .bin file or 'PAIRS_TXT:IMAGE_ROOT'.",
+                "not 'heldout', 'heldout@N', 'validation@N', 'test@N', a .bin file or "
+                "'PAIRS_TXT:IMAGE_ROOT'.",
             )
     return sets
 

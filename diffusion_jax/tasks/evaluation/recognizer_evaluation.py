@@ -19,7 +19,11 @@ from diffusion_jax.core import parallel, paths
 from diffusion_jax.core.figures import save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.evaluation.encoder_report import load_verification_sets, pair_similarities
+from diffusion_jax.tasks.evaluation.encoder_report import (
+    load_verification_sets,
+    pair_similarities,
+    uses_heldout_identities,
+)
 from diffusion_jax.tasks.evaluation.verification import (
     VerificationResult,
     evaluate_verification,
@@ -89,7 +93,7 @@ def roc_of_all(results: dict[str, dict[str, VerificationResult]]):
 
 def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=evaluate (module docstring); returns the report's JSON."""
-    if any(entry.startswith("heldout") for entry in config.evaluate.verification_sets):
+    if uses_heldout_identities(config.evaluate.verification_sets):
         input_pipeline.ensure_prepared(config.data)
     recognizers = named_recognizers(config, workdir)
     results = verify_recognizers(config, recognizers, parallel.make_mesh(config.mesh))

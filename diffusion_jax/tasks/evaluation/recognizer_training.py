@@ -106,6 +106,34 @@ def train_recognizer(
     return train_encoder(recipe, RunLayout.from_config(workdir, config).recognizer(name))
 
 
+def claim_recognizer_name(config: ml_collections.ConfigDict, kind: str, seed: int) -> str:
+    """The recogniser of `kind` ("real" or "synthetic") trained with `seed`: plain `kind` for
+    `recognizer.seed` (the recognizers stage's), `<kind>_seed<S>` for the report's spread seeds."""
+    return kind if seed == config.recognizer.seed else f"{kind}_seed{seed}"
+
+
+def train_claim_recognizers(
+    config: ml_collections.ConfigDict, workdir: str, seed: int
+) -> dict[str, str]:
+    """Trains the claim's pair with `seed`, one recipe on two sets: `synthetic` on the generated
+    dataset and `real` on the real training data; returns {kind: export directory}. Complete
+    recognisers are not retrained."""
+    layout = RunLayout.from_config(workdir, config)
+    data = {
+        "synthetic": generated_data_config(config, str(layout.generated)),
+        "real": real_data_config(config),
+    }
+    check_same_identities(config, data)
+    seeded = ml_collections.ConfigDict(config.to_dict())
+    seeded.recognizer.seed = seed
+    return {
+        kind: train_recognizer(
+            seeded, workdir, claim_recognizer_name(config, kind, seed), data[kind]
+        )
+        for kind in ("synthetic", "real")
+    }
+
+
 def train_recognizer_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
     """--mode=train_recognizer (module docstring)."""
     data = ml_collections.ConfigDict(config.data.to_dict())

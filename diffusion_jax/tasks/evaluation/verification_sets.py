@@ -9,7 +9,10 @@ the training images' policy (`image_decoding`), is_same bool [N], and fold int [
   from_lfw_pairs          LFW's pairs.txt over an identity folder; folds from the file.
   from_procedural         the embedded faces' held-out pairs (`procedural_face_pairs`).
   from_heldout_images     pairs drawn afresh over the embedded faces' held-out images, at any
-                          number of pairs per fold (`verification_pairs`).
+                          number of pairs per fold (`verification_pairs`), over all held-out
+                          identities or over one part of them (`heldout_identity_parts`): the
+                          validation part, on which settings are chosen, or the test part, which
+                          is reported and never tuned on.
 """
 
 import dataclasses
@@ -24,6 +27,8 @@ from diffusion_jax.tasks.data.sources.image_decoding import decode_image
 from diffusion_jax.tasks.data.verification import lfw_pairs, verification_bin, verification_pairs
 
 NUM_FOLDS = 10
+HELDOUT_PARTS = ("validation", "test")
+_PART_SPLIT_STREAM = 0x5E7  # separates the split's random stream from the renderer's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,15 +103,56 @@ def from_procedural(data_config: ml_collections.ConfigDict) -> VerificationSet:
     )
 
 
+def heldout_identity_parts(
+    labels: np.ndarray, *, data_seed: int, validation_fraction: float
+) -> dict[str, np.ndarray]:
+    """{"validation": identities, "test": identities}: the distinct held-out `labels` split by
+    identity, round(validation_fraction * n) of them to validation, after a permutation drawn
+    from `data_seed` alone, so the split is fixed by the data: no evaluation seed, recogniser or
+    verification set moves an identity from one part to the other. Both parts sorted."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"config.evaluate.validation_fraction must be in (0, 1), got {validation_fraction}"
+        )
+    identities = np.unique(labels)
+    num_validation = round(validation_fraction * len(identities))
+    if not 0 < num_validation < len(identities):
+        raise ValueError(
+            f"{len(identities)} held-out identities cannot be split into a validation and a test "
+            f"part with config.evaluate.validation_fraction={validation_fraction}"
+        )
+    order = np.random.default_rng([data_seed, _PART_SPLIT_STREAM]).permutation(identities)
+    return {
+        "validation": np.sort(order[:num_validation]),
+        "test": np.sort(order[num_validation:]),
+    }
+
+
 def from_heldout_images(
-    data_config: ml_collections.ConfigDict, *, pairs_per_fold: int, seed: int
+    data_config: ml_collections.ConfigDict,
+    *,
+    pairs_per_fold: int,
+    seed: int,
+    part: str | None = None,
+    validation_fraction: float = 0.5,
 ) -> VerificationSet:
     """`pairs_per_fold` matched and as many mismatched pairs per fold over the held-out images
     of the embedded faces (`make_verification_pairs`, identity-disjoint folds): the identities of
     `from_procedural`, with as many pairs as wanted (images repeat across pairs once a fold's
     pairs outnumber its images). More pairs shrink the part of the accuracy's variance that
-    comes from which pairs are drawn, not the part that comes from which identities are held out."""
+    comes from which pairs are drawn, not the part that comes from which identities are held out.
+
+    `part` ("validation" or "test") draws the pairs over that part's identities only
+    (`heldout_identity_parts` with `validation_fraction`); None over all of them."""
     heldout = input_pipeline.load_split_arrays(data_config, "heldout")
+    if part is not None:
+        if part not in HELDOUT_PARTS:
+            raise ValueError(f"part must be one of {HELDOUT_PARTS} or None, got {part!r}")
+        identities = heldout_identity_parts(
+            heldout["label"], data_seed=data_config.seed, validation_fraction=validation_fraction
+        )[part]
+        keep = np.isin(heldout["label"], identities)
+        heldout = {"image": heldout["image"][keep], "label": heldout["label"][keep]}
     pairs = verification_pairs.make_verification_pairs(
         heldout["label"], pairs_per_fold=pairs_per_fold, seed=seed, num_folds=NUM_FOLDS
     )

@@ -4,6 +4,10 @@
                                   (read back from the dataset's files)
     figures/judge_similarity.png  the judge similarity of every judged image by decision, with
                                   the filter's threshold
+    figures/training_image_similarity.png
+                                  the judge cosine of every judged image to its nearest real
+                                  training image by decision, with the leakage check's threshold
+                                  when it is on
 
 Both are functions of the dataset's records and files, so a rerun draws the same bytes. The
 dataset may be local or on an object store (`gs://`, `core.paths`).
@@ -23,6 +27,7 @@ from diffusion_jax.core.figures import image_grid  # noqa: E402
 from diffusion_jax.tasks.data.sources.image_decoding import to_model_range  # noqa: E402
 from diffusion_jax.tasks.data.sources.recordio import RecordIOReader  # noqa: E402
 from diffusion_jax.tasks.generation import dataset_writers  # noqa: E402
+from diffusion_jax.tasks.generation.image_filter import CHECK_OFF, DECISIONS  # noqa: E402
 
 FIGURES_DIR = "figures"
 GRID_IDENTITIES = 8
@@ -72,7 +77,7 @@ def judge_similarity_figure(images: list[dict], min_similarity: float) -> plt.Fi
     """Histogram of the judge similarity of every judged image, one colour per decision."""
     figure, axis = plt.subplots(figsize=(5.0, 3.2))
     bins = np.linspace(-1.0, 1.0, 81)
-    for decision in ("kept", "low_similarity", "duplicate"):
+    for decision in DECISIONS:
         values = [image["judge_similarity"] for image in images if image["decision"] == decision]
         if values:
             axis.hist(values, bins=bins, alpha=0.6, label=f"{decision} ({len(values):,})")
@@ -90,6 +95,35 @@ def judge_similarity_figure(images: list[dict], min_similarity: float) -> plt.Fi
     return figure
 
 
+def training_image_similarity_figure(images: list[dict], max_similarity: float) -> plt.Figure:
+    """Histogram of every judged image's judge cosine to its nearest real training image, one
+    colour per decision, with the threshold of the leakage check when it is on."""
+    figure, axis = plt.subplots(figsize=(5.0, 3.2))
+    lowest = min((image["nearest_training_image_similarity"] for image in images), default=-1.0)
+    bins = np.linspace(max(-1.0, np.floor(lowest / 0.05) * 0.05), 1.0, 81)
+    for decision in DECISIONS:
+        values = [
+            image["nearest_training_image_similarity"]
+            for image in images
+            if image["decision"] == decision
+        ]
+        if values:
+            axis.hist(values, bins=bins, alpha=0.6, label=f"{decision} ({len(values):,})")
+    if max_similarity < CHECK_OFF:
+        axis.axvline(
+            max_similarity,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"threshold {max_similarity}",
+        )
+    axis.set_xlabel("judge cosine to the nearest real training image")
+    axis.set_ylabel("images")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def write_dataset_figures(out_dir: str, plan: dict, records: list[dict]) -> list[str]:
     """Draws the module's figures into OUT/figures; returns their paths relative to OUT."""
     images = [image for record in records for image in record["images"]]
@@ -101,6 +135,9 @@ def write_dataset_figures(out_dir: str, plan: dict, records: list[dict]) -> list
     figures = {
         "identities.png": identities_figure(out_dir, generate["formats"], kept),
         "judge_similarity.png": judge_similarity_figure(images, generate["min_judge_similarity"]),
+        "training_image_similarity.png": training_image_similarity_figure(
+            images, generate.get("max_training_image_similarity", CHECK_OFF)
+        ),
     }
     written = []
     for name, figure in figures.items():

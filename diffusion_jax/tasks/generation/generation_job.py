@@ -68,7 +68,12 @@ from diffusion_jax.tasks.generation.generation_models import GenerationModels
 from diffusion_jax.tasks.generation.identity_sources import choose_identities
 from diffusion_jax.tasks.generation.shard_drawing import Throughput, draw_shards
 from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
+from diffusion_jax.tasks.generation.style_sources import STYLE_FIELDS, style_source_for_generation
 from diffusion_jax.tasks.generation.training_identities import cached_identity_centres
+from diffusion_jax.tasks.generation.training_images import (
+    cached_training_images,
+    training_images_for_generation,
+)
 from diffusion_jax.tasks.generation.worker_index import Worker, find_worker
 
 # config.generate fields that say who runs the job and where, not what it makes.
@@ -102,6 +107,8 @@ def dataset_plan(config: ml_collections.ConfigDict, models: GenerationModels) ->
     generate = {
         key: value for key, value in config.generate.to_dict().items() if key not in WORKER_FIELDS
     }
+    if generate.get("style_source", "none") == "none":  # the plan of a dataset without style
+        generate = {key: value for key, value in generate.items() if key not in STYLE_FIELDS}
     plan = {
         "format_version": manifest.FORMAT_VERSION,
         "generate": generate,
@@ -139,6 +146,14 @@ def _choose_and_write_identities(
         draw_unconditional=models.draw_unconditional,
     )
     nearest, _ = max_similarity_to(identities, centres)
+    # The image-level leakage check's training images under the judge, cached before the plan
+    # so that every worker finds them once it finds the plan.
+    training_images = cached_training_images(
+        config,
+        models.judge,
+        models.identity["judge_encoder"],
+        cache_dir=RunLayout.from_config(workdir, config).cache,
+    )
     buffer = io.BytesIO()
     np.save(buffer, identities.astype(np.float32))
     identities_path = paths.Path(out_dir) / manifest.IDENTITIES_FILE
@@ -147,6 +162,7 @@ def _choose_and_write_identities(
         file=manifest.IDENTITIES_FILE,
         sha256=file_sha256(identities_path),
         training_identities=len(centres),
+        training_images={"count": len(training_images), "sha256": training_images.sha256},
         max_similarity_to_training_identity=float(nearest.max()),
     )
     paths.write_json_atomically(
@@ -433,6 +449,17 @@ def generate_dataset(
         input_pipeline.ensure_prepared(config.data)
     (paths.Path(out_dir) / manifest.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     identities, plan = load_identities(config, workdir, out_dir, models, worker)
+    training_images = training_images_for_generation(
+        config,
+        models.judge,
+        models.identity["judge_encoder"],
+        layout.cache,
+        expected_sha256=plan["identities"].get("training_images", {}).get("sha256"),
+    )
+    models.use_training_images(training_images)
+    models.use_style_source(  # None unless generate.style_source is "real"
+        style_source_for_generation(config, training_images.embeddings, training_images.labels)
+    )
 
     todo = [
         s

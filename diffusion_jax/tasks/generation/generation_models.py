@@ -1,12 +1,18 @@
 """The networks a generation job runs, loaded once, and the jitted batches they compute.
 
-    GenerationModels.draw(cond [B, D], keys [B])  ->  uint8 [B, R, R, 3]
-        the samples, decoded to images in latent space, as a jax.Array still in flight
-    GenerationModels.embed_round(pixels uint8 [n, R, R, 3])  ->  (judge, condition):
+    GenerationModels.draw(cond [B, D], keys [B], style_images=None)  ->  uint8 [B, R, R, 3]
+        the samples, decoded to images in latent space, as a jax.Array still in flight; with
+        style images (float32 [B, R, R, 3] in [-1, 1], `style_sources`), each starts from its
+        style image (encoded, in latent space) noised to generate.style_strength (SDEdit)
+    GenerationModels.embed_round(pixels uint8 [n, R, R, 3])
+        ->  (judge, condition, training_similarity, training_index, training_label):
         judge       float32 [P, D_J]    the judge encoder's unit embeddings of the stored pixels
                                         (rows :n; P = images_per_identity, padding included)
         condition   float32 [P, D]      the conditioning encoder's, for cos(E(x), c) in the
                                         manifest (the generator's own, optimistic view)
+        training_*  [P]                 the judge cosine to the nearest real training image,
+                                        its index and label (`training_images`; set them first
+                                        with `use_training_images`)
 
 Both are dispatched asynchronously (JAX returns before the device finishes) as jax.Arrays still
 in flight, so a caller can queue the next batch before reading these. `embed_round` embeds one
@@ -35,6 +41,8 @@ from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_graphdef
 from diffusion_jax.tasks.conditional_diffusion.sample_functions import make_sample_fn
 from diffusion_jax.tasks.conditional_diffusion.sampling_params import restore_sampling_params
+from diffusion_jax.tasks.generation.style_sources import StyleSource
+from diffusion_jax.tasks.generation.training_images import NearestTrainingImages, TrainingImages
 from diffusion_jax.tasks.latent.diffusion_space import diffusion_space
 from diffusion_jax.tasks.recognition import encoder_store
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
@@ -52,6 +60,9 @@ def _to_uint8(images: jax.Array) -> jax.Array:
 class GenerationModels:
     """The diffusion model (sampling parameters of its checkpoint), its diffusion space, the
     conditioning encoder and the judge, on `mesh`; `identity` describes them for the manifest."""
+
+    nearest_training: NearestTrainingImages | None = None  # `use_training_images`
+    style_source: StyleSource | None = None  # `use_style_source`
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, judge_dir: str, mesh: Mesh):
         self.mesh = mesh
@@ -74,6 +85,11 @@ class GenerationModels:
         graphdef = unet_graphdef(config)
         self.sample_fn = make_sample_fn(graphdef, schedule, config)  # (params, cond, keys) -> x_0
         self._sample_unconditional = make_sample_fn(graphdef, schedule, config, guidance_scale=0)
+        self._sample_styled = None  # (params, cond, keys, start_x0) -> x_0
+        if config.generate.style_source != "none":
+            self._sample_styled = make_sample_fn(
+                graphdef, schedule, config, strength=config.generate.style_strength
+            )
         self.condition_dim = config.condition.dim
         self.round_batch_size = config.generate.images_per_identity
         self.identity = {
@@ -93,17 +109,42 @@ class GenerationModels:
     def _put(self, array) -> jax.Array:
         return jax.device_put(array, parallel.batch_sharding(self.mesh))
 
-    def draw(self, cond: np.ndarray, keys: jax.Array) -> jax.Array:
-        """Samples one image per row of `cond`, example b from keys[b] (module docstring)."""
-        images = self.space.decode(self.sample_fn(self.params, self._put(cond), self._put(keys)))
-        return _to_uint8(images)
+    def draw(
+        self, cond: np.ndarray, keys: jax.Array, style_images: np.ndarray | None = None
+    ) -> jax.Array:
+        """Samples one image per row of `cond`, example b from keys[b], starting from
+        style_images[b] when given (module docstring)."""
+        if style_images is None:
+            x0 = self.sample_fn(self.params, self._put(cond), self._put(keys))
+        else:
+            if self._sample_styled is None:
+                raise ValueError("style images need config.generate.style_source other than 'none'")
+            start_x0 = self.space.encode(self._put(np.asarray(style_images, np.float32)))
+            x0 = self._sample_styled(self.params, self._put(cond), self._put(keys), start_x0)
+        return _to_uint8(self.space.decode(x0))
 
-    def embed_round(self, pixels: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        """(judge, conditioning) unit embeddings of one identity's round of n stored images, as
-        queued on the device (read them without waiting on later work: rows :n of each)."""
+    def use_style_source(self, style_source: StyleSource | None) -> None:
+        """Where styled images start (`style_sources`; None: from noise), read by the drawing
+        of shards (`shard_drawing.dispatch`) and by their judging."""
+        if style_source is not None and self._sample_styled is None:
+            raise ValueError("a style source needs config.generate.style_source other than 'none'")
+        self.style_source = style_source
+
+    def use_training_images(self, training: TrainingImages) -> None:
+        """The judge embeddings of the real training images that `embed_round` searches."""
+        self.nearest_training = NearestTrainingImages(training, self.mesh)
+
+    def embed_round(self, pixels: np.ndarray) -> tuple[jax.Array, ...]:
+        """(judge, conditioning) unit embeddings of one identity's round of n stored images and
+        (cosine, index, label) of each one's nearest training image under the judge, as queued
+        on the device (read them without waiting on later work: rows :n of each)."""
+        if self.nearest_training is None:
+            raise ValueError("call use_training_images before embed_round")
+        judge = self.judge.dispatch_batch(pixels, self.round_batch_size)
         return (
-            self.judge.dispatch_batch(pixels, self.round_batch_size),
+            judge,
             self.conditioning.dispatch_batch(pixels, self.round_batch_size),
+            *self.nearest_training.dispatch(judge),
         )
 
     def draw_unconditional(self, keys: jax.Array) -> jax.Array:

@@ -10,12 +10,18 @@
                                  is complete: every image decision in judging order (identity,
                                  image index, attempt, seed, judge similarity, similarity to the
                                  nearest image kept before it, conditioning similarity,
-                                 decision, and the identity-folder path of a kept image), counts,
-                                 and the SHA-256 of every file the shard wrote
+                                 decision, the judge cosine, index and label of the nearest real
+                                 training image (`training_images`), with style on its style
+                                 source and style similarity (`style_sources`), and the
+                                 identity-folder path of a kept image), counts, and the SHA-256
+                                 of every file the shard wrote
     OUT/<format files>           see `dataset_writers`
     OUT/figures/                 see `dataset_figures`
-    OUT/manifest.json            written once every shard is complete: the plan, counts, the
-                                 SHA-256 of every shard record and of every dataset-level file
+    OUT/manifest.json            written once every shard is complete: the plan, counts (the
+                                 decisions, e.g. "near_training_image" for the images the
+                                 image-level leakage check rejected, and the kept images' nearest
+                                 training image cosine: mean, p50, p90, p99, max), the SHA-256 of
+                                 every shard record and of every dataset-level file
 
 OUT may be a local path or a `gs://` URL (`core.paths`). Every JSON file is written atomically
 (`paths.write_json_atomically`: locally to a temporary `.partial` file, flushed and renamed; on an
@@ -40,6 +46,7 @@ from diffusion_jax.core.paths import (  # noqa: F401
     write_bytes_atomically,
     write_json_atomically,
 )
+from diffusion_jax.tasks.generation.training_images import similarity_summary
 
 PLAN_FILE = "generation.json"
 IDENTITIES_FILE = "identities.npy"
@@ -106,6 +113,9 @@ def build_manifest(
             "images_per_identity_max": max(per_identity.values(), default=0),
             "judged_images": len(images),
             "decisions": count_decisions(images),
+            "kept_nearest_training_image_similarity": similarity_summary(
+                [image["nearest_training_image_similarity"] for image in kept]
+            ),
             "files": len(dataset_files) + sum(len(record["files"]) for record in records),
         },
         "shards": {

@@ -10,7 +10,8 @@ judging, nor the host for a sampler batch to read embeddings queued behind it.
 
 Judging goes identity by identity and round by round (`image_filter`): once all of an
 identity's images of a round are back, they are embedded by the judge as one batch of their own
-(`GenerationModels.embed_round`), judged in image order, and the rejected ones are queued for
+and each one's nearest real training image is found (`GenerationModels.embed_round`,
+`training_images`), judged in image order, and the rejected ones are queued for
 the next round (attempt a + 1), up to `max_resample_rounds` redraws. The decisions and the
 records' similarities therefore do not depend on how jobs were batched, nor on which other
 shards share the worker: they are the same bits.
@@ -18,6 +19,10 @@ At the tail, once no shard is left to admit, a batch that would not be full wait
 in flight to be judged, so their redraws fill it.
 A shard is done when none of its identities has a job left; `draw_shards` then yields its
 decision records (identity by identity, each in judging order) and its kept images.
+
+With a style source (`style_sources`, `GenerationModels.use_style_source`), every image starts
+from its own real style image, chosen from its (seed, identity, image index, attempt) alone, and
+its record names that image and its judge cosine to the style image's identity.
 
 An image's noise depends on its key alone (`image_seeds`), and its uint8 pixels are the same in
 whatever sampler batch and row it is drawn (tested: the rounding to uint8 absorbs the last-bit
@@ -76,10 +81,15 @@ def dispatch(
     batch_size: int,
 ) -> jax.Array:
     """Queues the images of `jobs` on the device, padded to `batch_size` with copies of the
-    first job (one compilation for every batch)."""
+    first job (one compilation for every batch); each starts from its style image when the
+    models have a style source (`style_sources`)."""
     padded = jobs + [jobs[0]] * (batch_size - len(jobs))
     columns = np.asarray([(job.identity, job.image_index, job.attempt) for job in padded]).T
-    return models.draw(identities[columns[0]], image_keys(seed, *columns))
+    keys = image_keys(seed, *columns)
+    if models.style_source is None:
+        return models.draw(identities[columns[0]], keys)
+    style_images = models.style_source.images(models.style_source.indices(*columns))
+    return models.draw(identities[columns[0]], keys, style_images)
 
 
 def regenerate_image(
@@ -145,8 +155,17 @@ class _ShardDrawer:
                 self.queue.extend(ImageJob(identity, k, 0) for k in range(per_identity))
 
     def _record(
-        self, job: ImageJob, decision: str, similarity: float, nearest: float, condition: np.ndarray
+        self,
+        job: ImageJob,
+        decision: str,
+        similarity: float,
+        nearest: float,
+        condition: np.ndarray,
+        training: tuple[float, int, int],
+        style: dict | None = None,
     ) -> dict:
+        """`training`: the nearest real training image's judge cosine, index and label;
+        `style`: the image's style source and style similarity, when it has one."""
         record = {
             "identity": job.identity,
             "image_index": job.image_index,
@@ -158,6 +177,10 @@ class _ShardDrawer:
                 np.dot(condition.astype(np.float64), self.identities[job.identity])
             ),
             "decision": decision,
+            "nearest_training_image_similarity": training[0],
+            "nearest_training_image_index": training[1],
+            "nearest_training_image_label": training[2],
+            **(style or {}),
         }
         if decision == "kept" and "folders" in self.generate.formats:
             record["path"] = dataset_writers.folder_image_path(
@@ -176,11 +199,25 @@ class _ShardDrawer:
             _RoundInFlight(identity, jobs, pixels, self.models.embed_round(pixels))
         )
 
+    def _style(self, job: ImageJob, judge: np.ndarray) -> dict | None:
+        """The image's style source {"index", "label"} and the judge cosine to that identity's
+        centre (`style_sources`); None without a style source."""
+        style_source = self.models.style_source
+        if style_source is None:
+            return None
+        source = style_source.source(job.identity, job.image_index, job.attempt)
+        return {
+            "style_source": source,
+            "style_similarity": style_source.similarity(judge, source["label"]),
+        }
+
     def _judge_round(self, round_: _RoundInFlight) -> list[ImageJob]:
         """Judges an identity's round in image order; returns the redraws."""
         state = self.in_progress[round_.identity]
         waited = time.perf_counter()
-        judge, condition = (np.asarray(e)[: len(round_.jobs)] for e in round_.embeddings)
+        judge, condition, training_similarity, training_index, training_label = (
+            np.asarray(e)[: len(round_.jobs)] for e in round_.embeddings
+        )
         self.throughput.device_wait_seconds += time.perf_counter() - waited
         self.throughput.rounds_judged += 1
         if state.filter is None:  # the first round: the filter's reference
@@ -188,13 +225,29 @@ class _ShardDrawer:
                 judge,
                 min_similarity=self.generate.min_judge_similarity,
                 max_duplicate_similarity=self.generate.max_duplicate_similarity,
+                max_training_image_similarity=self.generate.max_training_image_similarity,
+                max_style_similarity=(
+                    None if self.models.style_source is None else self.generate.max_style_similarity
+                ),
             )
         redraws = []
         for row, job in enumerate(round_.jobs):
-            decision, similarity, nearest = state.filter.decide(
-                judge[row], job.image_index, job.attempt
+            training = (
+                float(training_similarity[row]),
+                int(training_index[row]),
+                int(training_label[row]),
             )
-            state.records.append(self._record(job, decision, similarity, nearest, condition[row]))
+            style = self._style(job, judge[row])
+            decision, similarity, nearest = state.filter.decide(
+                judge[row],
+                job.image_index,
+                job.attempt,
+                training[0],
+                None if style is None else style["style_similarity"],
+            )
+            state.records.append(
+                self._record(job, decision, similarity, nearest, condition[row], training, style)
+            )
             if decision == "kept":
                 state.kept[job.image_index] = round_.pixels[row]
             elif job.attempt < self.generate.max_resample_rounds:

@@ -49,4 +49,6 @@ class NamedRecords:
         return read_record(self._records, index, self._dataset)
 
     def __repr__(self) -> str:
-        return f"NamedRecords({self._dataset!r})"
+        # grain compares its sources' reprs when it restores a data iterator: the wrapped
+        # source's keeps checkpoints resumable across this wrapper and a moved data dir.
+        return repr(self._records)

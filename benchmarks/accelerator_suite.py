@@ -14,7 +14,10 @@ Sections (each on a mesh of every device JAX sees, `config.mesh` of the preset: 
     generation            the generation job's drawing and judging (`shard_drawing.draw_shards`:
                           full batches across shards, the next batch queued before the last is
                           judged, each identity's round embedded by the judge and the conditioning
-                          encoder, the filter, redraws of rejected images up to
+                          encoder, each image's nearest training image searched among random unit
+                          stand-ins for the preset's training images' judge embeddings
+                          (num_train_identities x images_per_train_identity of them), the filter,
+                          redraws of rejected images up to
                           `max_resample_rounds`) with `GenerationModels.draw` and `.embed_round`
                           on randomly initialised networks: a random UNet, and two random
                           IResNets (the preset's architecture, different seeds) as conditioning
@@ -311,6 +314,7 @@ def random_generation_models(config, mesh, context):
 
     from diffusion_jax.core.models.iresnet import IResNet
     from diffusion_jax.tasks.generation.generation_models import GenerationModels
+    from diffusion_jax.tasks.generation.training_images import TrainingImages
     from diffusion_jax.tasks.latent.diffusion_space import DiffusionSpace
     from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
     from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture
@@ -334,6 +338,12 @@ def random_generation_models(config, mesh, context):
             self.condition_dim = config.condition.dim
             self.round_batch_size = config.generate.images_per_identity
             self.identity = {"random_networks": True}
+            per_identity = config.data.images_per_train_identity
+            count = config.data.num_train_identities * per_identity
+            training = np.random.default_rng(3).normal(size=(count, config.encoder.embedding_dim))
+            training /= np.linalg.norm(training, axis=1, keepdims=True)
+            labels = np.arange(count, dtype=np.int32) // per_identity
+            self.use_training_images(TrainingImages(training.astype(np.float32), labels))
 
     return RandomGenerationModels()
 
@@ -554,6 +564,7 @@ def main(argv: list[str]) -> None:
                 "max_resample_rounds",
                 "min_judge_similarity",
                 "max_duplicate_similarity",
+                "max_training_image_similarity",
             )
         },
         "encoder": {

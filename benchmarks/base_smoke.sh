@@ -5,13 +5,18 @@
 # space). Times each pipeline stage (from the "Pipeline stage X: running." log lines) and the
 # whole command, and writes a benchmark JSON record (diffusion_jax/benchmark_record.py).
 #
-#   benchmarks/base_smoke.sh [--workdir=DIR] [--data_dir=DIR] [--output=FILE] [--dry-run]
+#   benchmarks/base_smoke.sh [--workdir=DIR] [--data_dir=DIR] [--output=FILE] [--dry-run] [--quick]
 #
 #   --workdir   the run's directory (default /tmp/diffusion_jax_base_smoke/run); it is deleted
 #               first, so every stage runs (a kept workdir would skip completed stages)
 #   --data_dir  where the procedural dataset is prepared (default /tmp/diffusion_jax_base_smoke/tfds)
-#   --output    the JSON record (default benchmarks/results/base_smoke_cpu2.json; "" prints only)
+#   --output    the JSON record (default benchmarks/results/base_smoke_cpu2.json; "" prints only;
+#               with --quick the default is "")
 #   --dry-run   print the command and exit
+#   --quick     a check that it runs: the same command and stage timing with base's
+#               architectures shrunk to tiny sizes too (benchmarks/presets.py shrink_for_quick,
+#               as --config. flags instead of the overrides below); default workdir and data_dir
+#               under /tmp/diffusion_jax_base_smoke_quick
 #
 # Run from the repository root with the package installed (e.g. the .venv activated).
 set -euo pipefail
@@ -20,13 +25,23 @@ WORKDIR=/tmp/diffusion_jax_base_smoke/run
 DATA_DIR=/tmp/diffusion_jax_base_smoke/tfds
 OUTPUT=benchmarks/results/base_smoke_cpu2.json
 DRY_RUN=0
+QUICK=0
+for arg in "$@"; do
+  if [[ "$arg" == --quick ]]; then
+    QUICK=1
+    WORKDIR=/tmp/diffusion_jax_base_smoke_quick/run
+    DATA_DIR=/tmp/diffusion_jax_base_smoke_quick/tfds
+    OUTPUT=""
+  fi
+done
 for arg in "$@"; do
   case "$arg" in
     --workdir=*) WORKDIR="${arg#*=}" ;;
     --data_dir=*) DATA_DIR="${arg#*=}" ;;
     --output=*) OUTPUT="${arg#*=}" ;;
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --quick) ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "Unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +86,13 @@ BATCHES=(
 )
 CMD=(python -m diffusion_jax.main --config=configs/faces.py --workdir="$WORKDIR"
      "${STEPS[@]}" "${SIZES[@]}" "${BATCHES[@]}")
+if [[ "$QUICK" == 1 ]]; then
+  mapfile -t TINY < <(python -c 'import sys; sys.path.insert(0, sys.argv[1]); import presets
+print("\n".join(presets.quick_overrides("base")))' "$(dirname "$0")")
+  if [[ ${#TINY[@]} == 0 ]]; then echo "--quick: no overrides from benchmarks/presets.py" >&2; exit 1; fi
+  CMD=(python -m diffusion_jax.main --config=configs/faces.py --workdir="$WORKDIR"
+       --config.data.data_dir="$DATA_DIR" "${TINY[@]}")
+fi
 
 if [[ "$DRY_RUN" == 1 ]]; then
   printf '%q ' "${CMD[@]}"; echo
@@ -120,7 +142,12 @@ results = {
     "stage_seconds": stage_seconds,
     "total_seconds": round(end - start, 1),
 }
-settings = {"preset": "base", "workdir": workdir, "overrides": [a for a in cmd if a.startswith("--config.")]}
+settings = {
+    "preset": "base (quick: shrunk)" if "--quick" in script_argv else "base",
+    "quick": "--quick" in script_argv,
+    "workdir": workdir,
+    "overrides": [a for a in cmd if a.startswith("--config.")],
+}
 write_benchmark_json(output, "base_smoke", results, settings, argv=script_argv)
 sys.exit(0 if returncode == 0 and report.exists() else 1)
 EOF

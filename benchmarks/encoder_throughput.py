@@ -45,6 +45,7 @@ import numpy as np
 
 # unet_throughput.py sits beside this script, and Python looks for modules first in the directory
 # of the script it runs (spawned workers too: they start with the parent's module path).
+from presets import shrink_for_quick
 from unet_throughput import (
     by_metric,
     images_per_second,
@@ -352,7 +353,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--budget-s", type=float, default=60.0, help="seconds of calls after which timing stops"
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: the CPU count; --quick: 1)"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
     parser.add_argument(
         "--output",
@@ -363,11 +366,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a check that everything runs: the demo preset, batch 8, 2 iterations, 1 warmup",
+        help="a check that everything runs, in seconds: the presets of --sizes (default demo) "
+        "shrunk to tiny sizes (benchmarks/presets.py shrink_for_quick: their encoder heads and "
+        "optimisers kept), batch 8, 2 iterations, 1 warmup, a 5 s budget, 1 torch thread",
     )
     args = parser.parse_args(argv)
+    # One torch thread in --quick: on a busy CPU (CI, another quick mode beside it) its thread
+    # pool spins, and a tiny forward pass took 2 s with 2 threads, 3 ms with 1.
+    if args.threads is None:
+        args.threads = 1 if args.quick else os.cpu_count()
     if args.quick:
-        args.sizes, args.batch, args.iterations, args.warmup = "demo", 8, 2, 1
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = "demo"
+        args.batch, args.iterations, args.warmup = args.batch or 8, 2, 1
+        args.budget_s = min(args.budget_s, 5.0)
     if args.output is None:
         args.output = "" if args.quick else str(DEFAULT_OUTPUT)
     args.sizes = args.sizes.split(",")
@@ -383,6 +395,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.configs = {size: load_preset(size) for size in args.sizes}
     except ValueError as error:
         parser.error(f"--sizes={','.join(args.sizes)}: {error}")
+    if args.quick:
+        for config in args.configs.values():
+            shrink_for_quick(config)
     args.with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     return args
 

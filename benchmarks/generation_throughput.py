@@ -26,6 +26,18 @@ settings, results).
 
     python -m diffusion_jax.main --config=configs/faces.py:demo --workdir=runs/demo
     python benchmarks/generation_throughput.py --workdir=runs/demo
+    python benchmarks/generation_throughput.py --quick --output=/tmp/generation.json   # seconds
+
+`--quick` is a check that it runs without a trained run: it writes a workdir of its own (in a
+temporary directory, or --workdir when given) holding what the diffusion, judge and, in latent
+space, autoencoder stages leave, at the tiny sizes of benchmarks/presets.py shrink_for_quick and
+with RANDOM weights, through the project's own stores (`encoder_store.save_encoder`,
+`autoencoder_store.save_autoencoder`, a diffusion `Checkpointer` save of a freshly initialised
+train state), and prepares a tiny procedural dataset beside it. The preset's samplers, space,
+guidance and identity source are kept; the schedule has QUICK_TIMESTEPS steps (so that DDPM's
+all-steps run is short), the similarity thresholds let every identity and image through (random
+encoders embed all faces alike), 2 identities of 2 images in one shard per sampler, 1 repeat. Its
+numbers time random networks at tiny sizes: they check the script, not the speed of anything.
 """
 
 import argparse
@@ -39,7 +51,7 @@ import time
 
 import jax
 import numpy as np
-from presets import load_preset
+from presets import load_preset, shrink_for_quick
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 from diffusion_jax.core import parallel
@@ -48,6 +60,75 @@ from diffusion_jax.tasks.generation.generation_models import GenerationModels, j
 from diffusion_jax.tasks.generation.image_seeds import image_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# --quick: the diffusion schedule's steps (DDPM samples with all of them).
+QUICK_TIMESTEPS = 20
+# --quick: the flags it sets (an explicit value on the command line wins).
+QUICK_FLAGS = {
+    "identities": 2,
+    "identities_per_shard": 2,
+    "images_per_identity": 2,
+    "ddpm_identities": 1,
+    "ddpm_images_per_identity": 2,
+    "ddpm_batch_size": 8,
+    "repeats": 1,
+}
+
+
+def preset_config(args):
+    """The preset's config; with --quick, shrunk and pointed at the quick run's data."""
+    config = load_preset(args.preset)
+    if args.quick:
+        shrink_for_quick(config)
+        config.diffusion.num_timesteps = QUICK_TIMESTEPS
+        config.data.data_dir = os.path.join(args.workdir, "tfds")
+    return config
+
+
+def write_quick_run(config, workdir: str) -> dict:
+    """The stages' outputs that the generation job reads, with random weights (module
+    docstring), written into `workdir` through the project's stores; returns what was written."""
+    from flax import nnx
+
+    from diffusion_jax.core.models.autoencoder import AutoencoderKL
+    from diffusion_jax.core.models.iresnet import IResNet
+    from diffusion_jax.core.run_layout import RunLayout
+    from diffusion_jax.core.training import state as state_lib
+    from diffusion_jax.core.training.checkpointing import Checkpointer
+    from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
+    from diffusion_jax.tasks.data.sources import input_pipeline
+    from diffusion_jax.tasks.latent import autoencoder_store
+    from diffusion_jax.tasks.latent.diffusion_space import configured_autoencoder_architecture
+    from diffusion_jax.tasks.recognition import encoder_store
+    from diffusion_jax.tasks.recognition.encoder_training import encoder_architecture
+
+    layout = RunLayout.from_config(workdir, config)
+    provenance = {"benchmark": "generation_throughput --quick", "weights": "random"}
+    written = {}
+    architecture = encoder_architecture(config.encoder)
+    for name, seed in (("encoder", config.encoder.seed), ("judge", config.encoder.seed + 1)):
+        directory = getattr(layout, name).export_dir
+        model = IResNet(**architecture, rngs=nnx.Rngs(seed))
+        encoder_store.save_encoder(str(directory), model, architecture, provenance=provenance)
+        written[name] = str(directory)
+    if config.diffusion.space == "latent":
+        directory = layout.autoencoder.export_dir
+        architecture = configured_autoencoder_architecture(config)
+        model = AutoencoderKL(**architecture, rngs=nnx.Rngs(config.seed))
+        autoencoder_store.save_autoencoder(
+            str(directory), model, architecture, latent_scale=1.0, provenance=provenance
+        )
+        written["autoencoder"] = str(directory)
+    mesh = parallel.make_mesh(config.mesh, jax.local_devices())
+    optimizer, _ = state_lib.make_optimizer(config.train)
+    state = state_lib.init_train_state(
+        unet_builder(config), optimizer, mesh, jax.random.key(config.seed)
+    )
+    checkpointer = Checkpointer(layout.diffusion.checkpoints)
+    checkpointer.save(0, state, config)
+    checkpointer.close()
+    written["diffusion"] = str(layout.diffusion.checkpoints)
+    input_pipeline.ensure_prepared(config.data)
+    return written
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -81,7 +162,7 @@ def stage_seconds(models: GenerationModels, batch_size: int, dim: int, repeats: 
 
 
 def measure(args, sampler: str) -> dict:
-    config = load_preset(args.preset)
+    config = preset_config(args)
     config.sample.sampler = sampler
     if sampler == "ddpm":  # 40 times the work per image of 25 guided DDIM steps
         num_identities = args.ddpm_identities
@@ -148,7 +229,27 @@ def main() -> None:
     parser.add_argument("--images_per_identity", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default="")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check that it runs, in seconds, on a tiny run with random weights that it "
+        "writes itself (module docstring); --workdir: where (default: a temporary directory)",
+    )
     args = parser.parse_args()
+    if not args.quick:
+        run(args)
+        return
+    for name, value in QUICK_FLAGS.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    given_workdir = args.workdir != parser.get_default("workdir")
+    with tempfile.TemporaryDirectory() as scratch:
+        args.workdir = os.path.abspath(args.workdir) if given_workdir else scratch
+        args.quick_run = write_quick_run(preset_config(args), args.workdir)
+        run(args)
+
+
+def run(args) -> None:
     results = []
     for sampler in args.samplers.split(","):
         results.append(measure(args, sampler))
@@ -157,9 +258,11 @@ def main() -> None:
     for result in results:
         if ddpm is not None:
             result["speedup_vs_ddpm"] = result["drawn_per_second"] / ddpm["drawn_per_second"]
-    write_benchmark_json(
-        args.output, "generation_throughput", {"samplers": results}, settings=vars(args)
-    )
+    settings = {key: value for key, value in vars(args).items() if key != "quick_run"}
+    results = {"samplers": results}
+    if args.quick:
+        results["quick_run"] = {"random_weights": True, "written": args.quick_run}
+    write_benchmark_json(args.output, "generation_throughput", results, settings=settings)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,12 @@ largest absolute difference per array is reported. Each kill's record also has t
 ran; "steps"; "after the last step": its save, the export, the figures) and the steps it cost
 (the last step done less the step the next attempt resumed from; 0 when the next attempt found
 the run complete, and there is nothing left to kill). All runs share one
-persistent XLA compilation cache under --root, so a resumed run loads the executables the
-reference compiled.
+persistent XLA compilation cache (--cache_dir, default under --root), so a resumed run loads the
+executables the reference compiled.
 
     python benchmarks/kill_trainers.py --output=benchmarks/results/kill_trainers_cpu2.json
-    python benchmarks/kill_trainers.py --quick     # 1 kill per trainer, fewest steps
+    python benchmarks/kill_trainers.py --quick     # 1 kill per trainer, 8 steps: minutes
+    python benchmarks/kill_trainers.py --quick --trainers=encoder   # what run_quick.py runs
     python benchmarks/kill_trainers.py --dry-run   # the plan: commands and kill fractions
 
 Prints the JSON record of `diffusion_jax.benchmark_record` (`--output`: also written there); the
@@ -504,6 +505,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 kill each, fewest steps")
     parser.add_argument("--trainers", default="encoder,autoencoder,diffusion")
     parser.add_argument("--root", default="/tmp/diffusion_jax_kill_trainers")
+    parser.add_argument(
+        "--cache_dir",
+        default="",
+        help="the runs' persistent XLA compilation cache (default: ROOT/jax_cache)",
+    )
     parser.add_argument("--output", default="", help="also write the JSON record here")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     args = parser.parse_args()
@@ -521,7 +527,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     environment = {
         **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_COMPILATION_CACHE_DIR": os.path.abspath(args.cache_dir or root / "jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     started = time.monotonic()
@@ -556,6 +562,7 @@ def main() -> None:
         "quick": args.quick,
         "trainers": args.trainers,
         "root": str(root),
+        "cache_dir": environment["JAX_COMPILATION_CACHE_DIR"],
         "plan": the_plan,
     }
     write_benchmark_json(args.output, "kill_trainers", results, settings)

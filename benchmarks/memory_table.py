@@ -65,6 +65,11 @@ compiles each target's whole mesh instead.
     python benchmarks/memory_table.py --presets=base --device_kind=h100 --device_count=1,8
     python benchmarks/memory_table.py --calibration_batches=4,16,64 \
         --output=benchmarks/results/memory_table_cpu2.json
+    python benchmarks/memory_table.py --quick --output=/tmp/memory_table.json   # seconds
+
+`--quick` is a check that it runs: the presets (default demo) shrunk to tiny sizes
+(benchmarks/presets.py shrink_for_quick), one H100 and 8 (unless --device_kind is given), and
+calibration compiles at 2 and 4 images per device; its numbers describe the tiny networks.
 """
 
 import argparse
@@ -78,7 +83,7 @@ from typing import Any
 
 # device_specs.py sits beside this script (Python puts the script's directory on its path).
 from device_specs import DEVICE_SPECS, DeviceSpec
-from presets import load_preset
+from presets import load_preset, shrink_for_quick
 
 from diffusion_jax.benchmark_record import write_benchmark_json
 
@@ -503,7 +508,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="images of the dataset the time estimates are for",
     )
     parser.add_argument("--output", help="also write the JSON record here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check that it runs, in seconds: the presets (default demo) at tiny sizes, "
+        "h100 x 1 and 8, calibration batches 2,4",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        if args.presets == parser.get_default("presets"):
+            args.presets = "demo"
+        if not args.device_kind:
+            args.device_kind, args.device_count = "h100", "1,8"
+        if args.calibration_batches == parser.get_default("calibration_batches"):
+            args.calibration_batches = "2,4"
     # "base,large" -> base, large; "base,latent,large" -> "base,latent", large (a space name
     # joins the preset before it).
     presets = []
@@ -534,6 +552,9 @@ def main(argv: list[str]) -> None:
         configs = {preset: load_preset(preset) for preset in args.presets}
     except ValueError as error:
         sys.exit(f"--presets: {error}")
+    if args.quick:
+        for config in configs.values():
+            shrink_for_quick(config)
     meshes = {
         (preset, target): target_mesh(config, target.count, args.fsdp)
         for preset, config in configs.items()
@@ -634,6 +655,7 @@ def main(argv: list[str]) -> None:
         "mfu_assumed": args.mfu,
         "dataset_images": args.dataset_images,
         "virtual_host_devices": needed,
+        "quick": args.quick,
     }
     write_benchmark_json(args.output, "memory_table", results, settings)
 

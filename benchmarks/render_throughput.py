@@ -18,6 +18,10 @@ results), printed and, with --output, written.
 
     python benchmarks/render_throughput.py
     python benchmarks/render_throughput.py --resolutions=64 --repeats=10 --core=1
+    python benchmarks/render_throughput.py --quick --output=/tmp/render.json   # seconds
+
+`--quick` is a check that it runs: 32x32 only, 1 timed render, the pipeline over 2 training
+identities at 32x32 for 2 batches.
 """
 
 import argparse
@@ -52,7 +56,16 @@ def _parse_args() -> argparse.Namespace:
         "--data-dir", default=None, help="TFDS data dir to reuse (default: a temporary one)"
     )
     parser.add_argument("--output", default=None, help="also write the JSON report to this file")
-    return parser.parse_args()
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check that it runs, in seconds: 32x32, 1 repeat, 2 identities, 2 batches",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.resolutions, args.repeats = "32", 1
+        args.pipeline_resolution, args.pipeline_identities, args.pipeline_batches = 32, 2, 2
+    return args
 
 
 def _pin_to_one_core(core: int | None) -> int:
@@ -149,6 +162,7 @@ def main() -> None:
         "pipeline_identities": args.pipeline_identities,
         "pipeline_batches": args.pipeline_batches,
         "data_dir": args.data_dir,
+        "quick": args.quick,
     }
     write_benchmark_json(args.output, "render_throughput", results, settings)
 

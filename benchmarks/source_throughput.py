@@ -21,6 +21,10 @@ parsed flags. The report is a `diffusion_jax.benchmark_record` (commit, machine,
 settings, results).
 
     python benchmarks/source_throughput.py --output=benchmarks/results/source_throughput_cpu2.json
+    python benchmarks/source_throughput.py --quick --output=/tmp/sources.json   # seconds
+
+`--quick` is a check that it runs: every source at 64x64 only, 4 identities x 2 images, 1 timed
+batch of 4, no grain workers (flags given explicitly still apply).
 """
 
 import contextlib
@@ -50,6 +54,15 @@ _IMAGES_PER_IDENTITY = flags.DEFINE_integer("images_per_identity", 20, "images p
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "images per batch")
 _BATCHES = flags.DEFINE_integer("batches", 10, "timed batches per measurement")
 _WORKER_COUNTS = flags.DEFINE_list("worker_counts", ["0", "2"], "grain worker processes")
+_QUICK = flags.DEFINE_bool("quick", False, "a check that it runs, in seconds (module docstring)")
+# --quick: the values of the flags it sets, unless given on the command line.
+QUICK_FLAGS = {
+    "identities": 4,
+    "images_per_identity": 2,
+    "batch_size": 4,
+    "batches": 1,
+    "worker_counts": ["0"],
+}
 
 FACE_RESOLUTION = 112
 TFDS_NAME = "benchmark_face_jpegs"
@@ -186,6 +199,10 @@ def _label_seconds(data_config: ml_collections.ConfigDict) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     jax.config.update("jax_platforms", "cpu")
+    if _QUICK.value:
+        for name, value in QUICK_FLAGS.items():
+            if not flags.FLAGS[name].present:
+                flags.FLAGS[name].value = value
     with tempfile.TemporaryDirectory() as workdir:
         faces = _face_jpegs()
         folder_root = os.path.join(workdir, "faces")
@@ -202,6 +219,8 @@ def main(argv: list[str]) -> None:
             "recordio": (rec_path, workdir, (64, 112)),
             "tfds": (TFDS_NAME, tfds_dir, (64, 112)),
         }
+        if _QUICK.value:
+            sources = {name: (*source[:2], (64,)) for name, source in sources.items()}
         measurements = []
         for source, (path, data_dir, resolutions) in sources.items():
             for resolution in resolutions:
@@ -237,6 +256,7 @@ def main(argv: list[str]) -> None:
         "batch_size": _BATCH_SIZE.value,
         "timed_batches": _BATCHES.value,
         "worker_counts": [int(count) for count in _WORKER_COUNTS.value],
+        "quick": _QUICK.value,
     }
     results = {
         "images": _IDENTITIES.value * _IMAGES_PER_IDENTITY.value,

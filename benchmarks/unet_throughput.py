@@ -8,21 +8,25 @@ Three phases are measured per size and framework:
     train_step  `core.training.step.make_train_step` jitted by `jit_train_step`: draw t and
                 noise, noise x_0, drop conditions, weighted eps/x0/v loss, clip the gradient,
                 AdamW, EMA. Twin: `diffusion_jax.torch_twins.unet.make_train_step`.
-    sample      `tasks.conditional_diffusion.sample_functions.make_sample_fn` with DDIM (whatever
-                sampler the preset generates with) and the preset's steps, eta and classifier-free
-                guidance, as one batched forward per step.
-                Twin: `diffusion_jax.torch_twins.unet.make_ddim_sampler` on the same timesteps,
-                under inference mode.
+    sample      `tasks.conditional_diffusion.sample_functions.make_sample_fn` with the preset's
+                sampler (`--sampler` overrides it: the demo's DPM-Solver++(2M), base's DDIM at
+                eta = 0), steps and classifier-free guidance, as one batched forward per step.
+                Twin: `diffusion_jax.torch_twins.unet.make_sampler` with the same sampler on the
+                same timesteps, under inference mode (tests/test_torch_twin_samplers.py checks
+                that both return the same samples given the same weights and x_T).
 
 Reported per phase: images/s, GFLOP per image from XLA's cost analysis, the achieved GFLOP/s and
 its fraction of a matmul peak in the compute dtype measured in this run, compile time, XLA's temp
-memory, peak resident memory, and jax/torch ratios; per size, the network evaluations per image.
+memory, peak resident memory, and jax/torch ratios; per size, the network evaluations per image,
+and under "sampler" what both sides' sample phase ran (the sampler each side was built with, its
+timesteps, guidance scale, prediction type and clipping).
 Each measurement runs in a fresh process, so its peak resident memory is its own and JAX's and
 PyTorch's thread pools never compete for the cores. A measurement stops timing after --budget-s
 seconds of calls (after one timed call at least), so that slow phases stay bounded. The report is
 a `diffusion_jax.benchmark_record` (commit, machine, command line, settings, results).
 
-    python benchmarks/unet_throughput.py --quick
+    python benchmarks/unet_throughput.py --quick --output=/tmp/unet_quick.json
+    python benchmarks/unet_throughput.py --sizes=demo,base --sampler=ddim
     python benchmarks/unet_throughput.py --sizes=demo --output=/tmp/unet_demo.json
     python benchmarks/unet_throughput.py --sizes=base --dtype=float32 --batch=4
 """
@@ -53,12 +57,18 @@ DTYPES = ("float32", "bfloat16")
 CPU_BATCH_PIXELS = 32 * 32 * 32
 
 
-def load_preset(preset: str) -> ml_collections.ConfigDict:
+# The samplers the PyTorch twin has (diffusion_jax.torch_twins.unet.SAMPLERS, named here so that
+# parsing the flags does not import torch); DDIM at eta = 0 only.
+TWIN_SAMPLERS = ("ddim", "dpm_solver_pp_2m")
+SAMPLERS = (*TWIN_SAMPLERS, "ddpm")
+
+
+def load_preset(preset: str, sampler: str | None = None) -> ml_collections.ConfigDict:
     """`configs/faces.py:<preset>,pixel`: the UNet is timed on images (in pixel space), whatever
-    space the preset defaults to, and sampled with DDIM, the sampler the twin has (the demo preset
-    generates with DPM-Solver++(2M), also one guided network evaluation per step)."""
+    space the preset defaults to, and sampled with the preset's sampler, or `sampler`."""
     config = presets.load_preset(f"{preset},pixel")
-    config.sample.sampler = "ddim"
+    if sampler is not None:
+        config.sample.sampler = sampler
     return config
 
 
@@ -244,6 +254,7 @@ def measure_jax(
         flops *= sampler_options(config.sample, schedule.num_timesteps)["num_steps"]
     memory_stats = jax.devices()[0].memory_stats() or {}
     return {
+        "sampler": config.sample.sampler if phase == "sample" else None,
         "images_per_s": images_per_s,
         "timed_calls": timed_calls,
         "gflop_per_image": flops / batch_size / 1e9,
@@ -294,7 +305,7 @@ def measure_torch(
             train_step(x0, cond)
 
     elif phase == "sample":
-        sample = torch_unet.make_ddim_sampler(model, alphas_cumprod, constants["timesteps"], config)
+        sample = torch_unet.make_sampler(model, alphas_cumprod, constants["timesteps"], config)
         cond = tensor(batch["cond"])
 
         def work():
@@ -316,6 +327,7 @@ def measure_torch(
         run_once, batch_size, iterations, warmup, budget_s
     )
     return {
+        "sampler": sample.sampler if phase == "sample" else None,
         "images_per_s": images_per_s,
         "timed_calls": timed_calls,
         "num_params": sum(p.numel() for p in model.parameters()),
@@ -363,6 +375,7 @@ def benchmark_preset(
         {phase: in_fresh_process(measure_jax, phase, config, *timing) for phase in PHASES}
     )
     gflop_per_image = jax_result.pop("gflop_per_image")
+    jax_sampler = jax_result.pop("sampler")["sample"]
     add_achieved_rates(jax_result, gflop_per_image, peak["gflops"])
     guided = config.sample.guidance_scale not in (0, 1)
     entry = {
@@ -385,6 +398,17 @@ def benchmark_preset(
             "sample": len(constants["timesteps"]) * (2 if guided else 1),
         },
         "gflop_per_image": gflop_per_image,
+        # What the sample phase ran: the same sampler on the same timesteps on both sides.
+        "sampler": {
+            "jax": jax_sampler,
+            "torch": None,
+            "num_steps": len(constants["timesteps"]),
+            "timesteps": [int(t) for t in constants["timesteps"]],
+            "guidance_scale": config.sample.guidance_scale,
+            "eta": config.sample.eta if jax_sampler == "ddim" else None,
+            "prediction_type": config.diffusion.prediction_type,
+            "clip_x0": config.sample.clip_x0,
+        },
         "jax": jax_result,
     }
     if with_torch:
@@ -396,6 +420,8 @@ def benchmark_preset(
                 for phase in PHASES
             }
         )
+        entry["sampler"]["torch"] = torch_result.pop("sampler")["sample"]
+        assert entry["sampler"]["torch"] == jax_sampler, entry["sampler"]
         torch_params = set(torch_result.pop("num_params").values())
         assert torch_params == {entry["num_params"]}, (
             f"the torch twin has {torch_params} parameters, the JAX UNet {entry['num_params']}"
@@ -427,24 +453,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--dtype", choices=DTYPES, help="model compute dtype (default: the preset's model.dtype)"
     )
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help="the sample phase's sampler (default: the preset's config.sample.sampler; the "
+        f"PyTorch twin has {', '.join(TWIN_SAMPLERS)})",
+    )
     parser.add_argument("--iterations", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     parser.add_argument(
         "--budget-s", type=float, default=60.0, help="seconds of calls after which timing stops"
     )
     parser.add_argument("--matmul-size", type=int, default=4096, help="n of the peak matmul")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: the CPU count; --quick: 1)"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
     parser.add_argument("--output", help="also write the JSON report to this file")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a check that everything runs: the demo preset, batch 4, 2 iterations, 1 warmup",
+        help="a check that everything runs, in seconds: the presets of --sizes (default demo) "
+        "shrunk to tiny sizes (benchmarks/presets.py shrink_for_quick: their samplers, guidance "
+        "and prediction types kept, at most 4 sampler steps), batch 2, 2 iterations, 1 warmup, "
+        "a 5 s budget, a 512 matmul, 1 torch thread",
     )
     args = parser.parse_args(argv)
+    # One torch thread in --quick: on a busy CPU (CI, another quick mode beside it) its thread
+    # pool spins, and a tiny forward pass took 2 s with 2 threads, 3 ms with 1.
+    if args.threads is None:
+        args.threads = 1 if args.quick else os.cpu_count()
     if args.quick:
-        args.sizes, args.batch, args.iterations, args.warmup = "demo", 4, 2, 1
-        args.matmul_size = 1024
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = "demo"
+        args.batch, args.iterations, args.warmup = args.batch or 2, 2, 1
+        args.budget_s, args.matmul_size = min(args.budget_s, 5.0), 512
     args.sizes = args.sizes.split(",")
     for name in ("batch", "iterations", "matmul_size", "threads"):
         value = getattr(args, name)
@@ -455,17 +498,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.budget_s > 0:
         parser.error(f"--budget-s={args.budget_s} must be positive")
     try:
-        args.configs = {size: load_preset(size) for size in args.sizes}
+        args.configs = {size: load_preset(size, args.sampler) for size in args.sizes}
     except ValueError as error:
         parser.error(f"--sizes={','.join(args.sizes)}: {error}")
     for config in args.configs.values():
         config.model.dtype = args.dtype or config.model.dtype
+        if args.quick:
+            presets.shrink_for_quick(config)
+    args.with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    for size, config in args.configs.items():
+        sample = config.sample
+        if args.with_torch and (
+            sample.sampler not in TWIN_SAMPLERS or (sample.sampler == "ddim" and sample.eta != 0)
+        ):
+            parser.error(
+                f"{size} samples with {sample.sampler} (eta={sample.eta}); the PyTorch twin has "
+                f"{', '.join(TWIN_SAMPLERS)} (DDIM at eta=0): choose --sampler or --no-torch"
+            )
     return args
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    with_torch = args.with_torch
     dtypes = sorted({config.model.dtype for config in args.configs.values()})
     peaks = {
         dtype: in_fresh_process(matmul_peak_gflops, args.matmul_size, dtype) for dtype in dtypes
@@ -481,6 +536,7 @@ def main(argv: list[str]) -> None:
         "sizes": args.sizes,
         "batch": args.batch,
         "dtype": args.dtype,
+        "sampler": args.sampler,
         "iterations": args.iterations,
         "warmup": args.warmup,
         "budget_s": args.budget_s,

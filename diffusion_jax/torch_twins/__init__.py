@@ -3,8 +3,9 @@
 Each twin has the module and parameter names of the network's published PyTorch layout (or, for
 the UNet, of the JAX model), so weights copy across and both compute the same function:
 
-- `unet`: the denoiser `UNet`, with the work of the train step and of the DDIM sampler
-  (benchmarks/unet_throughput.py, tests/test_unet.py).
+- `unet`: the denoiser `UNet`, with the work of the train step and of the samplers the presets
+  use, DDIM and DPM-Solver++(2M) (benchmarks/unet_throughput.py, tests/test_unet.py,
+  tests/test_torch_twin_samplers.py).
 - `iresnet`: insightface arcface_torch's IResNet (benchmarks/encoder_throughput.py,
   tests/test_convert_arcface.py, tests/test_iresnet.py).
 - `autoencoder_kl`: diffusers' AutoencoderKL (tests/test_convert_autoencoder_kl.py).

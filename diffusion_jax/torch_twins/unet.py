@@ -3,9 +3,11 @@ benchmarks measure JAX against.
 
 `TorchUNet` has the JAX `UNet`'s architecture, parameter count and module and attribute names
 (NCHW instead of NHWC), so `load_jax_params` copies a JAX model's weights across and both compute
-the same function. `make_train_step` and `make_ddim_sampler` do per call the work of
+the same function. `make_train_step` and `make_sampler` do per call the work of
 `diffusion_jax.core.training.step.make_train_step` and of
-`diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with the DDIM sampler.
+`diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with every sampler the
+presets use (`SAMPLERS`: DDIM at eta = 0 and DPM-Solver++(2M)); given the same weights and x_T,
+`make_sampler` returns what the JAX sampler returns (tests/test_torch_twin_samplers.py).
 Used by benchmarks/unet_throughput.py and by the UNet tests; it needs the optional `torch` extra.
 """
 
@@ -337,6 +339,8 @@ def load_jax_params(
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PREDICTION_TYPES = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+# The samplers `make_sampler` has: those the presets sample with (DDIM at eta = 0 only).
+SAMPLERS = ("ddim", "dpm_solver_pp_2m")
 
 
 def compute_precision(
@@ -443,37 +447,97 @@ def make_train_step(
     return train_step
 
 
-def make_ddim_sampler(
+def sampler_coefficients(
+    alphas_cumprod: torch.Tensor, timesteps: Sequence[int], sampler: str
+) -> dict[str, torch.Tensor]:
+    """Per-step coefficients [S] of `sampler` on the decreasing `timesteps`, computed in float64
+    and returned in float32 on alphas_cumprod's device, as
+    `diffusion_jax.core.diffusion.samplers` computes them.
+
+    alpha = sqrt(abar), sigma = sqrt(1 - abar) at each step and at the next one, where
+    (alpha, sigma) = (1, 0) after the last step. Always "alpha" and "sigma" (for the conversion of
+    the prediction to (eps, x_0)), and per sampler:
+
+        ddim (eta = 0)    x_next = x0_scale x0_hat + eps_scale eps_hat;
+                          x0_scale = alpha_next, eps_scale = sigma_next.
+        dpm_solver_pp_2m  x_next = x_scale x + data_scale ((1 + w) x0_hat - w x0_hat_prev);
+                          lambda = log(alpha / sigma), h = lambda_next - lambda (inf at the last
+                          step), x_scale = sigma_next / sigma, data_scale = -alpha_next expm1(-h),
+                          w = h / (2 h_prev) at the steps strictly between the first and the
+                          last (second order), else 0 (first order).
+    """
+    _check_choice("config.sample.sampler", sampler, SAMPLERS)
+    device = alphas_cumprod.device
+    index = torch.as_tensor(np.asarray(timesteps, dtype=np.int64), device=device)
+    abar = alphas_cumprod.double()[index]
+    alphas, sigmas = abar.sqrt(), (1 - abar).sqrt()
+    one, zero = torch.ones(1, dtype=abar.dtype, device=device), torch.zeros_like(abar[:1])
+    alphas_next, sigmas_next = torch.cat([alphas[1:], one]), torch.cat([sigmas[1:], zero])
+    coefficients = {"alpha": alphas, "sigma": sigmas}
+    if sampler == "ddim":
+        coefficients.update(x0_scale=alphas_next, eps_scale=sigmas_next)
+    else:
+        # lambda_next = log(1 / 0) = +inf after the last step, where expm1(-inf) = -1.
+        step_sizes = (alphas_next.log() - sigmas_next.log()) - (alphas.log() - sigmas.log())
+        previous_step_sizes = torch.cat([one, step_sizes[:-1]])
+        steps = torch.arange(len(timesteps), device=device)
+        second_order = (steps > 0) & (steps < len(timesteps) - 1)
+        weights = torch.where(
+            second_order,
+            0.5 * step_sizes / torch.where(second_order, previous_step_sizes, one),
+            torch.zeros_like(step_sizes),
+        )
+        coefficients.update(
+            x_scale=sigmas_next / sigmas,
+            data_scale=-alphas_next * torch.expm1(-step_sizes),
+            previous_weight=weights,
+        )
+    return {name: value.float() for name, value in coefficients.items()}
+
+
+def make_sampler(
     model: TorchUNet,
     alphas_cumprod: torch.Tensor,
     timesteps: Sequence[int],
     config: ml_collections.ConfigDict,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`sample(cond) -> x_0` [B, C, H, W]: deterministic DDIM from x_T ~ N(0, I), one image per
-    row of cond [B, D], under `torch.inference_mode()`.
+) -> Callable[..., torch.Tensor]:
+    """`sample(cond, x_T=None) -> x_0` [B, C, H, W] with `config.sample.sampler` (also its
+    attribute `sample.sampler`), one image per row of cond [B, D], from x_T [B, C, H, W]
+    (default: drawn ~ N(0, I)), under `torch.inference_mode()`: the work of
+    `diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn`, and the same
+    function given the same weights and x_T.
 
-    From each t of the decreasing `timesteps` to the next one s (abar_s = 1 after the last):
+    Samplers (`SAMPLERS`; module `diffusion_jax.core.diffusion.samplers`), from each t of the
+    decreasing `timesteps` (the JAX sampler's, `sampling_timesteps`) to the next one, with a last
+    step to abar = 1 that returns the x_0 estimate (`sampler_coefficients` has the formulas):
 
-        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat     (Song et al. 2021, eta = 0)
+        ddim              deterministic DDIM (Song et al. 2021, eta = 0 only: eta > 0 draws
+                          noise from JAX's generator, which a twin cannot reproduce).
+        dpm_solver_pp_2m  DPM-Solver++(2M) (Lu et al. 2022): multistep, in x0_hat, first order
+                          at the first and the last step.
 
-    where (eps_hat, x0_hat) follow from the guided output out_u + w (out_c - out_u) of one forward
-    pass on [x_t; x_t] (conditions, then the null condition), x0_hat clipped to [-1, 1] and eps_hat
-    recomputed from it when config.sample.clip_x0. As in `diffusion_jax.core.diffusion.guidance`, a
-    guidance scale w of exactly 0 or 1 costs one unguided pass on B examples.
+    At each step (eps_hat, x0_hat) follow from the guided output out_u + w (out_c - out_u) of one
+    forward pass on [x_t; x_t] (conditions, then the null condition) by the prediction type
+    (eps, x0 or v; `eps_and_x0`); x0_hat is clipped to [-1, 1] and eps_hat recomputed from it when
+    config.sample.clip_x0. As in `diffusion_jax.core.diffusion.guidance`, a guidance scale w of
+    exactly 0 or 1 costs one unguided pass on B examples. The state x stays in float32 whatever
+    the compute dtype.
     """
     sample_config = config.sample
-    if sample_config.sampler != "ddim" or sample_config.eta != 0:
+    sampler = sample_config.sampler
+    if sampler not in SAMPLERS:
         raise ValueError(
-            f"the torch twin samples with DDIM at eta=0 only; got config.sample.sampler="
-            f"{sample_config.sampler!r}, config.sample.eta={sample_config.eta}"
+            f"the torch twin samples with {SAMPLERS}; got config.sample.sampler={sampler!r}"
+        )
+    if sampler == "ddim" and sample_config.eta != 0:
+        raise ValueError(
+            "the torch twin samples with DDIM at eta=0 only (eta > 0 draws JAX's noise); got "
+            f"config.sample.eta={sample_config.eta}"
         )
     prediction_type = config.diffusion.prediction_type
     _check_choice("config.diffusion.prediction_type", prediction_type, PREDICTION_TYPES)
     device = alphas_cumprod.device
-    alphas_cumprod_steps = alphas_cumprod[torch.as_tensor(np.asarray(timesteps), device=device)]
-    signal_scales, noise_scales = alphas_cumprod_steps.sqrt(), (1 - alphas_cumprod_steps).sqrt()
-    next_signal_scales = torch.cat([signal_scales[1:], torch.ones(1, device=device)])
-    next_noise_scales = torch.cat([noise_scales[1:], torch.zeros(1, device=device)])
+    coefficients = sampler_coefficients(alphas_cumprod, timesteps, sampler)
     guidance_scale = sample_config.guidance_scale
     image_shape = (model.in_channels, model.image_size, model.image_size)
 
@@ -488,23 +552,48 @@ def make_ddim_sampler(
         return out_u + guidance_scale * (out_c - out_u)
 
     @torch.inference_mode()
-    def sample(cond: torch.Tensor) -> torch.Tensor:
+    def sample(cond: torch.Tensor, x_T: torch.Tensor | None = None) -> torch.Tensor:
         model.eval()
         batch_size = cond.shape[0]
-        x = torch.randn((batch_size,) + image_shape, device=device)
+        if x_T is None:
+            x = torch.randn((batch_size,) + image_shape, device=device)
+        else:
+            x = x_T.to(device=device, dtype=torch.float32)
+        previous_x0 = torch.zeros_like(x)
         for step, t in enumerate(timesteps):
             t_batch = torch.full((batch_size,), int(t), device=device)
             with compute_precision(config, device):
                 output = guided_output(x, t_batch, cond)
-            a, b = signal_scales[step], noise_scales[step]
-            eps, x0 = eps_and_x0(output, x, a, b, prediction_type)
+            a, b = coefficients["alpha"][step], coefficients["sigma"][step]
+            eps, x0 = eps_and_x0(output.float(), x, a, b, prediction_type)
             if sample_config.clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
                 eps = (x - a * x0) / b
-            x = next_signal_scales[step] * x0 + next_noise_scales[step] * eps
+            if sampler == "ddim":
+                x = coefficients["x0_scale"][step] * x0 + coefficients["eps_scale"][step] * eps
+            else:
+                weight = coefficients["previous_weight"][step]
+                data = (1.0 + weight) * x0 - weight * previous_x0
+                x = coefficients["x_scale"][step] * x + coefficients["data_scale"][step] * data
+                previous_x0 = x0
         return x
 
+    sample.sampler = sampler  # what it samples with, for a benchmark's record
     return sample
+
+
+def make_ddim_sampler(
+    model: TorchUNet,
+    alphas_cumprod: torch.Tensor,
+    timesteps: Sequence[int],
+    config: ml_collections.ConfigDict,
+) -> Callable[..., torch.Tensor]:
+    """`make_sampler` for a config that samples with DDIM at eta = 0 (refuses any other)."""
+    if config.sample.sampler != "ddim":
+        raise ValueError(
+            f"make_ddim_sampler: config.sample.sampler={config.sample.sampler!r}; use make_sampler"
+        )
+    return make_sampler(model, alphas_cumprod, timesteps, config)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

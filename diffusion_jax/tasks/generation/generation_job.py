@@ -293,9 +293,14 @@ def write_shard(
         "images": records,
         "files": files,
     }
-    paths.write_json_atomically(manifest.shard_record_path(out_dir, shard), record)
+    record_path = manifest.shard_record_path(out_dir, shard)
+    paths.write_json_atomically(record_path, record)
     if not paths.is_url(out_dir):
         paths.remove_tree(staging)
+        # A worker killed while writing this record left its temporary file; the shard is this
+        # worker's alone, so no other writer can be using one.
+        for leftover in record_path.parent.glob(f".{record_path.name}.*.partial"):
+            leftover.unlink()
     return record
 
 

@@ -265,7 +265,9 @@ def test_the_scaling_sweep_trains_each_prefix_once_against_the_real_recognizer(
     config.evaluate.verification_sets = ("heldout",)
     out_dir = tmp_path / "scaling"
     config.sweep.update(
-        identity_multiples=(0.25, 0.5),  # of the 8 real identities
+        # 4 of the 8 real identities (the pipeline's first 4), at 2 and 3 images: two points
+        # keep the test short; the identity cut is the same code as the image cut.
+        identity_multiples=(0.5,),
         images_per_identity=(2, 3),
         report_set="heldout@20",  # verified besides the sets above
         out_dir=str(out_dir),
@@ -276,12 +278,7 @@ def test_the_scaling_sweep_trains_each_prefix_once_against_the_real_recognizer(
 
     assert os.stat(real).st_mtime_ns == real_written  # verified, not retrained
     points = results["points"]
-    assert [(p["identities"], p["images_per_identity"]) for p in points] == [
-        (2, 2),
-        (4, 2),
-        (2, 3),
-        (4, 3),
-    ]
+    assert [(p["identities"], p["images_per_identity"]) for p in points] == [(4, 2), (4, 3)]
     # One dataset of the largest point, whose identities and images are the pipeline's own
     # first ones (same seed, sampler and filter; the same judge reference at 3 images).
     generated, pipeline_generated = (

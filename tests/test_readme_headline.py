@@ -2,11 +2,11 @@
 
 README.md holds the headline result as a small Markdown table between the markers
 `<!-- headline-table` and `<!-- /headline-table -->`. Each row is one verification set of the
-committed report, docs/experiments/2026-12-06-demo/report.json, formatted as the report's own
-report.md formats it (`tasks/evaluation/claim_report.py`): accuracies in percent with two
+committed report, docs/experiments/2026-12-06-demo-split/report.json, formatted as the report's
+own report.md formats it (`tasks/evaluation/claim_report.py`): accuracies in percent with two
 decimals, "mean ± std"; the gap in points with two decimals; the ratio (acc_syn - 50) /
-(acc_real - 50) with three. A README edited by hand, or a report replaced without the README,
-fails here.
+(acc_real - 50) with three; and the ratio's mean ± sample std over the recogniser seeds. A README
+edited by hand, or a report replaced without the README, fails here.
 """
 
 import json
@@ -17,8 +17,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-REPORT = REPO / "docs" / "experiments" / "2026-12-06-demo" / "report.json"
-HEADLINE_SET = "heldout@300"
+REPORT = REPO / "docs" / "experiments" / "2026-12-06-demo-split" / "report.json"
+HEADLINE_SET = "test@300"
 
 _BEGIN = "<!-- headline-table"
 _END = "<!-- /headline-table -->"
@@ -33,13 +33,19 @@ def _expected_row(report: dict, name: str) -> list[str]:
     synthetic = report["verification"]["synthetic"][name]
     claim = report["claim"][name]
     ratio = claim["ratio_above_chance"]
+    over_seeds = claim.get("over_seeds")
     return [
         name,
         _accuracy(real),
         _accuracy(synthetic),
         f"{100 * claim['gap']:.2f}",
         "n/a (real at chance)" if ratio is None else f"{ratio:.3f}",
+        _over_seeds(over_seeds["ratio"]) if over_seeds else "one seed",
     ]
+
+
+def _over_seeds(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f} (n={summary['n']})"
 
 
 def _headline_rows(text: str) -> list[list[str]]:
@@ -88,7 +94,13 @@ def test_the_report_ratio_is_the_ratio_of_its_accuracies(report):
 
 def test_parser_reads_a_table_and_rejects_a_wrong_number():
     report = {
-        "claim": {"heldout@300": {"gap": 0.061, "ratio_above_chance": 0.8379}},
+        "claim": {
+            "heldout@300": {
+                "gap": 0.061,
+                "ratio_above_chance": 0.8379,
+                "over_seeds": {"ratio": {"mean": 0.84012, "std": 0.0071, "n": 3}},
+            }
+        },
         "verification": {
             "real": {"heldout@300": {"accuracy_mean": 0.8773, "accuracy_std": 0.0118}},
             "synthetic": {"heldout@300": {"accuracy_mean": 0.8163, "accuracy_std": 0.0083}},
@@ -97,9 +109,10 @@ def test_parser_reads_a_table_and_rejects_a_wrong_number():
     table = "\n".join(
         [
             _BEGIN + " -->",
-            "| set | real | synthetic | gap | ratio |",
-            "|---|---|---|---|---|",
-            "| **heldout@300** | 87.73 ± 1.18 | 81.63 ± 0.83 | 6.10 | **0.838** |",
+            "| set | real | synthetic | gap | ratio | over seeds |",
+            "|---|---|---|---|---|---|",
+            "| **heldout@300** | 87.73 ± 1.18 | 81.63 ± 0.83 | 6.10 | **0.838** "
+            "| 0.840 ± 0.007 (n=3) |",
             _END,
         ]
     )

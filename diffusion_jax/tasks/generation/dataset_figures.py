@@ -95,9 +95,14 @@ def judge_similarity_figure(images: list[dict], min_similarity: float) -> plt.Fi
     return figure
 
 
-def training_image_similarity_figure(images: list[dict], max_similarity: float) -> plt.Figure:
+def training_image_similarity_figure(
+    images: list[dict], max_similarity: float
+) -> plt.Figure | None:
     """Histogram of every judged image's judge cosine to its nearest real training image, one
-    colour per decision, with the threshold of the leakage check when it is on."""
+    colour per decision, with the threshold of the leakage check when it is on; None when the
+    records do not hold it (shards written before it was recorded)."""
+    if not images or any("nearest_training_image_similarity" not in image for image in images):
+        return None
     figure, axis = plt.subplots(figsize=(5.0, 3.2))
     lowest = min((image["nearest_training_image_similarity"] for image in images), default=-1.0)
     bins = np.linspace(max(-1.0, np.floor(lowest / 0.05) * 0.05), 1.0, 81)

@@ -113,8 +113,9 @@ def build_manifest(
             "images_per_identity_max": max(per_identity.values(), default=0),
             "judged_images": len(images),
             "decisions": count_decisions(images),
+            # Shards written before it was recorded lack it: those images are not counted.
             "kept_nearest_training_image_similarity": similarity_summary(
-                [image["nearest_training_image_similarity"] for image in kept]
+                [image.get("nearest_training_image_similarity", float("nan")) for image in kept]
             ),
             "files": len(dataset_files) + sum(len(record["files"]) for record in records),
         },

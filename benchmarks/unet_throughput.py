@@ -59,7 +59,7 @@ CPU_BATCH_PIXELS = 32 * 32 * 32
 
 # The samplers the PyTorch twin has (diffusion_jax.torch_twins.unet.SAMPLERS, named here so that
 # parsing the flags does not import torch); DDIM at eta = 0 only.
-TWIN_SAMPLERS = ("ddim", "dpm_solver_pp_2m")
+TWIN_SAMPLERS = ("ddim", "dpm_solver_pp_2m", "dpm_solver_pp_3m")
 SAMPLERS = (*TWIN_SAMPLERS, "ddpm")
 
 

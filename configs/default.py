@@ -188,7 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Sampling for figures, `--mode=sample` and `--mode=generate`.
     config.sample = ml_collections.ConfigDict()
-    config.sample.sampler = "ddim"  # or "ddpm", "dpm_solver_pp_2m"
+    config.sample.sampler = "ddim"  # or "ddpm", "dpm_solver_pp_2m", "dpm_solver_pp_3m"
     config.sample.num_steps = 50  # sampler steps
     config.sample.eta = 0.0  # ddim: 0 deterministic, 1 as ddpm
     config.sample.guidance_scale = 2.0  # classifier-free guidance (1: conditional only)
@@ -307,6 +307,39 @@ def get_config() -> ml_collections.ConfigDict:
     # evaluate.verification_sets when missing; scaling.json holds every set).
     config.sweep.report_set = "test@300"
     config.sweep.out_dir = ""  # scaling.json and scaling.png; empty: WORKDIR/sweep
+
+    # --mode=sampler_sweep (docs/samplers.md): denoiser passes against quality. The same
+    # identities drawn from the same noise (x_T) under each sampler setting, graded by the judge;
+    # for a few settings also a generated dataset, a synthetic recogniser on it and its ratio.
+    config.sampler_sweep = ml_collections.ConfigDict()
+    # "sampler:steps" entries (any sampler of core/diffusion/samplers.py; DDPM takes all
+    # diffusion.num_timesteps steps), each run at every guidance scale below, or
+    # "sampler:steps@scale" at that scale only (guided DDPM would cost 2,000 passes per image).
+    config.sampler_sweep.settings = (
+        "ddpm:1000@1,ddim:10,ddim:25,ddim:50,dpm_solver_pp_2m:5,dpm_solver_pp_2m:8,"
+        "dpm_solver_pp_2m:10,dpm_solver_pp_2m:15,dpm_solver_pp_2m:25,dpm_solver_pp_3m:5,"
+        "dpm_solver_pp_3m:8,dpm_solver_pp_3m:10,dpm_solver_pp_3m:15"
+    )
+    # Classifier-free guidance scales: 0 and 1 cost one denoiser pass per step, others two.
+    config.sampler_sweep.guidance_scales = "1,2"
+    # The first training identities, each conditioned on the conditioning encoder's embedding of
+    # its first real photo (as --mode=evaluate_samples), and the samples drawn of each; the
+    # Frechet distance is to their first evaluate.real_images_per_identity real images.
+    config.sampler_sweep.identities = 64
+    config.sampler_sweep.samples_per_identity = 4
+    # The reference setting, "sampler:steps@guidance" (measured even when `settings` lacks it).
+    config.sampler_sweep.reference = "ddim:50@1"
+    # x_T comes from the first seed for every setting; the reference is also drawn from the
+    # others, and each measure's spread over them is its noise estimate.
+    config.sampler_sweep.noise_seeds = (0, 1)
+    # "sampler:steps@guidance" settings whose generated dataset (the workdir's generation with
+    # only the sampler changed) trains a synthetic recogniser, verified against the workdir's
+    # real one ("": none; each costs a generation and a recogniser).
+    config.sampler_sweep.ratio_settings = "ddim:50@1,dpm_solver_pp_2m:15@1,dpm_solver_pp_2m:8@1"
+    # The verification set of their ratio; empty: the validation@N entry of
+    # evaluate.verification_sets.
+    config.sampler_sweep.ratio_set = ""
+    config.sampler_sweep.out_dir = ""  # sampler_sweep.json and .png; empty: WORKDIR/sampler_sweep
 
     # Device mesh: `data` shards the batch, `fsdp` shards parameters too.
     config.mesh = ml_collections.ConfigDict()

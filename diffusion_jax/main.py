@@ -19,6 +19,12 @@ Modes (one module each in `diffusion_jax.apps`, whose docstring says what it rea
   scaling_sweep     the scaling curve: synthetic recognisers on 1x, 2x, 4x... the real identities
                     (config.sweep), from a workdir whose pipeline ran up to its recognisers, into
                     DIR/sweep (or config.sweep.out_dir): scaling.json and scaling.png
+  sampler_sweep     denoiser passes against quality: the same identities from the same noise
+                    under each sampler setting (config.sampler_sweep), graded by the judge, and
+                    for a few settings a generated dataset's recogniser against the real one,
+                    from a workdir whose pipeline ran up to its recognisers, into
+                    DIR/sampler_sweep (or config.sampler_sweep.out_dir): sampler_sweep.json and
+                    sampler_sweep.png
 
 A mode that needs another stage's outputs (the diffusion model needs the encoder, generation needs
 the diffusion model and the judge) says which command makes them when they are missing; it never
@@ -56,6 +62,7 @@ from diffusion_jax.apps import (
     generate,
     pipeline,
     sample,
+    sampler_sweep,
     scaling_sweep,
     train,
     train_autoencoder,
@@ -89,6 +96,7 @@ MODES = {
     "train_recognizer": train_recognizer.run,
     "evaluate": evaluate.run,
     "scaling_sweep": scaling_sweep.run,
+    "sampler_sweep": sampler_sweep.run,
 }
 flags.DEFINE_enum("mode", "pipeline", list(MODES), "What to run.")
 # Generation workers, and the validation of what they wrote, share a workdir by design; every

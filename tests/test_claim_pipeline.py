@@ -4,7 +4,8 @@ between them and the one that finishes first waits for the other's shards, the r
 section with finite numbers, a pipeline interrupted between stages skips, when restarted, the
 stages it had completed (checked by their outputs' modification times), and a config that
 differs from a completed stage's is refused, naming the changed keys, before anything runs. The
-scaling sweep (`--mode=scaling_sweep`) runs from the same trained workdir."""
+scaling sweep (`--mode=scaling_sweep`) and the sampler sweep (`--mode=sampler_sweep`) run from
+the same trained workdir."""
 
 import collections
 import json
@@ -373,6 +374,123 @@ def test_the_scaling_sweep_trains_each_prefix_once_against_the_real_recognizer(
     shutil.rmtree(os.path.join(workdir, "recognizers", "real"))
     with pytest.raises(stages.MissingStageOutput, match="--mode=pipeline --stages=recognizers"):
         MODES["scaling_sweep"](config, workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_sampler_sweep_grades_every_setting_from_the_same_noise(
+    pipeline_run, prepared_data_dir, tmp_path
+):
+    from diffusion_jax.main import MODES
+    from diffusion_jax.tasks.evaluation.sampler_comparison import QUALITY_METRICS
+    from diffusion_jax.tasks.recognition import encoder_store
+    from tests.helpers import tiny_config
+
+    workdir = str(tmp_path / "run")  # a copy: the sweep writes WORKDIR/sampler_sweep
+    shutil.copytree(pipeline_run, workdir)
+    config = tiny_config(prepared_data_dir)
+    config.update_from_flattened_dict(OVERRIDES)
+    config.encoder.train.checkpoint_every_steps = 100  # neutral: one save per recogniser
+    out_dir = tmp_path / "sampler_sweep"
+    config.sampler_sweep.update(
+        # DPM-Solver++(2M) with 2 steps takes two first-order steps, which are DDIM's (eta 0):
+        # the same images, and so the same measures, only if both start from the same x_T. The
+        # reference (guided, not in `settings`: added) costs 2 x 2 passes.
+        settings="ddim:2,dpm_solver_pp_2m:2",
+        guidance_scales="1",
+        reference="ddim:2@2",
+        noise_seeds=(0, 1),
+        identities=4,
+        samples_per_identity=2,
+        # The workdir's sampler (dpm_solver_pp_2m:4@2) without guidance.
+        ratio_settings="dpm_solver_pp_2m:4@1",
+        ratio_set="heldout",
+        out_dir=str(out_dir),
+    )
+    real = os.path.join(workdir, "recognizers", "real", "encoder", "model", "encoder.json")
+    real_written = os.stat(real).st_mtime_ns
+    results = MODES["sampler_sweep"](config, workdir)
+
+    with open(out_dir / "sampler_sweep.json") as file:
+        assert json.load(file) == results
+    assert os.path.getsize(out_dir / "sampler_sweep.png") > 1000
+    assert {"commit", "machine", "command", "config_overrides", "headline", "noise"} <= set(results)
+    settings = {s["label"]: s for s in results["settings"]}
+    assert list(settings) == ["ddim:2@1", "dpm_solver_pp_2m:2@1", "ddim:2@2"]
+    for setting in settings.values():
+        guided = setting["guidance_scale"] not in (0, 1)
+        assert setting["passes_per_image"] == setting["num_steps"] * (2 if guided else 1)
+        assert set(QUALITY_METRICS) | {"sampling_seconds", "judge_real_genuine_mean"} <= set(
+            setting["metrics"]
+        )
+        assert all(math.isfinite(value) for value in setting["metrics"].values())
+        assert setting["metrics"]["sampling_seconds"] > 0 and setting["measured_in_this_run"]
+    assert [s["passes_per_image"] for s in settings.values()] == [2, 2, 4]
+    assert settings["ddim:2@2"]["reference"] and not settings["ddim:2@1"]["reference"]
+    ddim, dpm = settings["ddim:2@1"]["metrics"], settings["dpm_solver_pp_2m:2@1"]["metrics"]
+    for metric in QUALITY_METRICS:
+        assert dpm[metric] == pytest.approx(ddim[metric], rel=1e-5, abs=1e-6), metric
+    assert ddim["judge_diversity"] > 0.01  # the samples depend on x_T: the agreement is not free
+    # The noise block: the reference at both seeds, whose x_T differ and so do the measures.
+    noise = results["noise"]
+    assert (noise["setting"], noise["seeds"]) == ("ddim:2@2", [0, 1])
+    for metric, (first, second) in noise["per_seed"].items():
+        assert first == settings["ddim:2@2"]["metrics"][metric]
+        assert noise["spread"][metric] == pytest.approx(abs(first - second))
+    assert noise["spread"]["judge_frechet_distance"] > 1e-4
+    assert all(settings["ddim:2@2"]["within_reference_noise"].values())
+
+    # The ratio setting: the workdir's generation with only the sampler changed, its own
+    # synthetic recogniser, and the workdir's real one verified as it is.
+    assert os.stat(real).st_mtime_ns == real_written
+    (ratio,) = results["ratio"]
+    generated = os.path.join(workdir, "sampler_sweep", "generated", "dpm_solver_pp_2m_4_g1")
+    assert ratio["generation"]["out_dir"] == generated
+    with open(os.path.join(generated, "manifest.json")) as file:
+        plan = json.load(file)["plan"]
+    with open(os.path.join(workdir, "generated", "manifest.json")) as file:
+        workdir_plan = json.load(file)["plan"]
+    assert plan["sample"] == {**workdir_plan["sample"], "guidance_scale": 1.0}
+    assert {k: v for k, v in plan.items() if k != "sample"} == {
+        k: v for k, v in workdir_plan.items() if k != "sample"
+    }
+    np.testing.assert_array_equal(
+        np.load(os.path.join(generated, "identities.npy")),
+        np.load(os.path.join(workdir, "generated", "identities.npy")),
+    )
+    assert 0 < ratio["generation"]["images"] <= ratio["generation"]["judged_images"]
+    assert ratio["generation"]["seconds"] > 0
+    provenance = encoder_store.read_description(ratio["recognizer"])["provenance"]
+    assert provenance["seed"] == config.recognizer.seed
+    assert provenance["step"] == ratio["recognizer_steps"] == config.recognizer.num_steps
+    verification = results["verification"]
+    assert ratio["real_accuracy"] == verification["real"]["heldout"]["accuracy_mean"]
+    synthetic = verification["dpm_solver_pp_2m_4_g1"]["heldout"]["accuracy_mean"]
+    assert ratio["synthetic_accuracy"] == synthetic
+    expected = (
+        None
+        if ratio["real_accuracy"] == 0.5
+        else pytest.approx((synthetic - 0.5) / (ratio["real_accuracy"] - 0.5))
+    )
+    assert ratio["ratio_above_chance"] == expected
+
+    # A rerun measures, generates and trains nothing again, and gives the same numbers.
+    records = os.path.join(workdir, "sampler_sweep", "quality")
+    outputs = [os.path.join(records, name) for name in sorted(os.listdir(records))] + [
+        os.path.join(generated, "manifest.json"),
+        os.path.join(ratio["recognizer"], "encoder.json"),
+    ]
+    assert len(outputs) == 6  # 3 settings, the reference's second seed, dataset, recogniser
+    written_at = [os.stat(path).st_mtime_ns for path in outputs]
+    again = MODES["sampler_sweep"](config, workdir)
+    assert [os.stat(path).st_mtime_ns for path in outputs] == written_at
+    assert not any(s["measured_in_this_run"] for s in again["settings"])
+    assert not again["ratio"][0]["trained_in_this_run"]
+    assert [s["metrics"] for s in again["settings"]] == [s["metrics"] for s in results["settings"]]
+    assert (
+        again["noise"] == results["noise"]
+        and again["ratio"][0]["generation"] == (ratio["generation"])
+    )
 
 
 def test_a_changed_config_is_refused_naming_the_keys_before_any_stage_runs(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from diffusion_jax.apps import config_checks
+from diffusion_jax.core.diffusion import samplers
 from tests.helpers import REPO_ROOT, config_argument, load_config
 
 # The presets of configs/faces.py, and "test": the unit tests' config, tests/configs/unit.py.
@@ -90,6 +91,26 @@ def test_inconsistent_values_are_refused_naming_the_field(field, value, message)
     with pytest.raises(config_checks.ConfigError) as error:
         config_checks.validate(config)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("sampler", sorted(samplers.SAMPLERS))
+def test_every_registered_sampler_is_accepted_with_style_from_real_images(sampler):
+    """generate.style_source="real" starts the sampler part-way: every registered sampler takes
+    `strength`, so every one is accepted; one without it is refused."""
+    config = load_config("test")
+    config.sample.sampler = sampler
+    config.generate.style_source = "real"
+    config_checks.validate(config)
+
+
+def test_a_sampler_that_cannot_start_part_way_is_refused_with_style(monkeypatch):
+    monkeypatch.setitem(samplers.SAMPLERS, "euler", lambda eps_fn, schedule, x_T, rng: x_T)
+    config = load_config("test")
+    config.sample.sampler = "euler"
+    config_checks.validate(config)  # a sampler without `strength` is fine without style
+    config.generate.style_source = "real"
+    with pytest.raises(config_checks.ConfigError, match="config.sample.sampler.*cannot start"):
+        config_checks.validate(config)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The PyTorch twin's samplers (`diffusion_jax.torch_twins.unet.make_sampler`) against the project's
 JAX sampler (`make_sample_fn`): the same weights and x_T give the same samples, for every sampler
-the twin has (the presets' DDIM at eta = 0 and DPM-Solver++(2M)) and every prediction type, with
+the twin has (DDIM at eta = 0, DPM-Solver++(2M) and (3M)) and every prediction type, with
 and without guidance and clipping. The twin gets its architecture, schedule and timesteps from
 `benchmarks/unet_throughput.py`'s `project_constants`, as the benchmark hands them over. Skips
 without torch."""
@@ -20,12 +20,16 @@ from tests.helpers import REPO_ROOT, load_config
 
 BATCH = 2
 
-# (sampler, prediction type, guidance scale, clip_x0): the demo preset's DPM-Solver++(2M) with
-# v-prediction unguided, base's guided DDIM with clipping, and the remaining prediction type.
+# (sampler, prediction type, guidance scale, clip_x0, steps): the demo preset's DPM-Solver++(2M)
+# with v-prediction unguided, base's guided DDIM with clipping, and the remaining prediction type;
+# DPM-Solver++(3M) with 6 steps (orders 1, 2, 3, 3, 2, 1: with 4 steps or fewer it is 2M) and
+# 16 (1, 2, 3, ..., 3, 1: from 15 steps on, the step before the last is third order too).
 CASES = [
-    ("dpm_solver_pp_2m", "v", 1.0, False),
-    ("ddim", "eps", 2.0, True),
-    ("dpm_solver_pp_2m", "x0", 2.0, True),
+    ("dpm_solver_pp_2m", "v", 1.0, False, 4),
+    ("ddim", "eps", 2.0, True, 4),
+    ("dpm_solver_pp_2m", "x0", 2.0, True, 4),
+    ("dpm_solver_pp_3m", "v", 1.0, False, 6),
+    ("dpm_solver_pp_3m", "eps", 2.0, True, 16),
 ]
 
 
@@ -38,12 +42,14 @@ def unet_throughput():
         sys.path.remove(f"{REPO_ROOT}/benchmarks")
 
 
-def _config(sampler: str, prediction_type: str, guidance_scale: float, clip_x0: bool):
-    """The unit tests' tiny pixel-space UNet (32x32, space-to-depth stem), 4 sampler steps."""
+def _config(
+    sampler: str, prediction_type: str, guidance_scale: float, clip_x0: bool, num_steps: int
+):
+    """The unit tests' tiny pixel-space UNet (32x32, space-to-depth stem), `num_steps` steps."""
     config = load_config("test")
     config.sample.sampler = sampler
     config.sample.eta = 0.0
-    config.sample.num_steps = 4
+    config.sample.num_steps = num_steps
     config.sample.guidance_scale = guidance_scale
     config.sample.clip_x0 = clip_x0
     config.diffusion.prediction_type = prediction_type
@@ -63,14 +69,16 @@ def network():
     return graphdef, params, flat
 
 
-@pytest.mark.parametrize(("sampler", "prediction_type", "guidance_scale", "clip_x0"), CASES)
+@pytest.mark.parametrize(
+    ("sampler", "prediction_type", "guidance_scale", "clip_x0", "num_steps"), CASES
+)
 def test_twin_sampler_matches_the_jax_sampler(
-    unet_throughput, network, sampler, prediction_type, guidance_scale, clip_x0
+    unet_throughput, network, sampler, prediction_type, guidance_scale, clip_x0, num_steps
 ):
     torch = pytest.importorskip("torch")
     from diffusion_jax.torch_twins import unet as torch_unet
 
-    config = _config(sampler, prediction_type, guidance_scale, clip_x0)
+    config = _config(sampler, prediction_type, guidance_scale, clip_x0, num_steps)
     constants = unet_throughput.project_constants(config)
     graphdef, params, flat_params = network
     schedule = schedule_from_config(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
@@ -95,7 +103,7 @@ def test_twin_sampler_matches_the_jax_sampler(
     )
     assert sample.sampler == sampler and sampler in unet_throughput.TWIN_SAMPLERS
     assert set(unet_throughput.TWIN_SAMPLERS) == set(torch_unet.SAMPLERS)
-    assert len(constants["timesteps"]) == 4 and constants["timesteps"][0] == 99
+    assert len(constants["timesteps"]) == num_steps and constants["timesteps"][0] == 99
     assert np.abs(jax_samples).max() > 0.1  # not a degenerate sample
     np.testing.assert_allclose(
         torch_samples.permute(0, 2, 3, 1).numpy(), jax_samples, atol=2e-4, rtol=1e-3
@@ -106,7 +114,7 @@ def test_twin_refuses_samplers_it_cannot_reproduce():
     torch = pytest.importorskip("torch")
     from diffusion_jax.torch_twins import unet as torch_unet
 
-    config = _config("ddim", "eps", 1.0, False)
+    config = _config("ddim", "eps", 1.0, False, 4)
     twin = torch_unet.TorchUNet(
         image_size=8, base_channels=8, channel_mults=(1,), num_res_blocks=1,
         attention_resolutions=(), head_channels=8, cond_dim=4, num_groups=4,

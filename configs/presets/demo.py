@@ -77,18 +77,26 @@ def apply(config: ml_collections.ConfigDict) -> None:
     config.train.checkpoint_every_steps = 250
     config.train.figures_every_steps = 0  # figures only at the end
 
-    # DPM-Solver++(2M) for the figures and the generated dataset, without guidance (scale 1: one
-    # conditional UNet pass per step): at this budget the synthetic recogniser gained more from
-    # the diversity than from guidance's identity consistency (README, "The claim, end to end");
-    # benchmarks/generation_throughput.py measures the sampler's speed.
+    # DPM-Solver++(2M) at 10 steps for the figures and the generated dataset, without guidance
+    # (scale 1: one conditional UNet pass per step). Chosen by --mode=sampler_sweep on
+    # validation (docs/experiments/2026-12-06-samplers.md): the fewest passes whose identity
+    # consistency and Frechet distance are no worse than DDIM-50's beyond the noise, and whose
+    # recogniser ratio equals DDIM-50's (0.846; 15 steps 0.856, within the noise), for a fifth
+    # of DDIM-50's passes; it loses some diversity. At this budget the synthetic recogniser
+    # gained more from diversity than from guidance's identity consistency (README, "The claim,
+    # end to end").
     config.sample.sampler = "dpm_solver_pp_2m"
-    config.sample.num_steps = 15
+    config.sample.num_steps = 10
     config.sample.guidance_scale = 1.0
     config.sample.identities = (0, 1, 2, 3, 4, 5)
     config.sample.samples_per_identity = 6
 
-    config.generate.num_identities = 200  # as many as the real training identities
-    config.generate.images_per_identity = 10
+    # As many identities and images per identity as the real training set (200 x 20). Chosen on
+    # validation: with 10 images each the synthetic recogniser reached 0.841 of the real one's
+    # accuracy above chance, with 20 0.891, for 1.3 more minutes of generation
+    # (docs/experiments/2026-12-06-scaling; docs/experiments/2026-12-06-samplers.md).
+    config.generate.num_identities = 200
+    config.generate.images_per_identity = 20
     config.generate.identities_per_shard = 25
     # Identities where the encoder's real faces lie (a Gaussian fitted to the training identities'
     # centres), each further from every training identity and every other new one than most
@@ -103,7 +111,7 @@ def apply(config: ml_collections.ConfigDict) -> None:
     # photo (0.838 under the demo's judge: docs/experiments/2026-12-06-validation-levers.md).
     config.generate.max_training_image_similarity = 0.84
 
-    config.recognizer.num_steps = 500  # both recognisers: 16 epochs of 200 x 10 images
+    config.recognizer.num_steps = 500  # both recognisers: 8 epochs of 200 x 20 images
     # Both recognisers' images are shifted and colour-jittered; the jitter because the generated
     # faces vary less in brightness, contrast and saturation than real photos (README, "The
     # claim, end to end").

@@ -55,42 +55,35 @@ budget of the workdir's recognisers, so larger sets are seen fewer times each.
 """
 
 import dataclasses
-import datetime
-import shlex
-import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
-import jax
 import matplotlib.pyplot as plt
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
-from diffusion_jax import benchmark_record
-from diffusion_jax.apps.pipeline import check_stage_configs, stage_configs
-from diffusion_jax.core import parallel, paths, stages
+from diffusion_jax.apps.sweeps import (
+    REAL,
+    against_real,
+    check_workdir,
+    generate_once,
+    recognizer_steps,
+    run_record,
+    text_table,
+    train_synthetic_recognizers,
+    verification_json,
+    write_results,
+)
+from diffusion_jax.core import parallel
 from diffusion_jax.core.bad_input import BadInputError
-from diffusion_jax.core.figures import save_figure
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.evaluation.claim_report import claim_of
 from diffusion_jax.tasks.evaluation.recognizer_evaluation import verify_recognizers
 from diffusion_jax.tasks.evaluation.recognizer_training import (
     check_same_identities,
     generated_data_config,
     real_data_config,
-    train_recognizer,
 )
-from diffusion_jax.tasks.generation import manifest
-from diffusion_jax.tasks.generation.generation_job import generate_dataset
-from diffusion_jax.tasks.recognition import encoder_store
 
-# The stages whose outputs the sweep reads (the autoencoder's through the diffusion model).
-REQUIRED_STAGES = ("encoder", "judge", "autoencoder", "diffusion", "recognizers")
 RESULTS_FILE, FIGURE_FILE = "scaling.json", "scaling.png"
-REAL = "real"  # the workdir's real-trained recogniser (WORKDIR/recognizers/real)
 # The config.generate fields the sweep's generation sets (`generation_config`), besides output_dir.
 SWEEP_GENERATE_FIELDS = ("num_identities", "images_per_identity", "candidates_per_identity")
 
@@ -178,73 +171,31 @@ def point_config(config: ml_collections.ConfigDict, point: SweepPoint) -> ml_col
     return cut
 
 
-def _timed(cost_path: paths.Path, work: Callable[[], Any]) -> tuple[Any, float]:
-    """(what `work` returns, its wall seconds added to those already in `cost_path`); the sum is
-    written back even when `work` is interrupted (a preemption), so resumed work is counted
-    whole. Process 0 writes it."""
-    before = (paths.read_json_if_exists(cost_path) or {}).get("seconds", 0.0)
-    started = time.perf_counter()
-    try:
-        result = work()
-    finally:
-        total = before + time.perf_counter() - started
-        if jax.process_index() == 0:
-            paths.write_json_atomically(cost_path, {"seconds": total})
-    return result, total
-
-
-def _recorded_seconds(cost_path: paths.Path) -> float | None:
-    return (paths.read_json_if_exists(cost_path) or {}).get("seconds")
-
-
 def _generate(
     config: ml_collections.ConfigDict, workdir: str, layout: RunLayout, points: list[SweepPoint]
 ) -> dict:
     """Generates the sweep's dataset unless it is complete; returns its size and cost."""
     generation = generation_config(config, layout, points)
-    manifest_path = layout.sweep.generated / manifest.MANIFEST_FILE
-    existing = paths.read_json_if_exists(manifest_path)
-    if existing is None:
-        logging.info(
-            "Scaling sweep: generating %d identities x %d images into %s.",
-            generation.generate.num_identities,
-            generation.generate.images_per_identity,
-            layout.sweep.generated,
-        )
-        summary, seconds = _timed(
-            layout.sweep_cost("generation"), lambda: generate_dataset(generation, workdir)
-        )
-        if not summary["dataset_complete"]:
-            raise RuntimeError(
-                f"The sweep's dataset in {layout.sweep.generated} is not complete yet (other "
-                "workers' shards are missing); run the sweep again once they are written."
-            )
-        existing = paths.read_json(manifest_path)
-    else:
-        # The rest of config.generate is the workdir's generate stage's (check_stage_configs).
-        planned = existing["plan"]["generate"]
-        differing = [
-            f"generate.{key}: {planned.get(key)!r} there, {generation.generate[key]!r} here"
-            for key in SWEEP_GENERATE_FIELDS
-            if planned.get(key) != generation.generate[key]
-        ]
-        if differing:
-            raise ValueError(
-                f"{layout.sweep.generated} holds a dataset of other sizes ({'; '.join(differing)})"
-                f"; delete {layout.sweep.root} to sweep anew, or restore the config.sweep values "
-                "it was made with."
-            )
-        seconds = _recorded_seconds(layout.sweep_cost("generation"))
-        logging.info("Scaling sweep: the dataset in %s is complete.", layout.sweep.generated)
-    counts = existing["counts"]
+    logging.info(
+        "Scaling sweep: the dataset of %d identities x %d images in %s.",
+        generation.generate.num_identities,
+        generation.generate.images_per_identity,
+        layout.sweep.generated,
+    )
+    generated = generate_once(
+        generation,
+        workdir,
+        layout.sweep.cost("generation"),
+        tuple(f"generate.{key}" for key in SWEEP_GENERATE_FIELDS),
+        f"delete {layout.sweep.root} to sweep anew, or restore the config.sweep values it was "
+        "made with.",
+        differing_in="sizes",
+    )
     return {
-        "out_dir": str(layout.sweep.generated),
         "identities": generation.generate.num_identities,
         "images_per_identity": generation.generate.images_per_identity,
         "candidates_per_identity": generation.generate.candidates_per_identity,
-        "images": counts["images"],  # kept: what the recognisers can train on
-        "judged_images": counts["judged_images"],  # drawn, redraws included
-        "seconds": seconds,
+        **generated,  # out_dir, kept and judged images, seconds
     }
 
 
@@ -253,51 +204,19 @@ def _train_points(
 ) -> dict[str, dict]:
     """{point: {"recognizer", "images", "seconds", "trained_now"}}: each point's synthetic
     recogniser, trained unless complete."""
-    # Decided for every point before any is written, so that all processes agree.
-    complete = {
-        point.name: encoder_store.is_complete(layout.sweep.recognizer(point.name).export_dir)
-        for point in points
-    }
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("scaling_sweep: points read")
-    trained = {}
+    runs = {}
     for point in points:
         cut = point_config(config, point)
         data = generated_data_config(cut, str(layout.sweep.generated))
         check_same_identities(cut, {"synthetic": data})
-        cost_path = layout.sweep_cost(point.name)
-        if complete[point.name]:
-            export, seconds = (
-                str(layout.sweep.recognizer(point.name).export_dir),
-                _recorded_seconds(cost_path),
-            )
-            logging.info("Scaling sweep: point %s is complete, not retrained.", point.name)
-        else:
-            logging.info("Scaling sweep: training the recogniser of point %s.", point.name)
-            export, seconds = _timed(
-                cost_path,
-                lambda cut=cut, data=data, point=point: train_recognizer(
-                    cut, str(layout.sweep.root), point.name, data
-                ),
-            )
-        trained[point.name] = {
-            "recognizer": export,
-            "images": len(input_pipeline.training_records(data)),
-            "seconds": seconds,
-            "trained_now": not complete[point.name],
-        }
-    return trained
-
-
-def _steps(export_dir: str) -> int:
-    return int(encoder_store.read_description(export_dir)["provenance"]["step"])
+        runs[point.name] = (cut, data)
+    return train_synthetic_recognizers(layout.sweep, runs)
 
 
 def _point_result(
     point: SweepPoint,
     trained: dict,
-    claim: dict[str, dict],
-    verification: dict,
+    per_set: dict[str, dict],
     generation: dict,
 ) -> dict:
     share = (
@@ -305,16 +224,6 @@ def _point_result(
         if generation["seconds"] is not None and generation["images"]
         else None
     )
-    per_set = {}
-    for set_name, result in verification[point.name].items():
-        real = verification[REAL][set_name]
-        per_set[set_name] = {
-            "real_accuracy": real.accuracy_mean,
-            "real_accuracy_std": real.accuracy_std,
-            "synthetic_accuracy": result.accuracy_mean,
-            "synthetic_accuracy_std": result.accuracy_std,
-            **claim[set_name],
-        }
     seconds = trained["seconds"]
     return {
         "name": point.name,
@@ -329,7 +238,7 @@ def _point_result(
             "recognizer_seconds": seconds,
             "generation_share_seconds": share,
             "seconds": None if seconds is None or share is None else seconds + share,
-            "recognizer_steps": _steps(trained["recognizer"]),
+            "recognizer_steps": recognizer_steps(trained["recognizer"]),
             "images": trained["images"],
         },
     }
@@ -440,34 +349,13 @@ def table(results: dict) -> str:
                 "n/a" if cost["seconds"] is None else f"{cost['seconds']:.0f}",
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
-
-
-def _command_line() -> dict:
-    """The command, and its config file and overrides as typed."""
-    arguments = sys.argv[1:]
-    return {
-        "command": shlex.join(sys.argv),
-        "config_file": next(
-            (a.split("=", 1)[1] for a in arguments if a.startswith("--config=")), None
-        ),
-        "config_overrides": [a for a in arguments if a.startswith(("--config.", "--noconfig."))],
-    }
+    return text_table(rows)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=scaling_sweep (module docstring); returns the results written to scaling.json."""
-    layout = RunLayout.from_config(workdir, config)
+    layout = check_workdir(config, workdir)
     workdir = str(layout.root)
-    for stage in REQUIRED_STAGES:
-        stages.require(layout, config, stage)
-    # The workdir's stages must have been run with this config: the recipe and the real
-    # recogniser the sweep compares against are theirs.
-    configs = stage_configs(config)
-    check_stage_configs(
-        workdir, {name: configs[name] for name in stages.requirements("recognizers")}
-    )
     verified = verification_config(config)
     input_pipeline.ensure_prepared(config.data)
     real_data = real_data_config(config)
@@ -486,16 +374,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     recognizers = {REAL: real_export} | {name: t["recognizer"] for name, t in trained.items()}
     verification = verify_recognizers(verified, recognizers, parallel.make_mesh(config.mesh))
 
-    seed = config.recognizer.seed
     results_points = [
         _point_result(
             point,
             trained[point.name],
-            claim_of(
-                {REAL: verification[REAL], point.name: verification[point.name]},
-                {seed: (REAL, point.name)},
-            ),
-            verification,
+            against_real(verification, point.name, config.recognizer.seed),
             generation,
         )
         for point in points
@@ -503,10 +386,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report_set = config.sweep.report_set
     real_images_per_identity = real_data.max_images_per_identity
     results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": benchmark_record.git_commit(),
-        "machine": benchmark_record.machine_info(),
-        **_command_line(),
+        **run_record(),
         "workdir": workdir,
         "report_set": report_set,
         "headline": headline(results_points, report_set),
@@ -517,14 +397,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if real_images_per_identity > 0
             else None,
             "images": len(input_pipeline.training_records(real_data)),
-            "steps": _steps(real_export),
+            "steps": recognizer_steps(real_export),
         },
         "generation": generation,
         "points": results_points,
-        "verification": {
-            name: {set_name: result.to_json() for set_name, result in per_set.items()}
-            for name, per_set in verification.items()
-        },
+        "verification": verification_json(verification),
         "config": {
             "sweep": config.sweep.to_dict(),
             "recognizer": config.recognizer.to_dict(),
@@ -532,16 +409,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "generate_seed": config.generate.seed,
         },
     }
-    results = manifest.as_json(results)
-    out_dir = paths.resolve(config.sweep.out_dir) if config.sweep.out_dir else layout.sweep.root
     logging.info("Scaling sweep on %s:\n%s", report_set, table(results))
     logging.info("Scaling sweep: %s", results["headline"]["answer"])
-    if jax.process_index() == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths.write_json_atomically(out_dir / RESULTS_FILE, results)
-    save_figure(scaling_figure(results), out_dir / FIGURE_FILE)  # written by process 0
-    logging.info("Scaling sweep written to %s.", out_dir)
-    return results
+    return write_results(
+        results,
+        config.sweep.out_dir,
+        layout.sweep.root,
+        (RESULTS_FILE, FIGURE_FILE),
+        scaling_figure,
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

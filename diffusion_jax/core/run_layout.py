@@ -21,6 +21,12 @@ path under a workdir themselves.
         recognizers/<point>/encoder/   a point's synthetic recogniser; model/ its export
         costs/<name>.json      wall seconds spent on the generation and on each recogniser
         scaling.json scaling.png       the results (unless config.sweep.out_dir is set)
+      sampler_sweep/           --mode=sampler_sweep, laid out as a workdir of its own:
+        quality/<setting>_seed<S>.json  a sampler setting's sample-quality measures
+        generated/<setting>/   a ratio setting's generated dataset
+        recognizers/<setting>/encoder/ its synthetic recogniser; model/ its export
+        costs/<name>.json      wall seconds spent on each generation and recogniser
+        sampler_sweep.json sampler_sweep.png  the results (unless config.sampler_sweep.out_dir)
       cache/                   values derived from the data, reused across stages
       workdir.lock             the lock of the run using the workdir (core.workdir_lock)
 
@@ -139,7 +145,23 @@ class RunLayout:
     def sweep_cost(self, name: str) -> paths.Path:
         """The wall seconds `--mode=scaling_sweep` spent on `name` ("generation" or a point's
         recogniser), summed over the runs that worked on it."""
-        return self.root / "sweep" / "costs" / f"{name}.json"
+        return self.sweep.cost(name)
+
+    @property
+    def sampler_sweep(self) -> "RunLayout":
+        """`--mode=sampler_sweep`'s directory, WORKDIR/sampler_sweep, laid out as a workdir: its
+        `recognizer(setting)`s, `quality(setting)` and `cost(name)` records; a ratio setting's
+        dataset is `generated / setting`."""
+        return RunLayout(self.root / "sampler_sweep")
+
+    def cost(self, name: str) -> paths.Path:
+        """In a sweep's layout: the wall seconds spent on `name`, summed over the runs that
+        worked on it."""
+        return self.root / "costs" / f"{name}.json"
+
+    def quality(self, setting: str) -> paths.Path:
+        """In the sampler sweep's layout: the sample-quality measures of a sampler setting."""
+        return self.root / "quality" / f"{setting}.json"
 
     def stage_record(self, stage: str) -> paths.Path:
         return self.root / "pipeline" / f"{stage}.json"

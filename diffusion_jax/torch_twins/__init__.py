@@ -3,8 +3,8 @@
 Each twin has the module and parameter names of the network's published PyTorch layout (or, for
 the UNet, of the JAX model), so weights copy across and both compute the same function:
 
-- `unet`: the denoiser `UNet`, with the work of the train step and of the samplers the presets
-  use, DDIM and DPM-Solver++(2M) (benchmarks/unet_throughput.py, tests/test_unet.py,
+- `unet`: the denoiser `UNet`, with the work of the train step and of the deterministic samplers,
+  DDIM and DPM-Solver++(2M) and (3M) (benchmarks/unet_throughput.py, tests/test_unet.py,
   tests/test_torch_twin_samplers.py).
 - `iresnet`: insightface arcface_torch's IResNet (benchmarks/encoder_throughput.py,
   tests/test_convert_arcface.py, tests/test_iresnet.py).

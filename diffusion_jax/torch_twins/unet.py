@@ -5,9 +5,9 @@ benchmarks measure JAX against.
 (NCHW instead of NHWC), so `load_jax_params` copies a JAX model's weights across and both compute
 the same function. `make_train_step` and `make_sampler` do per call the work of
 `diffusion_jax.core.training.step.make_train_step` and of
-`diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with every sampler the
-presets use (`SAMPLERS`: DDIM at eta = 0 and DPM-Solver++(2M)); given the same weights and x_T,
-`make_sampler` returns what the JAX sampler returns (tests/test_torch_twin_samplers.py).
+`diffusion_jax.tasks.conditional_diffusion.sample_functions.make_sample_fn` with the deterministic
+samplers (`SAMPLERS`: DDIM at eta = 0, DPM-Solver++(2M) and (3M)); given the same weights and
+x_T, `make_sampler` returns what the JAX sampler returns (tests/test_torch_twin_samplers.py).
 Used by benchmarks/unet_throughput.py and by the UNet tests; it needs the optional `torch` extra.
 """
 
@@ -339,8 +339,11 @@ def load_jax_params(
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PREDICTION_TYPES = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
-# The samplers `make_sampler` has: those the presets sample with (DDIM at eta = 0 only).
-SAMPLERS = ("ddim", "dpm_solver_pp_2m")
+# The samplers `make_sampler` has: the deterministic ones (DDIM at eta = 0 only).
+SAMPLERS = ("ddim", "dpm_solver_pp_2m", "dpm_solver_pp_3m")
+# DPM-Solver++(3M): with fewer steps, the step before the last is at most second order
+# (diffusers' lower_order_final; diffusion_jax.core.diffusion.samplers.LOWER_ORDER_FINAL_STEPS).
+LOWER_ORDER_FINAL_STEPS = 15
 
 
 def compute_precision(
@@ -465,6 +468,14 @@ def sampler_coefficients(
                           step), x_scale = sigma_next / sigma, data_scale = -alpha_next expm1(-h),
                           w = h / (2 h_prev) at the steps strictly between the first and the
                           last (second order), else 0 (first order).
+        dpm_solver_pp_3m  x_next = x_scale x + data_scale ((1 + w) x0_hat - w x0_hat_prev
+                          + w2 (x0_hat_prev - x0_hat_prev2)), x_scale and data_scale as 2M's;
+                          orders 1, 2, 3, ..., 3, 1, the step before the last at most 2 with
+                          fewer than LOWER_ORDER_FINAL_STEPS steps; at a third-order step, with
+                          E = expm1(-h), r0 = h_prev / h, r1 = h_prev2 / h,
+                          b1 = -(E / h + 1) / E, b2 = ((E + h) / h^2 - 1/2) / E,
+                          g = (b1 r0 + b2) / (r0 + r1), w = (b1 + g) / r0, w2 = -g / r1; at a
+                          second-order step w as 2M's and w2 = 0; at a first-order one both 0.
     """
     _check_choice("config.sample.sampler", sampler, SAMPLERS)
     device = alphas_cumprod.device
@@ -480,8 +491,14 @@ def sampler_coefficients(
         # lambda_next = log(1 / 0) = +inf after the last step, where expm1(-inf) = -1.
         step_sizes = (alphas_next.log() - sigmas_next.log()) - (alphas.log() - sigmas.log())
         previous_step_sizes = torch.cat([one, step_sizes[:-1]])
-        steps = torch.arange(len(timesteps), device=device)
-        second_order = (steps > 0) & (steps < len(timesteps) - 1)
+        num_steps = len(timesteps)
+        steps = torch.arange(num_steps, device=device)
+        max_order = 3 if sampler == "dpm_solver_pp_3m" else 2
+        orders = torch.clamp(steps + 1, max=max_order)
+        if num_steps < LOWER_ORDER_FINAL_STEPS:
+            orders = torch.where(steps == num_steps - 2, orders.clamp(max=2), orders)
+        orders = torch.where(steps == num_steps - 1, torch.ones_like(orders), orders)
+        second_order, third_order = orders == 2, orders == 3
         weights = torch.where(
             second_order,
             0.5 * step_sizes / torch.where(second_order, previous_step_sizes, one),
@@ -492,6 +509,20 @@ def sampler_coefficients(
             data_scale=-alphas_next * torch.expm1(-step_sizes),
             previous_weight=weights,
         )
+        if sampler == "dpm_solver_pp_3m":
+            # Where a step is not third order, divide by dummy ones: no inf or NaN.
+            second_previous_step_sizes = torch.cat([one, one, step_sizes[:-2]])[:num_steps]
+            h = torch.where(third_order, step_sizes, one)
+            r0 = torch.where(third_order, previous_step_sizes, one) / h
+            r1 = torch.where(third_order, second_previous_step_sizes, one) / h
+            expm1_h = torch.expm1(-h)
+            b1 = -(expm1_h / h + 1.0) / expm1_h
+            b2 = ((expm1_h + h) / h.square() - 0.5) / expm1_h
+            g = (b1 * r0 + b2) / (r0 + r1)
+            coefficients.update(
+                previous_weight=torch.where(third_order, (b1 + g) / r0, weights),
+                second_previous_weight=torch.where(third_order, -g / r1, torch.zeros_like(h)),
+            )
     return {name: value.float() for name, value in coefficients.items()}
 
 
@@ -515,6 +546,9 @@ def make_sampler(
                           noise from JAX's generator, which a twin cannot reproduce).
         dpm_solver_pp_2m  DPM-Solver++(2M) (Lu et al. 2022): multistep, in x0_hat, first order
                           at the first and the last step.
+        dpm_solver_pp_3m  DPM-Solver++(3M): multistep third order, first order at the first and
+                          the last step, second order at the second (and, below 15 steps, at the
+                          one before the last).
 
     At each step (eps_hat, x0_hat) follow from the guided output out_u + w (out_c - out_u) of one
     forward pass on [x_t; x_t] (conditions, then the null condition) by the prediction type
@@ -559,7 +593,7 @@ def make_sampler(
             x = torch.randn((batch_size,) + image_shape, device=device)
         else:
             x = x_T.to(device=device, dtype=torch.float32)
-        previous_x0 = torch.zeros_like(x)
+        previous_x0, second_previous_x0 = torch.zeros_like(x), torch.zeros_like(x)
         for step, t in enumerate(timesteps):
             t_batch = torch.full((batch_size,), int(t), device=device)
             with compute_precision(config, device):
@@ -574,8 +608,11 @@ def make_sampler(
             else:
                 weight = coefficients["previous_weight"][step]
                 data = (1.0 + weight) * x0 - weight * previous_x0
+                if sampler == "dpm_solver_pp_3m":
+                    weight2 = coefficients["second_previous_weight"][step]
+                    data = data + weight2 * (previous_x0 - second_previous_x0)
                 x = coefficients["x_scale"][step] * x + coefficients["data_scale"][step] * data
-                previous_x0 = x0
+                previous_x0, second_previous_x0 = x0, previous_x0
         return x
 
     sample.sampler = sampler  # what it samples with, for a benchmark's record

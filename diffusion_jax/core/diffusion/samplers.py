@@ -1,4 +1,4 @@
-"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M).
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM, DPM-Solver++(2M) and (3M).
 
 Every sampler drives a denoiser `eps_fn(x_t, t) -> eps_hat` (t int32 [B]) from x_T ~ N(0, I)
 to a sample x_0 with one `lax.scan` over its steps, and shares one signature:
@@ -29,8 +29,9 @@ itself (then "x_T" means x_{t_k}), or, given `start_x0`, x_T's noise added to it
 
 a draw of q(x_{t_k} | start_x0) whose eps is x_T. When no step runs, the sampler returns
 start_x0 (else x_T) unchanged. Step i keeps its index in the full sequence (its noise is
-fold_in(rng, i) whatever k), and DPM-Solver++'s first step run is first order. With s = 1 and no
-`start_x0` a sampler computes exactly what it computes without these options.
+fold_in(rng, i) whatever k), and DPM-Solver++'s first step run is first order (3M's second one
+second order). With s = 1 and no `start_x0` a sampler computes exactly what it computes without
+these options.
 """
 
 from collections.abc import Callable
@@ -375,41 +376,151 @@ def dpm_solver_pp_2m_sample(
     docstring).
     """
     del rng
+    return _dpm_solver_pp_multistep(
+        2,
+        eps_fn,
+        schedule,
+        x_T,
+        num_steps,
+        clip_x0,
+        return_trajectory,
+        timestep_spacing,
+        strength,
+        start_x0,
+    )
+
+
+# diffusers' lower_order_final: with fewer steps than this, the step before the last one is at
+# most second order (the last one is always first order: it steps to sigma = 0).
+LOWER_ORDER_FINAL_STEPS = 15
+
+
+def dpm_solver_pp_3m_sample(
+    eps_fn: EpsFn,
+    schedule: DiffusionSchedule,
+    x_T: jax.Array,
+    rng: jax.Array,
+    *,
+    num_steps: int | None = None,
+    clip_x0: bool = False,
+    return_trajectory: bool = False,
+    timestep_spacing: str = "trailing",
+    strength: float = 1.0,
+    start_x0: jax.Array | None = None,
+) -> SamplerOutput:
+    """DPM-Solver++(3M) (Lu et al. 2022, the multistep third-order solver in the data prediction
+    x0_hat; diffusers' `multistep_dpm_solver_third_order_update`) of the probability-flow ODE, on
+    respaced timesteps. `rng` is unused (the solver is deterministic).
+
+    With alpha, sigma, lambda, h_i and D_i as in `dpm_solver_pp_2m_sample`, a third-order step
+    from t_i to t_{i+1} uses D_i, D_{i-1}, D_{i-2}:
+
+        r0 = h_{i-1} / h_i,  r1 = h_{i-2} / h_i,
+        D1_0 = (D_i - D_{i-1}) / r0,  D1_1 = (D_{i-1} - D_{i-2}) / r1,
+        D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r0 + r1),
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (e^{-h_i} - 1) D_i
+                  + alpha_{i+1} ((e^{-h_i} - 1) / h_i + 1) D1
+                  - alpha_{i+1} ((e^{-h_i} - 1 + h_i) / h_i^2 - 1/2) D2.
+
+    It is computed as 2M's step, x_{i+1} = x_scale x_i + data_scale data with x_scale =
+    sigma_{i+1} / sigma_i, data_scale = -alpha_{i+1} (e^{-h_i} - 1) and, with E = e^{-h_i} - 1,
+
+        data = (1 + w1) D_i - w1 D_{i-1} + w2 (D_{i-1} - D_{i-2}),
+        b1 = -(E / h_i + 1) / E,  b2 = ((E + h_i) / h_i^2 - 1/2) / E,
+        g = (b1 r0 + b2) / (r0 + r1),  w1 = (b1 + g) / r0,  w2 = -g / r1
+
+    (data = D_i + b1 D1 + b2 D2 rearranged; b1 -> 1/2 and b2 -> 1/6 as h -> 0). A second-order
+    step is 2M's: w1 = 1 / (2 r0), w2 = 0; a first-order step has w1 = w2 = 0.
+
+    Orders, as diffusers' DPMSolverMultistepScheduler with solver_order=3, lower_order_final=True
+    and final_sigmas_type="zero": the first step run is first order, the second one second order,
+    the later ones third order, except that the last step (to abar = 1: sigma = 0, h = inf) is
+    first order and, when the sequence has fewer than `LOWER_ORDER_FINAL_STEPS` = 15 steps, the
+    one before it is at most second order. Hence with 4 steps or fewer it computes what
+    `dpm_solver_pp_2m_sample` computes. `strength` < 1 runs the last steps only, the first of
+    them first order and the second second order, from x_T or from `start_x0` noised (module
+    docstring); the 15-step rule counts the whole sequence (`num_steps`), as diffusers does.
+    """
+    del rng
+    return _dpm_solver_pp_multistep(
+        3,
+        eps_fn,
+        schedule,
+        x_T,
+        num_steps,
+        clip_x0,
+        return_trajectory,
+        timestep_spacing,
+        strength,
+        start_x0,
+    )
+
+
+def _dpm_solver_pp_multistep(
+    max_order: int,
+    eps_fn: EpsFn,
+    schedule: DiffusionSchedule,
+    x_T: jax.Array,
+    num_steps: int | None,
+    clip_x0: bool,
+    return_trajectory: bool,
+    timestep_spacing: str,
+    strength: float,
+    start_x0: jax.Array | None,
+) -> SamplerOutput:
+    """DPM-Solver++(2M) (`max_order` 2) or (3M) (3): the steps and orders of their docstrings.
+    The third-order term's weight is 0 on the steps of lower order, so 2M's arithmetic is its
+    own docstring's."""
     num_steps = _resolve_num_steps(num_steps, schedule)
     timesteps = sampling_timesteps(schedule.num_timesteps, num_steps, timestep_spacing)
     first_step, timesteps, x_T = _starting_point(schedule, timesteps, x_T, strength, start_x0)
     if not len(timesteps):
         return _no_step(x_T, return_trajectory)
-    num_steps = len(timesteps)
+    num_run = len(timesteps)
     alphas, sigmas, alphas_next, sigmas_next = _signal_and_noise_scales(schedule, timesteps)
     # lambda_next = log(1 / 0) = +inf after the last step, where e^{-h} = 0 keeps x finite.
     step_sizes = (jnp.log(alphas_next) - jnp.log(sigmas_next)) - (jnp.log(alphas) - jnp.log(sigmas))
-    previous_step_sizes = jnp.concatenate([jnp.ones((1,), jnp.float32), step_sizes[:-1]])
-    step_index = np.arange(num_steps)
-    is_second_order = jnp.asarray((step_index > 0) & (step_index < num_steps - 1))
-    # Where the step is first order, h may be infinite or h_{i-1} undefined: divide by a dummy 1.
-    previous_weight = jnp.where(
+    ones = jnp.ones((1,), jnp.float32)
+    previous_step_sizes = jnp.concatenate([ones, step_sizes[:-1]])
+    second_previous_step_sizes = jnp.concatenate([ones, ones, step_sizes[:-2]])[:num_run]
+    order = np.minimum(np.arange(num_run) + 1, max_order)  # 1, 2, 3, 3, ... from the first step
+    if max_order == 3 and num_run >= 2 and num_steps < LOWER_ORDER_FINAL_STEPS:
+        order[-2] = min(order[-2], 2)
+    order[-1] = 1  # the step to sigma = 0 (h = inf)
+    is_second_order, is_third_order = jnp.asarray(order == 2), jnp.asarray(order == 3)
+    # Where a coefficient is not used, h may be infinite or h_{i-1}, h_{i-2} undefined: divide by
+    # dummies, so that no NaN or inf arises.
+    second_order_weight = jnp.where(
         is_second_order,
         0.5 * step_sizes / jnp.where(is_second_order, previous_step_sizes, 1.0),
         0.0,
     )
+    h = jnp.where(is_third_order, step_sizes, 1.0)
+    r0 = jnp.where(is_third_order, previous_step_sizes, 1.0) / h
+    r1 = jnp.where(is_third_order, second_previous_step_sizes, 1.0) / h
+    expm1_h = jnp.expm1(-h)
+    b1 = -(expm1_h / h + 1.0) / expm1_h
+    b2 = ((expm1_h + h) / jnp.square(h) - 0.5) / expm1_h
+    g = (b1 * r0 + b2) / (r0 + r1)
     per_step_inputs = {
         "x_scale": sigmas_next / sigmas,
         "data_scale": -alphas_next * jnp.expm1(-step_sizes),
-        "previous_weight": previous_weight,
+        "previous_weight": jnp.where(is_third_order, (b1 + g) / r0, second_order_weight),
+        "second_previous_weight": jnp.where(is_third_order, -g / r1, 0.0),
     }
 
     def step(carry, inputs):
-        x, previous_x0 = carry
+        x, previous_x0, second_previous_x0 = carry
         _, x0 = _denoise(eps_fn, schedule, x, inputs["t"], clip_x0)
         weight = inputs["previous_weight"]
         data = (1.0 + weight) * x0 - weight * previous_x0
+        data = data + inputs["second_previous_weight"] * (previous_x0 - second_previous_x0)
         x_next = inputs["x_scale"] * x + inputs["data_scale"] * data
-        return (x_next, x0), (x_next, x0)
+        return (x_next, x0, previous_x0), (x_next, x0)
 
     return _run(
         step,
-        (x_T, jnp.zeros_like(x_T)),
+        (x_T, jnp.zeros_like(x_T), jnp.zeros_like(x_T)),
         per_step_inputs,
         timesteps,
         return_trajectory,
@@ -421,6 +532,7 @@ SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpm_solver_pp_2m": dpm_solver_pp_2m_sample,
+    "dpm_solver_pp_3m": dpm_solver_pp_3m_sample,
 }
 
 

@@ -1,6 +1,6 @@
 """Drawing images from a trained denoiser: jitted sampling and x_0 estimates.
 
-The sampler (DDPM, DDIM or DPM-Solver++(2M), chosen by `config.sample.sampler`) runs the whole
+The sampler (DDPM, DDIM, DPM-Solver++(2M) or (3M), chosen by `config.sample.sampler`) runs the whole
 reverse process inside one jitted `lax.scan`; classifier-free guidance evaluates the conditional
 and unconditional branches in one batched forward pass per step.
 """

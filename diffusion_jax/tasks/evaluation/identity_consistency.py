@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+import tqdm
 
 from diffusion_jax.tasks.recognition.embeddings import EmbeddingExtractor
 
@@ -47,18 +48,29 @@ def generate_for_conditions(
     samples_per_identity: int,
     rng: jax.Array,
     batch_size: int,
+    description: str = "Sampling",
 ) -> np.ndarray:
     """Samples [N, K, H, W, 3] in [-1, 1]: K images per condition row, in fixed-size batches
-    (the last one padded), batch b drawn from fold_in(rng, b). `sample_fn(cond, rng)`."""
+    (the last one padded), batch b drawn from fold_in(rng, b), with a progress bar.
+    `sample_fn(cond, rng)`. The same conditions, K, rng and batch size give each batch the same
+    key, so with `make_sample_fn` image k of row i starts from the same x_T whatever the sampler,
+    its steps or its guidance."""
     repeated = np.repeat(np.asarray(conditions, np.float32), samples_per_identity, axis=0)
     images = []
-    for index, start in enumerate(range(0, len(repeated), batch_size)):
+    starts = range(0, len(repeated), batch_size)
+    batches = tqdm.tqdm(starts, desc=description, unit="batch", disable=jax.process_index() > 0)
+    for index, start in enumerate(batches):
         chunk = repeated[start : start + batch_size]
         padded = np.zeros((batch_size, chunk.shape[1]), np.float32)
         padded[: len(chunk)] = chunk
         images.append(np.asarray(sample_fn(padded, jax.random.fold_in(rng, index)))[: len(chunk)])
     images = np.concatenate(images)
     return images.reshape((len(conditions), samples_per_identity) + images.shape[1:])
+
+
+def _check_identities(num_identities: int) -> None:
+    if num_identities < 2:
+        raise ValueError("identity consistency needs at least 2 identities (for the impostors)")
 
 
 def identity_consistency(
@@ -79,22 +91,37 @@ def identity_consistency(
             f"samples are of {num_identities} identities but there are {len(source_images)} "
             f"source images, {len(second_images)} second images and {len(conditions)} conditions"
         )
-    if num_identities < 2:
-        raise ValueError("identity consistency needs at least 2 identities (for the impostors)")
+    _check_identities(num_identities)
     flat_samples = samples.reshape((-1,) + samples.shape[2:])
     judged_samples = judge.embed_arrays(flat_samples, description="Judging samples")
-    judged_samples = judged_samples.reshape(num_identities, samples_per_identity, -1)
-    judged_sources = judge.embed_arrays(source_images, description="Judging sources")
-    judged_seconds = judge.embed_arrays(second_images, description="Judging second images")
+    self_graded = conditioning.embed_arrays(flat_samples, description="Self-grading samples")
+    return consistency_of_embeddings(
+        judged_samples.reshape(num_identities, samples_per_identity, -1),
+        judge.embed_arrays(source_images, description="Judging sources"),
+        judge.embed_arrays(second_images, description="Judging second images"),
+        self_graded.reshape(num_identities, samples_per_identity, -1),
+        conditions,
+    )
 
+
+def consistency_of_embeddings(
+    judged_samples: np.ndarray,
+    judged_sources: np.ndarray,
+    judged_seconds: np.ndarray,
+    self_graded: np.ndarray,
+    conditions: np.ndarray,
+) -> IdentityConsistency:
+    """`identity_consistency` from the embeddings: unit judge embeddings of the samples [N, K, D]
+    (J(x_ij)), of the sources [N, D] (J(r_i)) and of the second images [N, D] (J(r'_i)), and the
+    conditioning encoder's embeddings of the samples [N, K, D] (E(x_ij)) with the conditions
+    [N, D] (c_i)."""
+    num_identities, samples_per_identity = judged_samples.shape[:2]
+    _check_identities(num_identities)
     # similarity[i, j, k] = cos(J(x_ij), J(r_k))
     similarity = np.einsum("ijd,kd->ijk", judged_samples, judged_sources)
     own = similarity[np.arange(num_identities), :, np.arange(num_identities)]  # [N, K]
     others = ~np.eye(num_identities, dtype=bool)[:, None, :]  # [N, 1, N]
     rank1 = np.argmax(similarity, axis=-1) == np.arange(num_identities)[:, None]
-
-    self_graded = conditioning.embed_arrays(flat_samples, description="Self-grading samples")
-    self_graded = self_graded.reshape(num_identities, samples_per_identity, -1)
     return IdentityConsistency(
         num_identities=int(num_identities),
         samples_per_identity=int(samples_per_identity),

@@ -111,7 +111,7 @@ def machine_info() -> dict[str, Any]:
         "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
         "backend": jax.default_backend(),
-        # The XLA options this run compiled with (diffusion_jax.cpu_flags adds the project's).
+        # The XLA options this run compiled with (docs/benchmarks.md, "XLA's CPU options").
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 

@@ -6,8 +6,6 @@ import os
 
 import jax
 
-import diffusion_jax  # noqa: F401  (sets the project's XLA CPU options before JAX starts)
-
 _CACHE_DIR = os.environ.get(
     "DIFFUSION_JAX_TEST_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
 )

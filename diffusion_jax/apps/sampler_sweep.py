@@ -59,14 +59,16 @@ from diffusion_jax.apps.sweeps import (
     run_record,
     text_table,
     train_synthetic_recognizers,
-    verification_json,
     write_results,
 )
 from diffusion_jax.core import parallel, paths
 from diffusion_jax.core.bad_input import BadInputError
 from diffusion_jax.core.run_layout import RunLayout
 from diffusion_jax.tasks.data.sources import input_pipeline
-from diffusion_jax.tasks.evaluation.recognizer_evaluation import verify_recognizers
+from diffusion_jax.tasks.evaluation.recognizer_evaluation import (
+    verification_json,
+    verify_recognizers,
+)
 from diffusion_jax.tasks.evaluation.recognizer_training import (
     check_same_identities,
     generated_data_config,

@@ -201,14 +201,6 @@ def against_real(verification: dict, name: str, seed: int) -> dict[str, dict]:
     }
 
 
-def verification_json(verification: dict) -> dict:
-    """{recogniser: {set: result}} of `verify_recognizers` as JSON (as in report.json)."""
-    return {
-        name: {set_name: result.to_json() for set_name, result in per_set.items()}
-        for name, per_set in verification.items()
-    }
-
-
 def write_results(
     results: dict,
     out_dir: str,

@@ -43,7 +43,11 @@ from diffusion_jax.tasks.evaluation.identity_report import (
     identity_report,
     similarity_histogram_figure,
 )
-from diffusion_jax.tasks.evaluation.recognizer_evaluation import roc_of_all, verify_recognizers
+from diffusion_jax.tasks.evaluation.recognizer_evaluation import (
+    roc_of_all,
+    verification_json,
+    verify_recognizers,
+)
 from diffusion_jax.tasks.evaluation.recognizer_training import (
     claim_recognizer_name,
     real_data_config,
@@ -346,10 +350,7 @@ def write_claim_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "recognizers": recognizers,
         "judge_encoder": judge_dir,
         "claim": claim,
-        "verification": {
-            name: {set_name: result.to_json() for set_name, result in per_set.items()}
-            for name, per_set in verification.items()
-        },
+        "verification": verification_json(verification),
         "dataset": {
             "generated": generated_measures,
             "real": real_measures,

@@ -91,6 +91,14 @@ def roc_of_all(results: dict[str, dict[str, VerificationResult]]):
     )
 
 
+def verification_json(verification: dict) -> dict:
+    """{recogniser: {set: result}} of `verify_recognizers` as JSON (as in report.json)."""
+    return {
+        name: {set_name: result.to_json() for set_name, result in per_set.items()}
+        for name, per_set in verification.items()
+    }
+
+
 def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=evaluate (module docstring); returns the report's JSON."""
     if uses_heldout_identities(config.evaluate.verification_sets):
@@ -99,10 +107,7 @@ def evaluate_recognizers(config: ml_collections.ConfigDict, workdir: str) -> dic
     results = verify_recognizers(config, recognizers, parallel.make_mesh(config.mesh))
     report = {
         "recognizers": recognizers,
-        "verification": {
-            name: {set_name: result.to_json() for set_name, result in per_set.items()}
-            for name, per_set in results.items()
-        },
+        "verification": verification_json(results),
     }
     if jax.process_index() == 0:
         out_dir = RunLayout.from_config(workdir, config).evaluation

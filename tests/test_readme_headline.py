@@ -2,9 +2,9 @@
 
 README.md holds the headline result as a small Markdown table between the markers
 `<!-- headline-table` and `<!-- /headline-table -->`. Each row is one verification set of the
-committed report, docs/experiments/2026-12-06-demo-split/report.json, formatted as the report's
-own report.md formats it (`tasks/evaluation/claim_report.py`): accuracies in percent with two
-decimals, "mean ± std"; the gap in points with two decimals; the ratio (acc_syn - 50) /
+committed report, docs/experiments/2026-12-06-demo-fewer-passes/report.json, formatted as the
+report's own report.md formats it (`tasks/evaluation/claim_report.py`): accuracies in percent
+with two decimals, "mean ± std"; the gap in points with two decimals; the ratio (acc_syn - 50) /
 (acc_real - 50) with three; and the ratio's mean ± sample std over the recogniser seeds. A README
 edited by hand, or a report replaced without the README, fails here.
 """
@@ -17,7 +17,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-REPORT = REPO / "docs" / "experiments" / "2026-12-06-demo-split" / "report.json"
+REPORT = REPO / "docs" / "experiments" / "2026-12-06-demo-fewer-passes" / "report.json"
 HEADLINE_SET = "test@300"
 
 _BEGIN = "<!-- headline-table"

@@ -1,7 +1,12 @@
 """The demo's own diffusion train step (latent space, the preset's batch) timed in this process;
-run it with and without the project's CPU options (DIFFUSION_JAX_CPU_FLAGS=0) to compare:
+run it with and without an XLA option to compare:
 
     python docs/experiments/2026-12-06-cpu-kernels/latent_step_ab.py [STEPS]
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce \
+        python docs/experiments/2026-12-06-cpu-kernels/latent_step_ab.py [STEPS]
+
+(Recorded at b52982d, where importing the package added that option unless
+DIFFUSION_JAX_CPU_FLAGS=0; the two commands above do the same today.)
 
 Prints one JSON line: XLA_FLAGS, the batch, the median seconds per step and images/s."""
 
@@ -16,7 +21,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import presets  # noqa: E402
 
-import diffusion_jax  # noqa: E402, F401  (sets the CPU options unless DIFFUSION_JAX_CPU_FLAGS=0)
 from diffusion_jax.core import parallel  # noqa: E402
 from diffusion_jax.core.diffusion.schedules import schedule_from_config  # noqa: E402
 from diffusion_jax.core.training import state as state_lib  # noqa: E402

@@ -41,6 +41,11 @@ def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
+def xla_flags_with(*flags: str) -> str:
+    """This process's XLA_FLAGS (the tests' own, tests/conftest.py) with `flags` added."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
 def main_job_environment(environment: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment with the tests' persistent compilation cache and `environment`
     added."""

@@ -27,7 +27,7 @@ from diffusion_jax.core.training import state as state_lib
 from diffusion_jax.core.training.checkpointing import Checkpointer
 from diffusion_jax.tasks.conditional_diffusion.denoiser import unet_builder
 from diffusion_jax.tasks.data.sources import input_pipeline
-from tests.helpers import REPO_ROOT, UNIT_CONFIG, tiny_config
+from tests.helpers import REPO_ROOT, UNIT_CONFIG, tiny_config, xla_flags_with
 
 pytestmark = [pytest.mark.slow]
 
@@ -165,18 +165,21 @@ def test_the_processes_samplers_share_out_the_global_positions(worker_count):
 
 def _environment(**extra: str) -> dict[str, str]:
     """This environment without a SLURM step's or a launcher's variables, sharing the tests'
-    persistent compilation cache, on the CPU."""
+    persistent compilation cache and XLA flags, on the CPU."""
     environment = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("SLURM_", "SLURMD_"))
-        and name not in ("JAX_COORDINATOR_PORT", "XLA_FLAGS", "JAX_PLATFORMS")
+        and name not in ("JAX_COORDINATOR_PORT", "JAX_PLATFORMS")
     }
     environment.update(
-        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-        JAX_PLATFORMS="cpu",
-        **extra,
+        {
+            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": xla_flags_with(),
+            **extra,
+        }
     )
     return environment
 
@@ -361,7 +364,7 @@ def resumed_runs(preempted_run, tmp_path_factory, prepared_data_dir):
         capture_output=True,
         text=True,
         timeout=600,
-        env=_environment(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        env=_environment(XLA_FLAGS=xla_flags_with("--xla_force_host_platform_device_count=4")),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "JAX process 0/1, devices: [CpuDevice(id=0), CpuDevice(id=1), CpuDevice(id=2)" in (

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, xla_flags_with
 
 # A subprocess with 4 virtual CPU devices compiles and runs the sharded step: minutes on 2 cores.
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ print("MATCH")
 
 
 def test_train_step_on_four_devices_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with("--xla_force_host_platform_device_count=4"))
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         cwd=REPO_ROOT,

@@ -354,7 +354,10 @@ def by_metric(per_phase: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
 def add_achieved_rates(
     result: dict[str, Any], gflop_per_image: dict[str, float], peak_gflops: float
 ) -> None:
-    achieved = {phase: gflop_per_image[phase] * result["images_per_s"][phase] for phase in PHASES}
+    achieved = {
+        phase: gflop_per_image[phase] * images_per_s
+        for phase, images_per_s in result["images_per_s"].items()
+    }
     result["achieved_gflops"] = achieved
     result["fraction_of_matmul_peak"] = {
         phase: rate / peak_gflops for phase, rate in achieved.items()
@@ -367,15 +370,16 @@ def benchmark_preset(
     peak: dict[str, Any],
     with_torch: bool,
 ) -> dict[str, Any]:
-    """The report of one size: JAX's three phases, then the twin's, in fresh processes."""
+    """The report of one size: JAX's phases (`args.phases`), then the twin's, in fresh
+    processes."""
     batch_size = args.batch or default_batch_size(config, peak["platform"])
     constants = in_fresh_process(project_constants, config)
     timing = (batch_size, args.iterations, args.warmup, args.budget_s)
     jax_result = by_metric(
-        {phase: in_fresh_process(measure_jax, phase, config, *timing) for phase in PHASES}
+        {phase: in_fresh_process(measure_jax, phase, config, *timing) for phase in args.phases}
     )
     gflop_per_image = jax_result.pop("gflop_per_image")
-    jax_sampler = jax_result.pop("sampler")["sample"]
+    jax_sampler = jax_result.pop("sampler").get("sample")  # None where not measured
     add_achieved_rates(jax_result, gflop_per_image, peak["gflops"])
     guided = config.sample.guidance_scale not in (0, 1)
     entry = {
@@ -417,10 +421,10 @@ def benchmark_preset(
                 phase: in_fresh_process(
                     measure_torch, phase, config, constants, *timing, args.threads
                 )
-                for phase in PHASES
+                for phase in args.phases
             }
         )
-        entry["sampler"]["torch"] = torch_result.pop("sampler")["sample"]
+        entry["sampler"]["torch"] = torch_result.pop("sampler").get("sample")
         assert entry["sampler"]["torch"] == jax_sampler, entry["sampler"]
         torch_params = set(torch_result.pop("num_params").values())
         assert torch_params == {entry["num_params"]}, (
@@ -434,7 +438,7 @@ def benchmark_preset(
         }
         entry["jax_over_torch"] = {
             phase: jax_result["images_per_s"][phase] / torch_result["images_per_s"][phase]
-            for phase in PHASES
+            for phase in args.phases
         }
     return entry
 
@@ -458,6 +462,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=SAMPLERS,
         help="the sample phase's sampler (default: the preset's config.sample.sampler; the "
         f"PyTorch twin has {', '.join(TWIN_SAMPLERS)})",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to measure, of {','.join(PHASES)} (a base-size sample phase "
+        "takes minutes on a CPU)",
     )
     parser.add_argument("--iterations", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
@@ -489,6 +499,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.batch, args.iterations, args.warmup = args.batch or 2, 2, 1
         args.budget_s, args.matmul_size = min(args.budget_s, 5.0), 512
     args.sizes = args.sizes.split(",")
+    args.phases = args.phases.split(",")
+    if not args.phases or not set(args.phases) <= set(PHASES):
+        parser.error(f"--phases={','.join(args.phases)}: choose among {','.join(PHASES)}")
     for name in ("batch", "iterations", "matmul_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -537,6 +550,7 @@ def main(argv: list[str]) -> None:
         "batch": args.batch,
         "dtype": args.dtype,
         "sampler": args.sampler,
+        "phases": args.phases,
         "iterations": args.iterations,
         "warmup": args.warmup,
         "budget_s": args.budget_s,

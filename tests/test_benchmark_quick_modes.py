@@ -114,3 +114,15 @@ def test_quick_sizes_keep_what_runs_and_are_flags_the_config_takes(modules, pres
         flattened[key] = eval(value) if isinstance(current, tuple) else type(current)(value)
     original.update_from_flattened_dict(flattened)
     assert original.to_dict() == config.to_dict()
+
+
+def test_unet_throughput_measures_the_phases_asked_for_and_refuses_unknown_ones(modules, capsys):
+    unet_throughput = importlib.import_module("unet_throughput")
+    args = unet_throughput.parse_args(["--sizes=demo", "--phases=forward,train_step", "--no-torch"])
+    assert args.phases == ["forward", "train_step"]
+    assert unet_throughput.parse_args(["--no-torch"]).phases == list(unet_throughput.PHASES)
+    with pytest.raises(SystemExit):
+        unet_throughput.parse_args(["--phases=forward,backward", "--no-torch"])
+    assert "--phases=forward,backward: choose among forward,train_step,sample" in (
+        capsys.readouterr().err
+    )

@@ -30,7 +30,13 @@ from diffusion_jax.tasks.generation import (
 )
 from diffusion_jax.tasks.generation.generation_models import GenerationModels
 from diffusion_jax.tasks.generation.sphere_sampling import max_similarity_to
-from tests.helpers import REPO_ROOT, config_argument, run_main_job, tiny_config
+from tests.helpers import (
+    REPO_ROOT,
+    config_argument,
+    main_job_environment,
+    run_main_job,
+    tiny_config,
+)
 
 # A run of the main job in a subprocess, then generation jobs in- and out-of-process.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -65,17 +71,9 @@ def command(workdir: str, data_dir: str, out_dir: str, mode: str = "generate", *
     ] + [f"--config.{key}={value}" for key, value in flags.items()]
 
 
-def environment() -> dict:
-    return {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    }
-
-
 def run(args: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        args, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600
+        args, cwd=REPO_ROOT, env=main_job_environment(), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -270,7 +268,11 @@ def test_a_worker_killed_mid_run_and_rerun_gives_the_uninterrupted_dataset(
     killed = os.path.join(trained, "dataset_killed")
     args = command(trained, prepared_data_dir, killed)
     process = subprocess.Popen(
-        args, cwd=REPO_ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args,
+        cwd=REPO_ROOT,
+        env=main_job_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     first_record = manifest.shard_record_path(killed, 0)
     deadline = time.monotonic() + 300
@@ -298,7 +300,7 @@ def test_two_new_worker_processes_write_disjoint_shards_that_form_the_same_datas
                 **{"generate.task_index": index, "generate.task_count": 2},
             ),
             cwd=REPO_ROOT,
-            env=environment(),
+            env=main_job_environment(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -41,26 +41,18 @@ def tiny_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
-# The processes the tests start (the main job, launch/local.sh's, generation workers) run tiny
-# models for a few steps, so compiling is what they pay for: at LLVM's optimisation level 0 they
-# compile faster (docs/tests.md). Not in the test process itself, whose procedural-face renderer
-# runs 100 times slower at that level.
-SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
-
-
 def xla_flags_with(*flags: str) -> str:
-    """XLA_FLAGS for a process the tests start: this process's, SUBPROCESS_XLA_FLAGS and `flags`."""
-    return " ".join([os.environ.get("XLA_FLAGS", ""), SUBPROCESS_XLA_FLAGS, *flags]).strip()
+    """This process's XLA_FLAGS (the tests' own, tests/conftest.py) with `flags` added."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
 
 
 def main_job_environment(environment: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with the tests' persistent compilation cache, their subprocess
-    XLA flags (`xla_flags_with`) and `environment` added."""
+    """This process's environment (with the tests' XLA flags, tests/conftest.py) with the tests'
+    persistent compilation cache and `environment` added."""
     return {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-        "XLA_FLAGS": xla_flags_with(),
         **(environment or {}),
     }
 

@@ -21,9 +21,7 @@ IMAGES_PER_IDENTITY = (3, 2, 4)  # three identities of unequal sizes
 RESOLUTION = 32
 
 
-def face_png(identity: int, image: int) -> bytes:
-    """A 48x48 procedural face, larger than the model's 32x32 so decoding must resize."""
-    pixels = render_faces(seed=1, identity_ids=[identity], image_ids=[image], resolution=48)[0]
+def png(pixels: np.ndarray) -> bytes:
     encoded = io.BytesIO()
     PIL.Image.fromarray(pixels).save(encoded, format="PNG")
     return encoded.getvalue()
@@ -38,7 +36,12 @@ def expected_image(encoded: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def faces() -> list[list[bytes]]:
-    return [[face_png(i, k) for k in range(n)] for i, n in enumerate(IMAGES_PER_IDENTITY)]
+    """PNGs of 48x48 procedural faces, larger than the model's 32x32 so decoding must resize,
+    rendered in one call: [identity][image]."""
+    identity_ids = [i for i, n in enumerate(IMAGES_PER_IDENTITY) for _ in range(n)]
+    image_ids = [k for n in IMAGES_PER_IDENTITY for k in range(n)]
+    pixels = iter(render_faces(1, identity_ids, image_ids, resolution=48))
+    return [[png(next(pixels)) for _ in range(n)] for n in IMAGES_PER_IDENTITY]
 
 
 def data_config(tmp_path, source: str, path: str):

@@ -28,9 +28,12 @@ from tests.helpers import (
     main_job_environment,
 )
 
-# Takes the lock at argv[1] as `main` does, says so, and sleeps until killed.
+# Takes the lock at argv[1] as `main` does, says so, and sleeps until killed. SIGINT raises
+# KeyboardInterrupt even where the parent ignores SIGINT (the child would inherit that, and Python
+# then installs no handler of its own).
 HOLDER = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from diffusion_jax.core import workdir_lock\n"
     "workdir_lock.hold(sys.argv[1], 'the test holder')\n"
     "print('HELD', flush=True)\n"

@@ -61,7 +61,8 @@ def test_same_seed_gives_identical_bytes_whatever_the_batch():
     assert np.abs(images.astype(int) - other_seed).mean(axis=(1, 2, 3)).min() > 5
 
 
-@pytest.mark.parametrize("resolution", [32, 64, 112])
+# 112 (base's encoder input) renders for over 20 s at the tests' LLVM level 0 (tests/conftest.py).
+@pytest.mark.parametrize("resolution", [32, 64, pytest.param(112, marks=pytest.mark.slow)])
 def test_output_is_uint8_images_using_the_intensity_range(resolution):
     images = pf.render_faces(0, np.arange(6), np.zeros(6, int), resolution)
     assert images.dtype == np.uint8

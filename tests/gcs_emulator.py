@@ -17,9 +17,6 @@ Patches (to the emulator, not to the code under test):
     deletes answer 412 / 304 as Cloud Storage does (OCDBT's atomic commits rely on them).
   * objects.move, which gcsfs tries before copy + delete (the stock emulator answers 501 and
     gcsfs retries it for half a minute), as copy + delete.
-  * A thread per connection, with one request handled at a time: the stock single-threaded server
-    stops answering everyone while one client's connection stalls, and the clients then wait out
-    their retry deadlines (minutes); the lock keeps each request atomic, as the preconditions need.
 
 Run as `python tests/gcs_emulator.py --port=0 --bucket=NAME`: it prints `READY <port>` once
 serving and exits when its stdin closes (so it never outlives the test process).
@@ -27,7 +24,6 @@ serving and exits when its stdin closes (so it never outlives the test process).
 
 import argparse
 import contextlib
-import http.server
 import logging
 import os
 import re
@@ -40,10 +36,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http import HTTPStatus
-
-
-class _ThreadPerConnectionServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
 
 
 def client_environment(endpoint: str) -> dict[str, str]:
@@ -213,22 +205,13 @@ def patch_emulator():
         return orig_delete(request, response, storage, *args, **kwargs)
 
     replace = {orig_get: get, orig_download: download, orig_insert: insert, orig_delete: delete}
-    one_at_a_time = threading.RLock()  # a batch request calls other handlers
-
-    def serialized(handler):
-        def handle(*args, **kwargs):
-            with one_at_a_time:
-                return handler(*args, **kwargs)
-
-        return handle
-
     handlers = [
-        (regex, {m: serialized(replace.get(fn, fn)) for m, fn in methods.items()})
-        for regex, methods in (route,) + tuple(server.HANDLERS)
+        (regex, {m: replace.get(fn, fn) for m, fn in methods.items()})
+        for regex, methods in server.HANDLERS
     ]
     # The router falls back to objects.insert for POST .../o?uploadType=...
-    objects.insert = serialized(insert)
-    server.HANDLERS = tuple(handlers)
+    objects.insert = insert
+    server.HANDLERS = (route,) + tuple(handlers)
     server._proto_patched = True
 
 
@@ -252,9 +235,6 @@ def main():
         threading.Thread(target=_watch_stdin, daemon=True).start()
     logging.basicConfig(level=logging.WARNING)
     patch_emulator()
-    # The emulator's API thread builds `http.server.HTTPServer`: in this process, one that serves
-    # each connection in its own thread (its handlers take turns, patch_emulator).
-    http.server.HTTPServer = _ThreadPerConnectionServer
     from gcp_storage_emulator.server import create_server
 
     srv = create_server(args.host, args.port, in_memory=True, default_bucket=args.bucket)
